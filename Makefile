@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make run    -- install the runtime and monitor the default microphone
+#                  (no input device: the bundled demo recording, clearly labelled)
+#   make test   -- install what the tests need (venv, packages, mosquitto) and run them
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test install install-test system-deps export fetch-offline bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+
+system-deps:
+	sh scripts/system-deps.sh
+
+run: install
+	$(BIN)/sound-monitor run $(ARGS)
+
+test: system-deps install-test
+	$(BIN)/python -m pytest -q $(ARGS)
+
+# Export the real CLAP (needs the Hugging Face Hub) into models/
+export: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[export]'
+	$(BIN)/sound-monitor export --model laion/clap-htsat-unfused --out models/clap-htsat-unfused
+
+fetch-offline: install
+	$(BIN)/sound-monitor models fetch offline
+
+bench: install-test
+	$(BIN)/sound-monitor bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,11 @@
+"""`sound-monitor classify` (being built; see the issue tracker)."""
+
+from monitor.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    raise UserError("this command is not built yet")

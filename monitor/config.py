@@ -1,0 +1,307 @@
+"""Configuration: pydantic models validated once, at the edge.
+
+Every section is its own model so each stage receives only its own part. Unknown keys are
+errors (``extra="forbid"``); errors are reported as ``<file>: <yaml.path>: <message>``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import unicodedata
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from monitor.errors import UserError
+
+DEFAULT_TEMPLATE = "This is a sound of {}."
+DEFAULT_BACKGROUND = (
+    "background noise",
+    "silence",
+    "room tone",
+    "people talking in the distance",
+    "traffic noise",
+    "wind",
+)
+MAX_LABEL_CHARS = 120
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    # auto | offline | a directory with an exported CLAP (manifest.json)
+    spec: str = "auto"
+    # where `auto` looks for exports and where `models fetch` puts downloads
+    models_dir: str = "models"
+    threads: int = Field(2, ge=1, le=64)
+    int8: bool = False
+    # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
+    adapter: str | None = None
+
+
+class SourceConfig(_Section):
+    # "mic", a file path, or "-" for raw PCM on stdin
+    input: str = "mic"
+    device: Union[int, str, None] = None
+    sample_rate_hz: int | None = Field(None, ge=8000, le=384000)
+    channels: int = Field(1, ge=1, le=32)
+    format: Literal["s16le", "f32le"] = "s16le"  # stdin only
+    block_frames: int = Field(1024, ge=16, le=65536)
+    realtime: bool = True  # file sources: replay at real-time pace (False == --fast)
+    buffer_s: float = Field(10.0, gt=0, le=600)
+    stall_timeout_s: float = Field(5.0, gt=0, le=3600)
+    silence_timeout_s: float = Field(60.0, gt=0)
+    retry_max_s: float = Field(30.0, gt=0, le=3600)
+
+
+class StreamConfig(_Section):
+    window_s: float = Field(5.0, gt=0.5, le=10.0)
+    hop_s: float = Field(1.0, gt=0.05, le=10.0)
+    gate_dbfs: float = Field(-70.0, ge=-150.0, le=0.0)
+    # longer hop while no event is active (0 disables the adaptive hop)
+    idle_hop_s: float = Field(0.0, ge=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> "StreamConfig":
+        if self.hop_s > self.window_s:
+            raise ValueError("hop_s must not exceed window_s")
+        return self
+
+
+class ScoringConfig(_Section):
+    method: Literal["vs-background", "softmax"] = "vs-background"
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    background: tuple[str, ...] = DEFAULT_BACKGROUND
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one template is needed")
+        for t in v:
+            if t.count("{}") != 1:
+                raise ValueError(f"template {t!r} must contain exactly one '{{}}'")
+        return v
+
+
+def clean_label(text: str) -> str:
+    """Validate a user-typed label: printable, non-empty, bounded. Returns it stripped."""
+    if not isinstance(text, str):
+        raise ValueError("a label must be text")
+    s = text.strip()
+    if not s:
+        raise ValueError("a label must not be empty")
+    if len(s) > MAX_LABEL_CHARS:
+        raise ValueError(f"a label must be at most {MAX_LABEL_CHARS} characters (got {len(s)})")
+    for ch in s:
+        if unicodedata.category(ch).startswith("C"):
+            raise ValueError(f"label {s[:40]!r} contains a control character")
+    return s
+
+
+class LabelConfig(_Section):
+    name: str
+    # prompts; empty = the name itself in every template
+    prompts: tuple[str, ...] = ()
+    # example clips (enroll): their mean embedding becomes a prototype of this label
+    examples: tuple[str, ...] = ()
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    hysteresis: float | None = Field(None, ge=0.0, le=1.0)
+    min_windows: int | None = Field(None, ge=1, le=100)
+    cooldown_s: float | None = Field(None, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return clean_label(v)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(clean_label(p) for p in v)
+
+
+class EventsConfig(_Section):
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    hysteresis: float = Field(0.1, ge=0.0, le=1.0)
+    min_windows: int = Field(2, ge=1, le=100)
+    cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
+    max_event_s: float = Field(300.0, gt=0.0)
+
+
+class OutputConfig(_Section):
+    events_path: str | None = None  # JSON lines; "-" = stdout
+    scores_path: str | None = None
+    tui: bool = True
+
+
+class TLSConfig(_Section):
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # turning verification off is possible, and loudly reported
+    insecure: bool = False
+
+
+class MQTTConfig(_Section):
+    host: str | None = None  # no host = no MQTT
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None
+    username: str | None = None
+    # the password never sits in this file: name an env variable or a file
+    password_env: str | None = "SOUND_MONITOR_MQTT_PASSWORD"
+    password_file: str | None = None
+    tls: TLSConfig = TLSConfig()
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    prefix: str = "sound-monitor"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    scores_interval_s: float | None = Field(None, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("prefix", "discovery_prefix")
+    @classmethod
+    def _topic_prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a plain topic prefix without + # NUL or leading/trailing /")
+        return v
+
+
+class ClipsConfig(_Section):
+    enabled: bool = False
+    dir: str = "clips"
+    max_total_mb: float = Field(200.0, gt=0)
+    max_age_days: float = Field(7.0, gt=0)
+
+
+def _label_entry(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+class Config(_Section):
+    device_id: str | None = None
+    state_dir: str | None = None
+    model: ModelConfig = ModelConfig()
+    source: SourceConfig = SourceConfig()
+    stream: StreamConfig = StreamConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    labels: tuple[LabelConfig, ...] = ()
+    events: EventsConfig = EventsConfig()
+    output: OutputConfig = OutputConfig()
+    mqtt: MQTTConfig = MQTTConfig()
+    clips: ClipsConfig = ClipsConfig()
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_shorthand(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        if isinstance(v, str):
+            v = [s for s in v.split(",")]
+        if isinstance(v, (list, tuple)):
+            return tuple(_label_entry(x) for x in v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "Config":
+        seen: dict[str, str] = {}
+        for lab in self.labels:
+            key = lab.name.casefold()
+            if key in seen:
+                raise ValueError(f"duplicate label {lab.name!r}")
+            seen[key] = lab.name
+        return self
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self.device_id or socket.gethostname() or "sound-monitor"
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        env = os.environ.get("SOUND_MONITOR_STATE")
+        if env:
+            return Path(env).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+        return Path(base) / "sound-monitor"
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("function-after[_name(), str]",))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {_format_loc(loc)}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_config(data: Any, where: str = "config") -> Config:
+    """Validate a mapping (from YAML or built in code); raise UserError naming the path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, where)) from None
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Load and validate a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {p}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}: malformed YAML{at}: {problem}") from None
+    return parse_config(data, where=str(p))
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any], where: str = "command line") -> Config:
+    """Apply dotted overrides (``{"scoring.method": "softmax"}``) and re-validate."""
+    data = cfg.model_dump(mode="python")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return parse_config(data, where=where)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,99 @@
+"""Frozen records passed between pipeline stages (data flows one way: source -> sinks).
+
+Units are in the names: ``*_s`` seconds of stream time (since the source began),
+``*_hz`` rates, ``*_dbfs`` levels relative to digital full scale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+EVENT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of source audio as captured: float32 [n_frames, n_channels] at the source rate."""
+
+    samples: np.ndarray
+    sample_rate_hz: int
+    start_frame: int  # index of the first frame since the source began
+
+
+@dataclass(frozen=True)
+class Window:
+    """A model-rate mono window, exact to the sample in stream time."""
+
+    index: int  # 0, 1, 2, ... in order of emission
+    samples: np.ndarray  # float32 [n] at the model rate
+    sample_rate_hz: int
+    start_s: float
+    end_s: float
+    level_dbfs: float
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-label scores of one window (or ``gated=True`` when below the level gate)."""
+
+    window_index: int
+    start_s: float
+    end_s: float
+    level_dbfs: float
+    labels: tuple[str, ...]
+    values: tuple[float, ...]  # same order as ``labels``; all 0.0 when gated
+    gated: bool = False
+    inference_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.labels, self.values))
+
+    def to_json_line(self) -> str:
+        """The per-window line of ``run --scores`` (DESIGN.md contract)."""
+        return json.dumps(
+            {
+                "t_s": round(self.start_s, 6),
+                "level_dbfs": round(self.level_dbfs, 2),
+                "scores": {k: round(v, 6) for k, v in self.as_dict().items()},
+            }
+        )
+
+
+EventType = Literal["start", "end"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of the schema-1 contract (DESIGN.md "Event")."""
+
+    type: EventType
+    event_id: str
+    seq: int
+    label: str
+    score: float
+    peak_score: float
+    start_s: float
+    end_s: float | None
+    duration_s: float | None
+    wall_time: str
+    device_id: str
+    source: str
+    model: str
+    schema: int = field(default=EVENT_SCHEMA)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        ordered = {"schema": d.pop("schema")}
+        ordered.update(d)
+        return ordered
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Event":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Debian packages the tests need: mosquitto (a real broker on 127.0.0.1), PortAudio (the
+# sounddevice library), openssl (test certificates). Installs only what is missing.
+set -e
+need=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
+ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need="$need libportaudio2"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+  echo "system-deps: please install:$need (apt-get install -y$need)" >&2; exit 1; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get install -y $need >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y $need >/dev/null; }

@@ -1,0 +1,1 @@
+"""Fixtures for the clap tests (session-scoped where building is costly)."""

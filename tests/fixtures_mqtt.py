@@ -1,0 +1,1 @@
+"""Fixtures for the mqtt tests (session-scoped where building is costly)."""

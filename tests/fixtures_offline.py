@@ -1,0 +1,1 @@
+"""Fixtures for the offline tests (session-scoped where building is costly)."""
