@@ -1,0 +1,88 @@
+"""Reading whole audio files: wav/flac/mp3/ogg via soundfile, any channel count, any rate.
+
+Returns float32 mono at the requested rate (soxr, high quality). Samples that are NaN or
+Inf are replaced by 0 and counted; the caller decides whether to warn. Errors are
+``AudioError`` with one clear line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitor.errors import AudioError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff")
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # float32 [n], mono
+    sample_rate_hz: int
+    source_rate_hz: int
+    source_channels: int
+    nonfinite: int  # NaN/Inf samples replaced by 0
+
+
+def sanitise(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace NaN/Inf by 0 (counted) and clip to [-1, 1]; returns float32."""
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad:
+        x = np.where(bad, np.float32(0.0), x)
+    return x, n_bad
+
+
+def downmix(x: np.ndarray) -> np.ndarray:
+    """[n] or [n, ch] -> [n] mono (mean of channels)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return x
+    if x.shape[1] == 1:
+        return x[:, 0]
+    return x.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """Whole-signal resampling with soxr (VHQ). Streaming uses monitor.resample instead."""
+    if from_hz == to_hz or x.size == 0:
+        return np.asarray(x, dtype=np.float32)
+    import soxr
+
+    return soxr.resample(np.asarray(x, dtype=np.float32), from_hz, to_hz, quality="VHQ").astype(
+        np.float32, copy=False
+    )
+
+
+def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Audio:
+    """Read an audio file as float32 mono, resampled to ``sample_rate_hz`` when given."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"audio file not found: {p}")
+    if p.is_dir():
+        raise AudioError(f"expected an audio file, got a directory: {p}")
+    if p.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {p}")
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"cannot decode audio file {p}: {msg}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file has no samples: {p}")
+    channels = int(data.shape[1])
+    mono, n_bad = sanitise(downmix(data))
+    out_rate = int(sample_rate_hz or rate)
+    mono = resample(mono, int(rate), out_rate)
+    return Audio(mono, out_rate, int(rate), channels, n_bad)
+
+
+def list_audio_files(folder: str | os.PathLike) -> list[Path]:
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())

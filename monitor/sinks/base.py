@@ -1,0 +1,34 @@
+"""The one small interface every sink implements (jsonl, mqtt, terminal, clips).
+
+The pipeline calls ``publish(event)`` for every event in ``seq`` order, optionally
+``on_scores(scores)`` for every window, ``set_labels(labels)`` when the label set changes,
+reads ``status()`` for the live view and calls ``close()`` once at shutdown (after the
+final ``end`` events). A sink must never block the pipeline for long: slow I/O goes to its
+own thread or a durable outbox.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from monitor.types import Event, Scores
+
+
+class Sink:
+    name: str = "sink"
+
+    def publish(self, event: Event) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def on_scores(self, scores: Scores) -> None:
+        """Per-window scores; most sinks ignore them."""
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """The active label names changed (start-up, hot reload)."""
+
+    def status(self) -> dict:
+        """Short status for the live view and logs, e.g. {"state": "connected", "backlog": 0}."""
+        return {"state": "ok"}
+
+    def close(self) -> None:
+        """Flush and release resources; called once."""
