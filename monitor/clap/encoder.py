@@ -1,0 +1,200 @@
+"""The CLAP backend on onnxruntime: the only runtime module that imports onnxruntime.
+
+``ClapBackend.from_dir(DIR)`` loads a directory written by ``sound-monitor export``:
+manifest.json is read, and every ONNX/tokenizer file is checked against its sha256 before
+use (a corrupt or replaced file is a ModelError, not a wrong answer). The text encoder is
+loaded lazily, on the first ``embed_text`` call: with the label cache warm, a restart never
+loads it at all (it is the larger of the two: RoBERTa-base, ~500 MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from monitor.backend import l2_normalise
+from monitor.clap.frontend import ClapFrontend, FrontendParams
+from monitor.clap.text import PromptTokenizer
+from monitor.errors import ModelError
+
+AUDIO_BATCH = 8  # windows per onnxruntime call (bounds memory; larger batches gain little on CPU)
+TEXT_BATCH = 64
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ModelError("onnxruntime is not installed: pip install onnxruntime") from e
+    return ort
+
+
+class ClapBackend:
+    """CLAP audio + text encoders exported to ONNX (see monitor.backend.Backend)."""
+
+    def __init__(self, path: Path, manifest: dict, threads: int = 2, int8: bool = False):
+        self.path = path
+        self.manifest = manifest
+        self.threads = int(threads)
+        self.int8 = bool(int8)
+        try:
+            self.frontend = ClapFrontend(FrontendParams.from_dict(manifest["frontend"]))
+            audio = manifest["audio"]
+            text = manifest["text"]
+            self.embedding_dim = int(manifest["embedding_dim"])
+            self.logit_scale = float(manifest["logit_scale"])
+            self.window_s = float(manifest.get("window_s", 5.0))
+            files: dict[str, str] = dict(manifest["files"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{path / 'manifest.json'} is incomplete or invalid ({type(e).__name__}: {e})") from None
+        self.sample_rate_hz = self.frontend.sample_rate_hz
+        self._files = files
+        if int8:
+            audio_file = audio.get("int8_file")
+            if not audio_file:
+                raise ModelError(f"{path} has no int8 audio encoder: re-run `sound-monitor export ... --int8`")
+        else:
+            audio_file = audio["file"]
+        self._audio_file = audio_file
+        self._audio_input = audio.get("input", "input_features")
+        self._text_file = text["file"]
+        self._tokenizer_file = text.get("tokenizer", "tokenizer.json")
+        self._pad_id = int(text.get("pad_token_id", 1))
+        self._max_tokens = int(text.get("max_tokens", 512))
+        for name in (audio_file, self._text_file, self._tokenizer_file):
+            if name not in files:
+                raise ModelError(f"{path / 'manifest.json'} lists no sha256 for {name}")
+            if not (path / name).is_file():
+                raise ModelError(f"{path / name} is missing: re-run `sound-monitor export --out {path}`")
+        key_src = "|".join(["clap", files[audio_file], files[self._text_file], files[self._tokenizer_file]])
+        self.cache_key = hashlib.sha256(key_src.encode()).hexdigest()
+        base = str(manifest.get("name") or path.name)
+        self.name = f"{base}{'-int8' if int8 else ''}@{self.cache_key[:8]}"
+        self._n_frames = self.frontend.n_frames
+        self._n_mels = self.frontend.params.n_mels
+        self._audio = self._session(audio_file)
+        self._text = None
+        self._tokenizer: PromptTokenizer | None = None
+        self._text_lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, path: str | Path, threads: int = 2, int8: bool = False) -> "ClapBackend":
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise ModelError(f"model directory not found: {p}")
+        mpath = p / "manifest.json"
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{p} has no manifest.json: not an exported model (run `sound-monitor export --out {p}`)") from None
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{mpath} is unreadable: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("kind", "clap") != "clap":
+            raise ModelError(f"{mpath} does not describe a CLAP export (kind={manifest.get('kind') if isinstance(manifest, dict) else None!r})")
+        return cls(p, manifest, threads=threads, int8=int8)
+
+    def _verify(self, name: str) -> Path:
+        f = self.path / name
+        try:
+            actual = _sha256(f)
+        except OSError as e:
+            raise ModelError(f"cannot read {f}: {e}") from None
+        expected = self._files[name]
+        if actual != expected:
+            raise ModelError(
+                f"{f} does not match manifest.json (sha256 {actual[:12]}..., expected {expected[:12]}...): "
+                "the file is corrupt or was replaced; re-run `sound-monitor export`"
+            )
+        return f
+
+    def _session(self, name: str):
+        f = self._verify(name)
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime cannot load {f}: {str(e).splitlines()[0][:200]}") from None
+
+    def _text_parts(self):
+        with self._text_lock:
+            if self._text is None:
+                self._tokenizer = PromptTokenizer(self._verify(self._tokenizer_file), self._pad_id, self._max_tokens)
+                self._text = self._session(self._text_file)
+            return self._tokenizer, self._text
+
+    # -- embedding ----------------------------------------------------------------------
+    def embed_features(self, features: np.ndarray) -> np.ndarray:
+        """Log-mel features float32 [B, 1, frames, mels] -> L2-normalised [B, D]."""
+        x = np.asarray(features)
+        expected = (1, self._n_frames, self._n_mels)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected or x.shape[0] < 1:
+            raise ValueError(f"audio encoder input must be [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        if x.dtype != np.float32:
+            if not np.issubdtype(x.dtype, np.floating):
+                raise ValueError(f"audio encoder input must be float32, got {x.dtype}")
+            x = x.astype(np.float32)
+        x = np.ascontiguousarray(x)
+        out = [self._audio.run(None, {self._audio_input: x[i : i + AUDIO_BATCH]})[0] for i in range(0, x.shape[0], AUDIO_BATCH)]
+        return l2_normalise(np.concatenate(out, axis=0))
+
+    def embed_audio(self, batch: np.ndarray) -> np.ndarray:
+        """Mono clips float32 [B, n] at ``sample_rate_hz`` -> L2-normalised [B, D].
+
+        Clips of at most ``max_length_s`` (10 s) are embedded exactly as the reference
+        pipeline does; longer clips average the embeddings of their consecutive 10 s crops
+        (see monitor.clap.frontend) and re-normalise.
+        """
+        b = np.asarray(batch)
+        if b.ndim == 1:
+            raise ValueError("embed_audio takes a batch [B, n]; use batch[None, :] for one clip")
+        if b.ndim != 2 or b.shape[0] < 1 or b.shape[1] < 1:
+            raise ValueError(f"embed_audio takes float32 [B, n] with B, n >= 1, got shape {list(b.shape)}")
+        if not np.issubdtype(b.dtype, np.floating):
+            raise ValueError(f"embed_audio takes float samples, got {b.dtype}")
+        if not np.isfinite(b).all():
+            raise ValueError("audio contains NaN or Inf samples")
+        if b.shape[1] <= self.frontend.max_samples:
+            return self.embed_features(self.frontend.batch_features(b))
+        return np.stack([self.embed_clip(row) for row in b])
+
+    def embed_clip(self, clip: np.ndarray) -> np.ndarray:
+        """One mono clip of any length -> L2-normalised [D] (crop-averaged beyond 10 s)."""
+        feats = self.frontend.features(np.asarray(clip, dtype=np.float32))
+        return l2_normalise(self.embed_features(feats).mean(axis=0))
+
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """Prompts -> L2-normalised [P, D]."""
+        if isinstance(prompts, str):
+            raise TypeError("embed_text takes a sequence of prompts, not a single string")
+        prompts = list(prompts)
+        if not prompts:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        tokenizer, session = self._text_parts()
+        out = []
+        for i in range(0, len(prompts), TEXT_BATCH):
+            tb = tokenizer(prompts[i : i + TEXT_BATCH])
+            out.append(session.run(None, {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask})[0])
+        return l2_normalise(np.concatenate(out, axis=0))
+
+    def __repr__(self) -> str:
+        return f"ClapBackend({self.name!r}, dim={self.embedding_dim}, path={str(self.path)!r})"

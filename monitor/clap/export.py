@@ -1,0 +1,493 @@
+"""Export a CLAP checkpoint (Hugging Face format) to ONNX, and check the result.
+
+Everything here needs the ``export`` extra (torch, transformers, onnx, onnxscript); those
+modules are imported inside the functions, never at import time, so the runtime never
+pulls them in. The runtime side is ``monitor.clap.encoder`` (onnxruntime + numpy only).
+
+Output directory layout::
+
+    audio_encoder.onnx        input_features float32 [B, 1, 1001, 64] -> audio_embeds [B, D] (L2-normalised)
+    audio_encoder.int8.onnx   (with --int8) dynamically quantised copy of the audio encoder
+    text_encoder.onnx         input_ids, attention_mask int64 [P, T] -> text_embeds [P, D] (L2-normalised)
+    tokenizer.json, ...       the checkpoint's tokenizer (read at runtime with `tokenizers`)
+    manifest.json             source, shapes, logit scale, front-end parameters, sha256 of every
+                              file, measured max |onnx - torch| differences
+
+``make_random_checkpoint`` builds a randomly initialised CLAP in Hugging Face format (tiny
+for tests, or the full ``ClapConfig()`` architecture for benchmarks): the Hub is not
+reachable on the build machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from monitor.clap.frontend import FrontendParams
+from monitor.errors import ModelError, UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "laion/clap-htsat-unfused"
+MANIFEST_VERSION = 1
+AUDIO_FILE = "audio_encoder.onnx"
+AUDIO_INT8_FILE = "audio_encoder.int8.onnx"
+TEXT_FILE = "text_encoder.onnx"
+OPSET = 17
+
+Progress = Callable[[str], None]
+
+
+def _stderr_progress(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _need_export_deps() -> None:
+    missing = []
+    for mod in ("torch", "transformers", "onnx"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise UserError(
+            f"export needs {', '.join(missing)}: install the export extra "
+            "(pip install torch==2.13.0 'sound-monitor[export]')"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# source resolution
+# --------------------------------------------------------------------------------------
+def how_to_get(src: str) -> str:
+    return (
+        f"on a machine with internet run `huggingface-cli download {src} --local-dir DIR` "
+        "(or `git clone https://huggingface.co/" + src + " DIR`), copy DIR here and pass "
+        "`--model DIR`"
+    )
+
+
+def resolve_source(src: str) -> tuple[Path, str]:
+    """A local Hugging Face directory, or a hub id downloaded into the HF cache.
+
+    Returns (directory, revision or "local"). Raises ModelError with instructions when the
+    hub cannot be reached and no local copy exists.
+    """
+    p = Path(src).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"--model {src}: expected a Hugging Face model directory, got a file")
+        if not (p / "config.json").is_file():
+            raise ModelError(f"--model {src}: no config.json, not a Hugging Face model directory")
+        return p, "local"
+    if src.startswith((".", "/", "~")) or src.count("/") != 1:
+        raise ModelError(f"--model {src}: no such directory, and not a Hugging Face id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelError(f"cannot download {src}: huggingface_hub is missing; {how_to_get(src)}") from None
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model", "merges.txt", "vocab.json"]
+    try:
+        # a copy already in the local cache works offline
+        d = snapshot_download(src, allow_patterns=patterns, local_files_only=True)
+        return Path(d), _revision_of(Path(d))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"; try the network next
+        pass
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        d = snapshot_download(src, allow_patterns=patterns)
+    except Exception as e:  # noqa: BLE001 - network, auth, missing repo: all one message
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ModelError(
+            f"cannot get {src} from the Hugging Face Hub ({type(e).__name__}: {reason}); {how_to_get(src)}"
+        ) from None
+    return Path(d), _revision_of(Path(d))
+
+
+def _revision_of(d: Path) -> str:
+    # snapshot dirs are named by commit hash
+    name = d.name
+    return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else "cached"
+
+
+# --------------------------------------------------------------------------------------
+# random checkpoints (tests, benchmarks)
+# --------------------------------------------------------------------------------------
+_TOKENIZER_CORPUS = [
+    "This is a sound of {}.",
+    "a dog barking, a cat meowing, a cow mooing, a duck quacking, a frog croaking",
+    "a horse neighing, an owl hooting, a pig oinking, a rooster crowing, a sheep bleating",
+    "smoke alarm, glass breaking, door knock, baby crying, speech, music, silence, rain",
+    "background noise, room tone, people talking in the distance, traffic noise, wind",
+    "the sound of an engine, a siren, footsteps, applause, water running, thunder",
+]
+
+
+def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, init_gain: float = 1.0) -> Path:
+    """Build a randomly initialised CLAP + ClapProcessor in Hugging Face format.
+
+    ``size="tiny"``: a few-hundred-kB model for tests (spec_size stays 256 with 64 mel bins).
+    ``size="full"``: ``ClapConfig()`` defaults, the laion/clap-htsat-unfused architecture.
+    Weight matrices are re-drawn with std ``init_gain / sqrt(fan_in)`` so that different
+    prompts and clips embed differently (the default std 0.02 makes every score equal).
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    corpus = [line.replace("{}", "x") for line in _TOKENIZER_CORPUS]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as RoBERTa
+    bpe.train_from_iterator(corpus, vocab_size=400 if size == "tiny" else 1000, min_frequency=1, special_tokens=specials)
+    tokenizer = RobertaTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    vocab = len(tokenizer)
+    if size == "tiny":
+        config = ClapConfig(
+            text_config=dict(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=130,
+                projection_dim=32,
+            ),
+            audio_config=dict(
+                patch_embeds_hidden_size=16,
+                hidden_size=128,  # 16 * 2 ** (len(depths) - 1)
+                depths=[1, 1, 1, 1],
+                num_attention_heads=[1, 2, 2, 4],
+                projection_dim=32,
+            ),
+            projection_dim=32,
+        )
+    elif size == "full":
+        config = ClapConfig(text_config=dict(vocab_size=vocab))
+    else:
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    torch.manual_seed(seed)
+    model = ClapModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("logit_scale"):
+                continue
+            if "relative_position_bias_table" in name:
+                p.normal_(0.0, 0.5)
+            elif p.ndim >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.normal_(0.0, init_gain / max(fan_in, 1) ** 0.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.05)
+    model.save_pretrained(out)
+    fe = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad", frequency_min=50, frequency_max=14000)
+    ClapProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------
+def _features_of(out) -> Any:
+    # transformers 5.x returns a model-output object from get_*_features
+    return out if hasattr(out, "shape") else out.pooler_output
+
+
+def _wrappers(model):
+    import torch
+
+    class AudioEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_features):
+            e = _features_of(self.m.get_audio_features(input_features=input_features))
+            return e / e.norm(p=2, dim=-1, keepdim=True)
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            e = _features_of(self.m.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+            return e / e.norm(p=2, dim=-1, keepdim=True)
+
+    return AudioEncoder(model).eval(), TextEncoder(model).eval()
+
+
+def _onnx_export(module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> str:
+    """TorchScript-based export (deterministic, dynamic batch); returns the exporter used."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+            external_data=False,
+        )
+    return f"torch.onnx.export(dynamo=False) torch {torch.__version__} opset {OPSET}"
+
+
+def _ort_session(path: Path, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"onnx.checker rejected {path.name}: {e}") from None
+
+
+def _test_inputs(fe_params: FrontendParams, tokenizer, seed: int = 0):
+    """Realistic test inputs: features of two noise clips (5 s and 10 s) and padded prompts."""
+    from monitor.clap.frontend import ClapFrontend
+
+    rng = np.random.default_rng(seed)
+    sr = fe_params.sample_rate_hz
+    fe = ClapFrontend(fe_params)
+    clips = [0.1 * rng.standard_normal(5 * sr).astype(np.float32), 0.3 * rng.standard_normal(10 * sr).astype(np.float32)]
+    feats = np.concatenate([fe.features(c) for c in clips], axis=0)
+    prompts = ["This is a sound of a dog barking.", "This is a sound of rain.", "silence"]
+    enc = tokenizer(prompts, padding=True, return_tensors="np")
+    return feats, enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+
+def frontend_params_from(src_dir: Path) -> FrontendParams:
+    """Front-end parameters of the checkpoint's ClapFeatureExtractor (unfused: rand_trunc).
+
+    Read through transformers, which understands both ``preprocessor_config.json`` (hub
+    checkpoints) and the nested ``processor_config.json`` that transformers 5 writes.
+    """
+    from transformers import ClapFeatureExtractor
+
+    try:
+        fe = ClapFeatureExtractor.from_pretrained(str(src_dir))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot load the feature extractor of {src_dir}: {str(e).splitlines()[0]}") from None
+    if fe.truncation != "rand_trunc":
+        # the fused front-end stacks 4 random mel views: not what an unfused model takes
+        log.warning("feature extractor truncation=%r; the runtime computes unfused (rand_trunc) features", fe.truncation)
+    if fe.top_db is not None:
+        raise ModelError(f"feature extractor top_db={fe.top_db} is not supported (the CLAP checkpoints use None)")
+    return FrontendParams(
+        sample_rate_hz=int(fe.sampling_rate),
+        n_fft=int(fe.fft_window_size),
+        hop_length=int(fe.hop_length),
+        n_mels=int(fe.feature_size),
+        f_min_hz=float(fe.frequency_min),
+        f_max_hz=float(fe.frequency_max),
+        max_length_s=float(fe.max_length_s),
+        padding=str(fe.padding),
+    )
+
+
+def export_clap(
+    src: str = DEFAULT_SOURCE,
+    out_dir: str | os.PathLike = "models/clap-htsat-unfused",
+    int8: bool = False,
+    progress: Progress | None = _stderr_progress,
+    threads: int = 2,
+) -> dict:
+    """Export ``src`` (hub id or local HF dir) into ``out_dir``; returns the manifest."""
+    _need_export_deps()
+    say = progress or (lambda _m: None)
+    src_dir, revision = resolve_source(src)
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory {out}: {e}") from None
+
+    import torch
+    from transformers import AutoTokenizer, ClapModel
+
+    if torch.get_num_threads() > threads:
+        torch.set_num_threads(threads)
+    say(f"loading {src} ...")
+    t0 = time.perf_counter()
+    try:
+        model = ClapModel.from_pretrained(str(src_dir)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot load a CLAP model from {src_dir}: {str(e).splitlines()[0]}") from None
+    if getattr(model.config.audio_config, "enable_fusion", False):
+        raise ModelError(f"{src} is a fused CLAP (enable_fusion=True); use an unfused checkpoint such as {DEFAULT_SOURCE}")
+    fe_params = frontend_params_from(src_dir)
+    say(f"loaded in {time.perf_counter() - t0:.1f} s")
+
+    audio, text = _wrappers(model)
+    feats, ids, mask = _test_inputs(fe_params, tokenizer)
+    n_frames, n_mels = feats.shape[2], feats.shape[3]
+
+    say("exporting the audio encoder ...")
+    audio_path = out / AUDIO_FILE
+    exporter = _onnx_export(
+        audio,
+        (torch.from_numpy(feats),),
+        audio_path,
+        ["input_features"],
+        ["audio_embeds"],
+        {"input_features": {0: "batch"}, "audio_embeds": {0: "batch"}},
+    )
+    say("exporting the text encoder ...")
+    text_path = out / TEXT_FILE
+    _onnx_export(
+        text,
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        text_path,
+        ["input_ids", "attention_mask"],
+        ["text_embeds"],
+        {"input_ids": {0: "prompts", 1: "tokens"}, "attention_mask": {0: "prompts", 1: "tokens"}, "text_embeds": {0: "prompts"}},
+    )
+    say("checking (onnx.checker, onnxruntime vs torch) ...")
+    _check(audio_path)
+    _check(text_path)
+
+    with torch.no_grad():
+        a_ref = audio(torch.from_numpy(feats)).numpy()
+        t_ref = text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        # a batch of one and a shorter token sequence exercise the dynamic axes
+        a1_ref = audio(torch.from_numpy(feats[1:])).numpy()
+        t1_ref = text(torch.from_numpy(ids[2:, :4]), torch.from_numpy(mask[2:, :4])).numpy()
+    sa = _ort_session(audio_path, threads)
+    st = _ort_session(text_path, threads)
+    a_onnx = sa.run(None, {"input_features": feats})[0]
+    a1_onnx = sa.run(None, {"input_features": feats[1:]})[0]
+    t_onnx = st.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    t1_onnx = st.run(None, {"input_ids": ids[2:, :4], "attention_mask": mask[2:, :4]})[0]
+    diff_audio = float(max(np.abs(a_onnx - a_ref).max(), np.abs(a1_onnx - a1_ref).max()))
+    diff_text = float(max(np.abs(t_onnx - t_ref).max(), np.abs(t1_onnx - t1_ref).max()))
+    say(f"max |onnx - torch|: audio {diff_audio:.2e}, text {diff_text:.2e}")
+    if not (diff_audio < 1e-3 and diff_text < 1e-3):
+        raise ModelError(
+            f"exported ONNX disagrees with torch (audio {diff_audio:.2e}, text {diff_text:.2e}); not writing a manifest"
+        )
+
+    say("saving the tokenizer ...")
+    tokenizer.save_pretrained(str(out))
+    if not (out / "tokenizer.json").is_file():
+        raise ModelError(f"the tokenizer of {src} has no fast (tokenizer.json) form; cannot export it")
+
+    int8_info = None
+    if int8:
+        say("quantising the audio encoder to int8 (dynamic) ...")
+        int8_info = _quantise(audio_path, out / AUDIO_INT8_FILE, feats, a_onnx, t_onnx, threads)
+        say(
+            "int8 vs fp32: min cosine {min_cosine:.4f}, max |diff| {max_abs_diff:.2e}".format(**int8_info)
+        )
+
+    logit_scale = float(model.logit_scale_a.exp().item())
+    files = sorted(
+        p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
+    )
+    say("hashing files ...")
+    manifest = {
+        "kind": "clap",
+        "format_version": MANIFEST_VERSION,
+        "source": src,
+        "source_revision": revision,
+        "name": Path(src.rstrip("/")).name if Path(src).exists() else src.split("/")[-1],
+        "sample_rate": fe_params.sample_rate_hz,
+        "window_s": 5.0,
+        "embedding_dim": int(a_onnx.shape[1]),
+        "logit_scale": logit_scale,
+        "logit_scale_text": float(model.logit_scale_t.exp().item()),
+        "audio": {
+            "file": AUDIO_FILE,
+            "int8_file": AUDIO_INT8_FILE if int8 else None,
+            "input": "input_features",
+            "input_shape": ["batch", 1, int(n_frames), int(n_mels)],
+            "input_dtype": "float32",
+            "output": "audio_embeds",
+            "normalised": True,
+        },
+        "text": {
+            "file": TEXT_FILE,
+            "inputs": ["input_ids", "attention_mask"],
+            "input_shape": ["prompts", "tokens"],
+            "input_dtype": "int64",
+            "output": "text_embeds",
+            "normalised": True,
+            "tokenizer": "tokenizer.json",
+            "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1),
+            "max_tokens": int(min(getattr(model.config.text_config, "max_position_embeddings", 514) - 2, 512)),
+        },
+        "frontend": fe_params.to_dict(),
+        "max_abs_diff": {"audio": diff_audio, "text": diff_text},
+        "int8": int8_info,
+        "exporter": exporter,
+        "files": {name: sha256_file(out / name) for name in files},
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    say(f"wrote {out} ({len(files)} files + manifest.json)")
+    return manifest
+
+
+def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.ndarray, t_emb: np.ndarray, threads: int) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    _check(int8_path)
+    s = _ort_session(int8_path, threads)
+    a8 = s.run(None, {"input_features": feats})[0]
+    cos = np.sum(a8 * a_fp32, axis=1) / (np.linalg.norm(a8, axis=1) * np.linalg.norm(a_fp32, axis=1))
+    # do the test prompts rank the same for each clip?
+    same_top = bool(np.all(np.argmax(a8 @ t_emb.T, axis=1) == np.argmax(a_fp32 @ t_emb.T, axis=1)))
+    return {
+        "file": int8_path.name,
+        "method": "onnxruntime.quantization.quantize_dynamic QInt8",
+        "min_cosine": float(cos.min()),
+        "max_abs_diff": float(np.abs(a8 - a_fp32).max()),
+        "same_top_prompt": same_top,
+    }
