@@ -81,8 +81,7 @@ def _need_export_deps() -> None:
 def how_to_get(src: str) -> str:
     return (
         f"on a machine with internet run `huggingface-cli download {src} --local-dir DIR` "
-        "(or `git clone https://huggingface.co/" + src + " DIR`), copy DIR here and pass "
-        "`--model DIR`"
+        f"(or `hf download {src} --local-dir DIR`), copy DIR here and pass `--model DIR`"
     )
 
 

@@ -1,11 +1,40 @@
-"""`sound-monitor export` (being built; see the issue tracker)."""
+"""`sound-monitor export`: a CLAP checkpoint (hub id or local HF directory) to ONNX.
 
-from monitor.errors import UserError
+Heavy imports (torch, transformers, onnx) happen inside ``run`` via monitor.clap.export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SOURCE = "laion/clap-htsat-unfused"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_SOURCE,
+        metavar="SRC",
+        help=f"Hugging Face id or local Hugging Face directory (default {DEFAULT_SOURCE})",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output directory (default models/<name of SRC>)")
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 audio encoder")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for export checks (default 2)")
 
 
-def run(args) -> int:
-    raise UserError("this command is not built yet")
+def run(args: argparse.Namespace) -> int:
+    from monitor.clap.export import export_clap
+
+    src = args.model
+    out = Path(args.out) if args.out else Path("models") / Path(src.rstrip("/")).name
+    m = export_clap(src, out, int8=args.int8, threads=max(1, args.threads))
+    line = (
+        f"exported {src} -> {out}: embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}, "
+        f"max |onnx - torch| audio {m['max_abs_diff']['audio']:.2e} text {m['max_abs_diff']['text']:.2e}"
+    )
+    if m.get("int8"):
+        line += f", int8 min cosine {m['int8']['min_cosine']:.4f}"
+    print(line, file=sys.stdout)
+    return 0
