@@ -1,6 +1,6 @@
-"""`sound-monitor devices` (being built; see the issue tracker)."""
+"""`sound-monitor devices`: list audio input devices (or say why there are none)."""
 
-from monitor.errors import UserError
+from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
@@ -8,4 +8,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    raise UserError("this command is not built yet")
+    from monitor.sources import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        print("no audio input devices found (is a microphone connected? `arecord -l` lists ALSA devices)")
+        return 0
+    for d in devices:
+        print(f"{d['index']:3d}  {d['name']}  ({d['channels']} ch, default {d['default_rate_hz']} Hz)")
+    return 0

@@ -1,0 +1,66 @@
+"""Scorer: audio embeddings -> per-label scores in [0, 1].
+
+- ``softmax``: softmax of ``logit_scale * cos`` over the labels (the reference pipeline's
+  exclusive semantics: scores sum to 1).
+- ``vs-background``: each label on its own, softmax over [label, background prompts...];
+  the label's share. Several sounds can be active at once and a threshold means the same
+  for every label.
+
+Label and background embeddings are computed once (prompt ensembling, disk cache).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from monitor.backend import Backend
+from monitor.config import LabelConfig, ScoringConfig
+
+
+def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Scorer:
+    def __init__(
+        self,
+        backend: Backend,
+        labels: Sequence[LabelConfig],
+        cfg: ScoringConfig,
+        cache_dir=None,
+        label_matrix: np.ndarray | None = None,
+    ):
+        from monitor.labels import label_embeddings
+
+        self.method = cfg.method
+        self.labels = tuple(l.name for l in labels)
+        self.logit_scale = float(backend.logit_scale)
+        self.label_emb = (
+            label_matrix
+            if label_matrix is not None
+            else label_embeddings(backend, list(labels), cfg.templates, cache_dir=cache_dir)
+        )
+        self.background_emb = None
+        if self.method == "vs-background":
+            self.background_emb = label_embeddings(
+                backend, list(cfg.background), cfg.templates, cache_dir=cache_dir
+            )
+
+    def score(self, audio_emb: np.ndarray) -> np.ndarray:
+        """[N, D] normalised audio embeddings -> [N, L] scores."""
+        a = np.atleast_2d(np.asarray(audio_emb, dtype=np.float32))
+        logits = self.logit_scale * (a @ self.label_emb.T)  # [N, L]
+        if self.method == "softmax":
+            return _softmax(logits.astype(np.float64)).astype(np.float32)
+        bg = self.logit_scale * (a @ self.background_emb.T)  # [N, K]
+        # per label: softmax over [label, bg_1..bg_K] -> the label's probability
+        logits = logits.astype(np.float64)
+        bg = bg.astype(np.float64)
+        m = np.maximum(logits, bg.max(axis=1, keepdims=True))  # [N, L], for stability
+        num = np.exp(logits - m)
+        den = num + np.exp(bg[:, None, :] - m[:, :, None]).sum(axis=2)
+        return (num / den).astype(np.float32)

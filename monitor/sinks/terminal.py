@@ -1,0 +1,143 @@
+"""Terminal output: a rich live view on a TTY, plain log lines otherwise.
+
+The view is drawn from a ``ViewState`` snapshot, so ``render(state)`` can be printed to a
+recording Console in tests. rich is imported only here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from monitor.sinks.base import Sink
+from monitor.types import Event, Scores
+
+
+@dataclass
+class ViewState:
+    model: str = ""
+    source: str = ""
+    labels: tuple[str, ...] = ()
+    thresholds: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    active: set = field(default_factory=set)
+    level_dbfs: float = -150.0
+    gate_dbfs: float = -70.0
+    inference_ms: float = 0.0
+    windows: int = 0
+    dropped_windows: int = 0
+    dropped_frames: int = 0
+    stream_s: float = 0.0
+    sinks: dict = field(default_factory=dict)
+    recent: list = field(default_factory=list)  # last few event lines
+    demo: bool = False
+
+
+def _bar(value: float, threshold: float, width: int = 30) -> str:
+    n = max(0, min(width, int(round(value * width))))
+    mark = max(0, min(width - 1, int(round(threshold * width))))
+    cells = ["█" if i < n else "·" for i in range(width)]
+    cells[mark] = "|"
+    return "".join(cells)
+
+
+def render(state: ViewState):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    title = f"sound-monitor — {state.model} — {state.source}" + ("  [DEMO RECORDING]" if state.demo else "")
+    t = Table(expand=False, box=None, pad_edge=False)
+    t.add_column("label")
+    t.add_column("score", justify="right")
+    t.add_column("bar (| = threshold)")
+    t.add_column("")
+    for lab in state.labels:
+        s = float(state.scores.get(lab, 0.0))
+        thr = float(state.thresholds.get(lab, 0.5))
+        on = lab in state.active
+        style = "bold red" if on else ("yellow" if s >= thr else "")
+        t.add_row(Text(lab, style=style), f"{s:.2f}", Text(_bar(s, thr), style=style), Text("● ACTIVE", style="bold red") if on else "")
+    lvl = max(-90.0, min(0.0, state.level_dbfs))
+    meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 30)
+    info = Text(
+        f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
+        f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
+        f"dropped windows {state.dropped_windows}  dropped samples {state.dropped_frames}\n"
+        + "sinks: " + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
+    )
+    recent = Text("\n".join(state.recent[-5:]) or "no events yet")
+    return Panel(Group(t, info, Text("recent events:", style="bold"), recent), title=title)
+
+
+def format_event(ev: Event) -> str:
+    if ev.type == "start":
+        return f"[{ev.wall_time}] START {ev.label!r} at {ev.start_s:.1f} s (score {ev.score:.2f})"
+    return (
+        f"[{ev.wall_time}] END   {ev.label!r} {ev.start_s:.1f}–{ev.end_s:.1f} s "
+        f"({ev.duration_s:.1f} s, peak {ev.peak_score:.2f})"
+    )
+
+
+class TerminalSink(Sink):
+    """Keeps the view state; ``live=True`` draws it with rich.Live, else logs plain lines."""
+
+    name = "terminal"
+
+    def __init__(self, state: ViewState, *, live: bool, status_every_s: float = 10.0, stream=None):
+        self.state = state
+        self.live = live
+        self._stream = stream or sys.stderr
+        self._every = status_every_s
+        self._last_status = 0.0
+        self._lock = threading.Lock()
+        self._live = None
+
+    def publish(self, event: Event) -> None:
+        line = format_event(event)
+        with self._lock:
+            if event.type == "start":
+                self.state.active.add(event.label)
+            else:
+                self.state.active.discard(event.label)
+            self.state.recent.append(line)
+            del self.state.recent[:-20]
+        if not self.live:
+            print(line, file=self._stream, flush=True)
+
+    def on_scores(self, scores: Scores) -> None:
+        with self._lock:
+            self.state.scores = scores.as_dict()
+            self.state.level_dbfs = scores.level_dbfs
+            self.state.stream_s = scores.end_s
+            self.state.windows += 1
+            if not scores.gated:
+                self.state.inference_ms = scores.inference_ms
+        now = time.monotonic()
+        if not self.live and now - self._last_status >= self._every:
+            self._last_status = now
+            top = sorted(self.state.scores.items(), key=lambda kv: -kv[1])[:3]
+            tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
+            print(
+                f"t={scores.end_s:.1f}s level {scores.level_dbfs:.1f} dBFS"
+                f"{' (gated)' if scores.gated else ''} top: {tops}",
+                file=self._stream,
+                flush=True,
+            )
+
+    def run_live(self, refresh: Callable[[ViewState], None], done: threading.Event) -> None:
+        """Draw the live view until ``done`` is set (called on the main thread)."""
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(render(self.state), console=Console(file=self._stream), refresh_per_second=4, transient=False) as live:
+            while not done.wait(0.25):
+                refresh(self.state)
+                with self._lock:
+                    live.update(render(self.state))
+            refresh(self.state)
+            live.update(render(self.state))

@@ -1,0 +1,218 @@
+"""Audio sources: microphone (sounddevice), file (soundfile), raw PCM on stdin.
+
+Each source has ``sample_rate_hz``, ``channels``, ``description`` and ``run(put, stop)``,
+which delivers float32 [frames, channels] blocks through ``put`` until the audio ends or
+``stop`` is set. sounddevice is imported only here and only when a microphone is used,
+so files and stdin work without PortAudio.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+from monitor.errors import AudioError, UserError
+
+log = logging.getLogger(__name__)
+
+Put = Callable[[np.ndarray], object]
+
+
+def import_sounddevice():
+    try:
+        import sounddevice as sd  # noqa: PLC0415 - lazily, PortAudio may be missing
+    except OSError as e:
+        raise UserError(
+            f"PortAudio is not available ({e}); install it with `sudo apt-get install libportaudio2`"
+        ) from None
+    except ImportError:
+        raise UserError("the sounddevice package is missing: pip install sounddevice") from None
+    return sd
+
+
+def list_input_devices() -> list[dict]:
+    sd = import_sounddevice()
+    out = []
+    for i, d in enumerate(sd.query_devices()):
+        if d.get("max_input_channels", 0) > 0:
+            out.append(
+                {
+                    "index": i,
+                    "name": d["name"],
+                    "channels": d["max_input_channels"],
+                    "default_rate_hz": int(d["default_samplerate"]),
+                }
+            )
+    return out
+
+
+def has_input_device() -> bool:
+    try:
+        return bool(list_input_devices())
+    except UserError:
+        return False
+    except Exception:  # noqa: BLE001 - PortAudio errors of any kind mean "no device"
+        return False
+
+
+class MicSource:
+    """sounddevice InputStream; the callback only copies the block and enqueues it."""
+
+    def __init__(self, device=None, sample_rate_hz: int | None = None, channels: int = 1, block_frames: int = 1024):
+        sd = import_sounddevice()
+        try:
+            info = sd.query_devices(device, "input")
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"no usable input device {device!r}: {e}") from None
+        self._sd = sd
+        self.device = device
+        self.sample_rate_hz = int(sample_rate_hz or info["default_samplerate"])
+        self.channels = int(channels)
+        self.block_frames = int(block_frames)
+        self.description = f"mic:{info['name']}"
+        self.status_flags = 0  # callbacks that reported overflow or other status
+        self.realtime = True
+        self.never_block = True  # the audio callback must never wait
+
+    def callback(self, indata, frames, time_info, status) -> None:
+        """sounddevice's callback signature; copy + enqueue, nothing more."""
+        if status:
+            self.status_flags += 1
+        self._put(indata.copy())
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        self._put = put
+        stream = self._sd.InputStream(
+            device=self.device,
+            samplerate=self.sample_rate_hz,
+            channels=self.channels,
+            blocksize=self.block_frames,
+            dtype="float32",
+            callback=self.callback,
+        )
+        with stream:
+            while not stop.wait(0.2):
+                if not stream.active:
+                    raise AudioError("the microphone stream stopped (device lost?)")
+
+
+class FileSource:
+    """An audio file in blocks; real-time pace unless ``realtime=False`` (``--fast``)."""
+
+    def __init__(self, path: str | Path, block_frames: int = 1024, realtime: bool = True):
+        import soundfile as sf
+
+        p = Path(path)
+        if not p.is_file():
+            raise AudioError(f"audio file not found: {p}")
+        if p.stat().st_size == 0:
+            raise AudioError(f"audio file is empty (0 bytes): {p}")
+        try:
+            info = sf.info(str(p))
+        except Exception as e:  # noqa: BLE001
+            raise AudioError(f"cannot decode audio file {p}: {str(e).splitlines()[0] if str(e) else e}") from None
+        self.path = p
+        self.sample_rate_hz = int(info.samplerate)
+        self.channels = int(info.channels)
+        self.block_frames = int(block_frames)
+        self.realtime = realtime
+        self.description = f"file:{p.name}"
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        import soundfile as sf
+
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            with sf.SoundFile(str(self.path)) as f:
+                while not stop.is_set():
+                    block = f.read(self.block_frames, dtype="float32", always_2d=True)
+                    if len(block) == 0:
+                        break
+                    put(block)
+                    sent += len(block)
+                    if self.realtime:
+                        ahead = sent / self.sample_rate_hz - (time.monotonic() - t0)
+                        if ahead > 0 and stop.wait(ahead):
+                            break
+        except sf.LibsndfileError as e:
+            raise AudioError(f"error while decoding {self.path}: {e}") from None
+
+
+class ArraySource:
+    """In-memory audio (demo recording, tests), same pacing rules as a file."""
+
+    def __init__(self, samples: np.ndarray, sample_rate_hz: int, description: str, block_frames: int = 1024, realtime: bool = True):
+        self.samples = np.asarray(samples, dtype=np.float32).reshape(len(samples), -1)
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.channels = self.samples.shape[1]
+        self.block_frames = int(block_frames)
+        self.realtime = realtime
+        self.description = description
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        t0 = time.monotonic()
+        for a in range(0, len(self.samples), self.block_frames):
+            if stop.is_set():
+                break
+            put(self.samples[a : a + self.block_frames])
+            if self.realtime:
+                ahead = (a + self.block_frames) / self.sample_rate_hz - (time.monotonic() - t0)
+                if ahead > 0 and stop.wait(ahead):
+                    break
+
+
+class StdinSource:
+    """Raw interleaved PCM (s16le or f32le) on stdin, e.g. from arecord or ffmpeg."""
+
+    def __init__(self, sample_rate_hz: int, channels: int = 1, fmt: str = "s16le", block_frames: int = 1024, stream: BinaryIO | None = None):
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.channels = int(channels)
+        self.fmt = fmt
+        self.block_frames = int(block_frames)
+        self.realtime = False  # paced by whoever writes to the pipe
+        self.description = f"stdin:{fmt}@{self.sample_rate_hz}"
+        self._stream = stream
+        self._dtype = np.dtype("<i2") if fmt == "s16le" else np.dtype("<f4")
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        stream = self._stream or sys.stdin.buffer
+        frame_bytes = self._dtype.itemsize * self.channels
+        want = self.block_frames * frame_bytes
+        pending = b""
+        while not stop.is_set():
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            pending += chunk
+            usable = len(pending) - len(pending) % frame_bytes
+            if usable == 0:
+                continue
+            raw = np.frombuffer(pending[:usable], dtype=self._dtype).reshape(-1, self.channels)
+            pending = pending[usable:]
+            if self._dtype.kind == "i":
+                block = raw.astype(np.float32) / 32768.0
+            else:
+                block = raw.astype(np.float32)
+            put(block)
+
+
+def demo_source(block_frames: int = 1024, realtime: bool = True) -> ArraySource:
+    """The bundled demo recording: the animal clips one after another with 1 s gaps."""
+    from monitor.audio_io import read_audio
+
+    demo = Path(__file__).resolve().parent / "demo"
+    rate = 48000
+    parts = []
+    for p in sorted(demo.glob("*.mp3")):
+        parts.append(read_audio(p, rate).samples)
+        parts.append(np.zeros(rate, dtype=np.float32))
+    if not parts:
+        raise UserError(f"the bundled demo recordings are missing from {demo}")
+    return ArraySource(np.concatenate(parts), rate, "demo:bundled-animals", block_frames, realtime)
