@@ -48,7 +48,7 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
     if spec == "offline":
         from monitor.offline.backend import OfflineBackend
 
-        return Selected(OfflineBackend.load(threads=cfg.threads), "offline backend requested")
+        return Selected(OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_dir), "offline backend requested")
     if spec == "auto":
         from monitor.offline.select import select_auto  # owned by the offline-backend work
 
