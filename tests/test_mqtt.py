@@ -242,3 +242,30 @@ def test_slug_property(labels):
     for v in s.values():
         assert v and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in v)
         assert slugify(v) == v or "_" in v
+
+
+def test_cli_run_publishes_exactly_the_jsonl_events(mosquitto, tmp_path, tiny_clap_export):
+    b = mosquitto()
+    sub = Subscriber(b.port)
+    ev_path = tmp_path / "events.jsonl"
+    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--source", "monitor/demo/owl.mp3", "--fast",
+                        "--no-tui", "--model", str(tiny_clap_export), "--labels", "owl,dog/cat,+alarm#",
+                        "--scoring", "softmax", "--threshold", "0.0", "--events", str(ev_path),
+                        "--mqtt", f"mqtt://127.0.0.1:{b.port}"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(l) for l in ev_path.read_text().splitlines()]
+    assert len(logged) == 6
+    dev = logged[0]["device_id"]
+    from monitor.topics import device_slug
+
+    topic = f"sound-monitor/{device_slug(dev)}/events"
+    assert sub.wait_for(lambda s: len(s.on(topic)) == 6)
+    assert [json.loads(p) for p in sub.on(topic)] == logged
+    # safe, distinct topics for the awkward labels, final state OFF after the closing events
+    for slug in ("owl", "dog_cat", "alarm"):
+        assert sub.on(f"sound-monitor/{device_slug(dev)}/label/{slug}/state")[-1] == b"OFF"
+        assert sub.on(f"homeassistant/binary_sensor/{device_slug(dev)}/{slug}/config")
+    assert sub.wait_for(lambda s: s.on(f"sound-monitor/{device_slug(dev)}/availability")[-1:] == [b"offline"])
+    assert not any("+" in t or "#" in t for t, _, _ in sub.messages)
+    sub.close()
