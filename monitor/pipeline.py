@@ -43,6 +43,9 @@ class Stats:
     level_dbfs: float = -150.0
     stream_s: float = 0.0
     source_error: str | None = None
+    # seconds from the block that completed a window reaching the worker to that window's
+    # scores and events being handed to the sinks (last 1000 windows)
+    latency_s: list = field(default_factory=list)
     finished: bool = False
     last_scores: dict = field(default_factory=dict)
 
@@ -76,7 +79,7 @@ class Pipeline:
         self._never_block = bool(getattr(source, "never_block", False))
         self._drop_late = bool(getattr(source, "realtime", False))
         self.stats = Stats()
-        self._lock = threading.Lock()
+        self._arrived: dict[int, float] = {}
 
     # -- threads ----------------------------------------------------------------------
     def _capture(self) -> None:
@@ -114,11 +117,17 @@ class Pipeline:
                 if self.buffer.closed or self.stop.is_set():
                     break
                 continue
-            pending.extend(self._windows_from(block))
+            t_block = time.perf_counter()
+            new = self._windows_from(block)
+            for w in new:
+                self._arrived[w.index] = t_block
+            pending.extend(new)
             if self._drop_late and len(pending) > self.max_pending:
                 n = len(pending) - self.max_pending
                 self.stats.dropped_windows += n
                 log.warning("inference cannot keep up: dropped %d window(s)", n)
+                for w in pending[:n]:
+                    self._arrived.pop(w.index, None)
                 pending = pending[n:]
             if pending and (self.buffer.frames == 0 or len(pending) >= self.max_pending):
                 self._process(pending)
@@ -176,6 +185,10 @@ class Pipeline:
             s.on_scores(sc)
         for ev in self.tracker.update(sc):
             self._publish(ev)
+        t = self._arrived.pop(sc.window_index, None)
+        if t is not None:
+            st.latency_s.append(time.perf_counter() - t)
+            del st.latency_s[:-1000]
 
     def _publish(self, ev) -> None:
         self.stats.events += 1
