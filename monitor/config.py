@@ -40,6 +40,8 @@ class ModelConfig(_Section):
     models_dir: str = "models"
     threads: int = Field(2, ge=1, le=64)
     int8: bool = False
+    # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
+    spinning: bool = False
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
     adapter: str | None = None
 

@@ -40,7 +40,7 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
         return OfflineBackend.from_dir(path, threads=cfg.threads)
     from monitor.clap.encoder import ClapBackend
 
-    return ClapBackend.from_dir(path, threads=cfg.threads, int8=cfg.int8)
+    return ClapBackend.from_dir(path, threads=cfg.threads, int8=cfg.int8, spinning=cfg.spinning)
 
 
 def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:

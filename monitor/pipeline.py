@@ -156,8 +156,13 @@ class Pipeline:
             by_len: dict[int, list[Window]] = {}
             for w in live:
                 by_len.setdefault(w.samples.size, []).append(w)
+            # a backend with a streaming front-end reuses the frames consecutive windows share
+            embed_windows = getattr(self.backend, "embed_windows", None)
             for group in by_len.values():
-                vecs = self.backend.embed_audio(np.stack([w.samples for w in group]))
+                if embed_windows is not None:
+                    vecs = embed_windows(group)
+                else:
+                    vecs = self.backend.embed_audio(np.stack([w.samples for w in group]))
                 for w, v in zip(group, vecs):
                     emb[w.index] = v
             ms = (time.perf_counter() - t0) * 1000.0 / len(live)

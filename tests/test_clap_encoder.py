@@ -123,11 +123,15 @@ def test_int8_encoder(tiny_clap_export, backend, demo_clips_48k):
 def test_corrupt_or_missing_files(tiny_clap_export, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_clap_export, bad)
-    data = bytearray((bad / "audio_encoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (bad / "audio_encoder.onnx").write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="does not match manifest"):
-        ClapBackend.from_dir(bad)
+    assert ClapBackend.from_dir(bad)._audio_file == "audio_encoder.opt.onnx"  # the optimised graph first
+    for name in ("audio_encoder.opt.onnx", "audio_encoder.onnx"):
+        data = bytearray((bad / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / name).write_bytes(bytes(data))
+        with pytest.raises(ModelError, match="does not match manifest"):
+            ClapBackend.from_dir(bad)
+        if name.endswith(".opt.onnx"):
+            (bad / name).unlink()  # without it the plain graph is loaded (and checked)
     (bad / "audio_encoder.onnx").unlink()
     with pytest.raises(ModelError, match="missing"):
         ClapBackend.from_dir(bad)

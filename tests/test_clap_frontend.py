@@ -108,3 +108,44 @@ def test_bad_input(frontend):
         frontend.features(np.zeros((2, 100), dtype=np.float32))
     with pytest.raises(ValueError):
         frontend.batch_features(np.zeros(100, dtype=np.float32))
+
+
+# -- the incremental front-end (streaming windows share their STFT frames) -----------------
+
+
+def _windows(x, window_n, hop_n):
+    return [(s, x[s : s + window_n]) for s in range(0, x.size - window_n + 1, hop_n)]
+
+
+@pytest.mark.parametrize("hop_s", [1.0, 0.5, 2.5])
+def test_streaming_frontend_equals_full_and_reuses_frames(frontend, hop_s):
+    from monitor.clap.frontend import StreamingFrontend
+
+    x = _clip(14 * SR, seed=3)
+    sf = StreamingFrontend(frontend)
+    wins = _windows(x, 5 * SR, int(hop_s * SR))
+    for s, w in wins:
+        np.testing.assert_allclose(sf.window_features(w, s), frontend.batch_features(w[None])[0], atol=1e-4, rtol=0)
+    # after the first window only the new hop's frames and the ~7 edge frames are computed
+    first = 500 + 7
+    per_window = (sf.frames_computed - first) / (len(wins) - 1)
+    assert per_window <= hop_s * 100 + 8, per_window
+
+
+def test_streaming_frontend_gaps_restart_and_odd_geometry(frontend):
+    from monitor.clap.frontend import StreamingFrontend
+
+    x = _clip(20 * SR, seed=4)
+    sf = StreamingFrontend(frontend)
+    cases = [
+        (0, 5 * SR),  # first window
+        (7 * SR, 5 * SR),  # a gap (windows gated or dropped in between): nothing stale used
+        (8 * SR, 5 * SR),
+        (2 * SR, 5 * SR),  # the stream restarted: the cache is cleared
+        (3 * SR + 1, 5 * SR),  # start off the frame grid: computed in full
+        (0, 3 * SR + 17),  # length off the grid (short tail window): in full
+        (480 * 7, 417 * 480),  # repeat-padded with zeros after two copies
+    ]
+    for s, n in cases:
+        w = x[s : s + n]
+        np.testing.assert_allclose(sf.window_features(w, s), frontend.batch_features(w[None])[0], atol=1e-4, rtol=0)
