@@ -5,26 +5,36 @@ sanitises, resamples (state carried), cuts windows, gates by level, embeds pendi
 in one batch, scores, tracks events and hands scores/events to the sinks in order. A
 real-time source that outruns inference loses whole windows (counted), never capture.
 One ``stop`` event ends everything; open events are closed before the sinks are.
+
+The source runs under a ``SourceSupervisor`` (monitor/supervise.py): stalls and losses
+arrive as markers between the audio blocks. On a loss the worker scores what it has and
+ends open events; on resumption it starts a new segment whose stream time begins after
+the gap (stream time stays monotonic). A source that sends only zeros for
+``silence_timeout_s`` of stream time is reported ``silent``. ``swap_live()`` replaces the
+scorer and event rules between two batches of windows (config hot reload).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from monitor.audio_io import downmix, sanitise
 from monitor.backend import Backend
-from monitor.buffer import RingBuffer
-from monitor.config import StreamConfig
+from monitor.buffer import DroppedAudio, RingBuffer
+from monitor.config import SourceConfig, StreamConfig
 from monitor.events import EventTracker
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
+from monitor.supervise import OK, SILENT, SourceLost, SourceResumed, SourceSupervisor
 from monitor.types import Scores, Window
 from monitor.windows import Windower
 
@@ -48,6 +58,18 @@ class Stats:
     latency_s: list = field(default_factory=list)
     finished: bool = False
     last_scores: dict = field(default_factory=dict)
+    # source supervision: ok | starting | stalled | lost | retrying | silent | ended | failed
+    source_status: str = "starting"
+    source_detail: str = ""
+    source_restarts: int = 0
+    source_stalls: int = 0
+    source_losses: int = 0
+    source_last_error: str | None = None
+    gaps: int = 0
+    gap_s: float = 0.0  # wall-clock seconds without audio, summed over gaps
+    silent_s: float = 0.0  # current run of digital silence, stream seconds
+    reloads: int = 0
+    received_frames: int = 0
 
 
 class Pipeline:
@@ -63,6 +85,8 @@ class Pipeline:
         buffer_s: float = 10.0,
         max_pending_windows: int = 4,
         stop: threading.Event | None = None,
+        source_cfg: SourceConfig | None = None,
+        reopen: Callable[[], object] | None = None,
     ):
         self.source = source
         self.backend = backend
@@ -80,14 +104,58 @@ class Pipeline:
         self._drop_late = bool(getattr(source, "realtime", False))
         self.stats = Stats()
         self._arrived: dict[int, float] = {}
+        sc = source_cfg or SourceConfig()
+        self.supervisor = SourceSupervisor(
+            source,
+            put=self._buffer_put,
+            signal=self.buffer.put_marker,
+            stop=self.stop,
+            reopen=reopen,
+            stall_timeout_s=sc.stall_timeout_s,
+            retry_max_s=sc.retry_max_s,
+            on_status=self._on_source_status,
+        )
+        self.silence_timeout_s = sc.silence_timeout_s
+        self._silent_run_n = 0  # source samples of exact zeros in a row
+        self._silent = False
+        # segments: after a gap the windows are shifted by an offset (whole hops of samples)
+        self._offset_n = 0  # model-rate samples before the current segment
+        self._index_base = 0
+        self._next_index = 0
+        self._segment_lost = False
+        self._swap_lock = threading.Lock()
+        self._swap: tuple | None = None
+        self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
+
+    # -- source status ---------------------------------------------------------------------
+    def _buffer_put(self, block: np.ndarray):
+        if self._never_block:
+            return self.buffer.put(block)
+        return self.buffer.put(block, block_when_full=True, timeout=None)
+
+    def _on_source_status(self, status: str, detail: str) -> None:
+        sup = self.supervisor if hasattr(self, "supervisor") else None
+        st = self.stats
+        if sup is not None:
+            st.source_restarts, st.source_stalls, st.source_losses = sup.restarts, sup.stalls, sup.losses
+            st.source_last_error = sup.last_error
+        st.source_detail = detail
+        st.source_status = SILENT if (status == OK and self._silent) else status
+
+    def _set_silent(self, silent: bool, run_s: float) -> None:
+        if silent == self._silent:
+            return
+        self._silent = silent
+        if silent:
+            log.warning("source delivers only zeros (digital silence) for %.1f s: muted or disconnected input?", run_s)
+        else:
+            log.warning("source delivers sound again after %.1f s of digital silence", run_s)
+        self._on_source_status(self.supervisor.status, "only zeros" if silent else "")
 
     # -- threads ----------------------------------------------------------------------
     def _capture(self) -> None:
         try:
-            put = (lambda b: self.buffer.put(b)) if self._never_block else (
-                lambda b: self.buffer.put(b, block_when_full=True, timeout=None)
-            )
-            self.source.run(put, self.stop)
+            self.supervisor.run()
         except Exception as e:  # noqa: BLE001 - reported in status, pipeline shuts down
             log.error("source failed: %s", e)
             self.stats.source_error = str(e)
@@ -111,11 +179,27 @@ class Pipeline:
 
     def _work(self) -> None:
         pending: list[Window] = []
+        t_last = time.perf_counter()
         while True:
+            self._apply_swap()
             block = self.buffer.get(timeout=0.2)
             if block is None:
                 if self.buffer.closed or self.stop.is_set():
                     break
+                continue
+            if isinstance(block, SourceLost):
+                pending.extend(self._end_segment())
+                if pending:
+                    self._process(pending)
+                    pending = []
+                self._source_lost(block)
+                continue
+            if isinstance(block, SourceResumed):
+                self._source_resumed(block)
+                continue
+            if isinstance(block, DroppedAudio):
+                pending.extend(self._end_segment())
+                self._new_segment(block.frames / self.resampler.in_rate_hz, self.resampler.in_rate_hz)
                 continue
             t_block = time.perf_counter()
             new = self._windows_from(block)
@@ -129,21 +213,135 @@ class Pipeline:
                 for w in pending[:n]:
                     self._arrived.pop(w.index, None)
                 pending = pending[n:]
-            if pending and (self.buffer.frames == 0 or len(pending) >= self.max_pending):
+            # a real-time source: catch up with the buffer first (cheap), then score only the
+            # newest windows; a file or pipe: score in batches as they come
+            caught_up = self.buffer.frames == 0
+            if pending and (caught_up or (not self._drop_late and len(pending) >= self.max_pending)
+                            or time.perf_counter() - t_last > 2.0):
                 self._process(pending)
                 pending = []
-        tail = self.resampler.process(np.zeros(0, np.float32), last=True)
-        pending.extend(self.windower.push(tail))
-        pending.extend(self.windower.flush())
+                t_last = time.perf_counter()
+        if not self._segment_lost:
+            tail = self.resampler.process(np.zeros(0, np.float32), last=True)
+            pending.extend(self._push(tail))
+            if self._offset_n == 0:  # only a whole stream shorter than a window gives a short one
+                pending.extend(self._shift(w) for w in self.windower.flush())
+        self._apply_swap()
         if pending:
             self._process(pending)
 
     def _windows_from(self, block: np.ndarray) -> list[Window]:
         mono, n_bad = sanitise(downmix(block))
+        st = self.stats
         if n_bad:
-            self.stats.nonfinite_samples += n_bad
-        self.stats.dropped_frames = self.buffer.dropped_frames
-        return self.windower.push(self.resampler.process(mono))
+            st.nonfinite_samples += n_bad
+        st.dropped_frames = self.buffer.dropped_frames
+        st.received_frames = self.buffer.received_frames
+        if mono.size:
+            was_s = self._silent_run_n / self.resampler_rate_in
+            self._silent_run_n = 0 if mono.any() else self._silent_run_n + mono.size
+            st.silent_s = self._silent_run_n / self.resampler_rate_in
+            self._set_silent(st.silent_s >= self.silence_timeout_s, max(was_s, st.silent_s))
+        return self._push(self.resampler.process(mono))
+
+    # -- segments (source lost and resumed) -------------------------------------------------
+    @property
+    def resampler_rate_in(self) -> int:
+        return self.resampler.in_rate_hz
+
+    def _push(self, y: np.ndarray) -> list[Window]:
+        """Model-rate samples -> windows (shifted into stream time); audio sinks see them first."""
+        if self._audio_sinks and y.size:
+            t0 = (self._offset_n + self.windower.total_samples) / self.windower.sample_rate_hz
+            for s in self._audio_sinks:
+                try:
+                    s.on_audio(t0, y, self.windower.sample_rate_hz)
+                except Exception as e:  # noqa: BLE001 - a clip writer must not stop monitoring
+                    log.error("sink %s failed on audio: %s", s.name, e)
+        return [self._shift(w) for w in self.windower.push(y)]
+
+    def _shift(self, w: Window) -> Window:
+        self._next_index = self._index_base + w.index + 1
+        if self._offset_n == 0 and self._index_base == 0:
+            return w
+        off_s = self._offset_n / w.sample_rate_hz
+        return dataclasses.replace(w, index=self._index_base + w.index, start_s=w.start_s + off_s,
+                                   end_s=w.end_s + off_s)
+
+    def _stream_pos_n(self) -> int:
+        return self._offset_n + self.windower.total_samples
+
+    def _end_segment(self) -> list[Window]:
+        """The source was lost: the windows its last samples complete (a partial one is dropped)."""
+        if self._segment_lost:
+            return []
+        tail = self.resampler.process(np.zeros(0, np.float32), last=True)
+        return self._push(tail)
+
+    def _source_lost(self, marker: SourceLost) -> None:
+        self._segment_lost = True
+        for ev in self.tracker.close_all():
+            self._publish(ev)
+        log.warning("source lost (%s) at %.1f s of stream time: open events ended",
+                    marker.reason, self._stream_pos_n() / self.windower.sample_rate_hz)
+
+    def _source_resumed(self, marker: SourceResumed) -> None:
+        if not self._segment_lost:  # a resume without a loss (should not happen): still a new segment
+            self._end_segment()
+        start_s = self._new_segment(marker.gap_s, marker.sample_rate_hz)
+        self._silent_run_n = 0
+        st = self.stats
+        st.gaps += 1
+        st.gap_s += marker.gap_s
+        log.warning("source %s resumed: %.1f s gap, stream time continues at %.1f s",
+                    marker.description, marker.gap_s, start_s)
+
+    def _new_segment(self, gap_s: float, source_rate_hz: int) -> float:
+        """Start windowing afresh ``gap_s`` after the current stream position; returns its start."""
+        rate = self.windower.sample_rate_hz
+        hop_n = self.windower.hop_n
+        # the new segment starts after the gap, on a 10 ms grid so front-end frame caches
+        # (CLAP's streaming STFT hops 10 ms) stay aligned; the rounding adds < 10 ms
+        align = math.gcd(hop_n, max(1, rate // 100))
+        start_n = self._stream_pos_n() + int(math.ceil(gap_s * rate))
+        start_n = int(math.ceil(start_n / align)) * align
+        old = self.windower
+        self.windower = Windower(rate, self.cfg.window_s, self.cfg.hop_s)
+        self.windower.hop_n = old.hop_n
+        self.resampler = StreamResampler(source_rate_hz, rate)
+        self._offset_n = start_n
+        self._index_base = self._next_index
+        self._segment_lost = False
+        return start_n / rate
+
+    # -- hot reload ----------------------------------------------------------------------
+    def swap_live(self, scorer: Scorer, rules: dict, on_applied: Callable[[list], None] | None = None) -> None:
+        """Use ``scorer`` and event ``rules`` from the next batch of windows on (thread-safe).
+
+        Open events of labels that are gone end; sinks get ``set_labels``. ``on_applied`` is
+        called on the worker thread with the events that the change ended.
+        """
+        with self._swap_lock:
+            self._swap = (scorer, rules, on_applied)
+
+    def _apply_swap(self) -> None:
+        if self._swap is None:
+            return
+        with self._swap_lock:
+            scorer, rules, on_applied = self._swap
+            self._swap = None
+        self.scorer = scorer
+        ended = self.tracker.set_rules(rules, end_s=self.stats.stream_s)
+        for ev in ended:
+            self._publish(ev)
+        for s in self.sinks:
+            try:
+                s.set_labels(list(scorer.labels))
+            except Exception as e:  # noqa: BLE001
+                log.error("sink %s failed to change labels: %s", s.name, e)
+        self.stats.reloads += 1
+        if on_applied is not None:
+            on_applied(ended)
 
     def _process(self, windows: list[Window]) -> None:
         gate = self.cfg.gate_dbfs
@@ -204,6 +402,8 @@ class Pipeline:
                 log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
 
     def _finish(self) -> None:
+        self.stats.received_frames = self.buffer.received_frames
+        self.stats.dropped_frames = self.buffer.dropped_frames
         for ev in self.tracker.close_all():
             self._publish(ev)
         self.stats.finished = True

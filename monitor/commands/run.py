@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--channels", type=int, help="stdin/mic channel count")
     p.add_argument("--format", choices=["s16le", "f32le"], help="stdin sample format")
     p.add_argument("--hop", type=float, help="seconds between windows (default 1.0)")
+    p.add_argument("--watch-config", action="store_true",
+                   help="reload the config file when it changes (SIGHUP always reloads it)")
 
 
 def _overrides(args) -> dict:
@@ -71,6 +73,7 @@ def load_effective_config(args):
 
 
 def make_source(cfg, say):
+    """-> (source, is_demo, reopen): ``reopen`` rebuilds a lost microphone (None: not restartable)."""
     from monitor.errors import UserError
     from monitor import sources
 
@@ -79,13 +82,17 @@ def make_source(cfg, say):
         if not sources.has_input_device():
             say("no audio input device found: running on the bundled DEMO recording instead "
                 "(animal sounds; use --source PATH or - for other audio)")
-            return sources.demo_source(sc.block_frames, realtime=sc.realtime), True
-        return sources.MicSource(sc.device, sc.sample_rate_hz, sc.channels, sc.block_frames), False
+            return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
+
+        def reopen():
+            return sources.MicSource(sc.device, sc.sample_rate_hz, sc.channels, sc.block_frames)
+
+        return reopen(), False, reopen
     if sc.input == "-":
         if not sc.sample_rate_hz:
             raise UserError("stdin needs its sample rate: --rate HZ (and --channels, --format if not 1, s16le)")
-        return sources.StdinSource(sc.sample_rate_hz, sc.channels, sc.format, sc.block_frames), False
-    return sources.FileSource(sc.input, sc.block_frames, realtime=sc.realtime), False
+        return sources.StdinSource(sc.sample_rate_hz, sc.channels, sc.format, sc.block_frames), False, None
+    return sources.FileSource(sc.input, sc.block_frames, realtime=sc.realtime), False, None
 
 
 def build_sinks(cfg, view_state, backend_name, source_name, live):
@@ -111,16 +118,30 @@ def build_sinks(cfg, view_state, backend_name, source_name, live):
                 source_name=source_name,
             )
         )
+    if cfg.clips.enabled:
+        from monitor.sinks.clips import ClipsSink
+
+        sinks.append(ClipsSink(cfg.clips))
     term = TerminalSink(view_state, live=live)
     sinks.append(term)
     return sinks, term
 
 
-def run(args) -> int:
+def with_default_labels(cfg, say):
     from monitor.config import with_overrides
+
+    if cfg.labels:
+        return cfg
+    say("no labels configured: using the defaults " + ", ".join(DEFAULT_LABELS)
+        + " (set `labels:` in config.yaml or --labels)")
+    return with_overrides(cfg, {"labels": list(DEFAULT_LABELS)})
+
+
+def run(args) -> int:
     from monitor.events import EventTracker, rules_for
     from monitor.model_select import select_backend
     from monitor.pipeline import Pipeline
+    from monitor.reload import ConfigReloader
     from monitor.scoring import Scorer
     from monitor.sinks.terminal import ViewState
     from monitor.state import SeqCounter
@@ -128,12 +149,8 @@ def run(args) -> int:
     def say(msg: str) -> None:
         print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
 
-    cfg = load_effective_config(args)
-    if not cfg.labels:
-        cfg = with_overrides(cfg, {"labels": list(DEFAULT_LABELS)})
-        say("no labels configured: using the defaults " + ", ".join(DEFAULT_LABELS)
-            + " (set `labels:` in config.yaml or --labels)")
-    source, demo = make_source(cfg, say)
+    cfg = with_default_labels(load_effective_config(args), say)
+    source, demo, reopen = make_source(cfg, say)
     selected = select_backend(cfg.model.spec, cfg.model)
     backend = selected.backend
     say(f"model {backend.name}: {selected.reason}")
@@ -160,14 +177,35 @@ def run(args) -> int:
         s.set_labels(list(scorer.labels))
 
     stop = threading.Event()
-    pipe = Pipeline(source, backend, scorer, tracker, sinks, cfg.stream, buffer_s=cfg.source.buffer_s, stop=stop)
+    pipe = Pipeline(source, backend, scorer, tracker, sinks, cfg.stream, buffer_s=cfg.source.buffer_s, stop=stop,
+                    source_cfg=cfg.source, reopen=reopen)
+
+    def apply_live(new_cfg) -> None:
+        """Build the new scorer here (reload thread); the worker swaps it in between windows."""
+        new_scorer = Scorer(backend, new_cfg.labels, new_cfg.scoring, cache_dir=cache_dir)
+        new_rules = rules_for(new_cfg.labels, new_cfg.events)
+        with term._lock:
+            view.labels = new_scorer.labels
+            view.thresholds = {k: r.threshold for k, r in new_rules.items()}
+            view.active &= set(new_scorer.labels)
+        pipe.swap_live(new_scorer, new_rules)
+
+    config_path = args.config or ("config.yaml" if Path("config.yaml").is_file() else None)
+    reloader = ConfigReloader(lambda: with_default_labels(load_effective_config(args), say), apply_live, cfg, stop,
+                              watch_path=config_path if args.watch_config else None, say=say)
 
     def _on_signal(signum, frame):  # noqa: ARG001
         say("stopping (closing open events, flushing outputs)")
         stop.set()
 
+    def _on_hup(signum, frame):  # noqa: ARG001
+        reloader.request()
+
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _on_hup)
+    reloader.start()
 
     done = threading.Event()
     result = {}
@@ -188,12 +226,15 @@ def run(args) -> int:
         state.dropped_windows = st.dropped_windows
         state.dropped_frames = st.dropped_frames
         state.sinks = {s.name: s.status().get("state", "ok") for s in sinks if s is not term}
+        state.source_status = st.source_status + (f" ({st.source_detail})" if st.source_detail else "")
 
     if live:
         term.run_live(refresh, done)
     else:
         while not done.wait(0.5):
             pass
+    stop.set()
+    reloader.join()
     worker.join(timeout=10)
     if "error" in result:
         raise result["error"]
@@ -201,7 +242,10 @@ def run(args) -> int:
     if st is not None:
         say(f"finished: {st.windows} windows ({st.gated} below the gate), {st.events} events, "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
-            + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else ""))
+            + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
+            + (f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
+               f"reopen(s), {st.gaps} gap(s) totalling {st.gap_s:.1f} s" if st.source_losses else "")
+            + (f"; {st.reloads} config reload(s)" if st.reloads else ""))
         if st.source_error:
             say(f"source error: {st.source_error}")
             return 1

@@ -1,7 +1,7 @@
 """The one small interface every sink implements (jsonl, mqtt, terminal, clips).
 
 The pipeline calls ``publish(event)`` for every event in ``seq`` order, optionally
-``on_scores(scores)`` for every window, ``set_labels(labels)`` when the label set changes,
+``on_scores(scores)`` for every window, ``on_audio(...)`` for the audio itself, ``set_labels(labels)`` when the label set changes,
 reads ``status()`` for the live view and calls ``close()`` once at shutdown (after the
 final ``end`` events). A sink must never block the pipeline for long: slow I/O goes to its
 own thread or a durable outbox.
@@ -22,6 +22,10 @@ class Sink:
 
     def on_scores(self, scores: Scores) -> None:
         """Per-window scores; most sinks ignore them."""
+
+    def on_audio(self, start_s: float, samples, sample_rate_hz: int) -> None:
+        """Model-rate mono audio as it is windowed (stream time ``start_s``); only sinks
+        that override this (clips) receive it. Audio never leaves the device."""
 
     def set_labels(self, labels: Sequence[str]) -> None:
         """The active label names changed (start-up, hot reload)."""

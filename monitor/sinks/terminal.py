@@ -34,6 +34,7 @@ class ViewState:
     sinks: dict = field(default_factory=dict)
     recent: list = field(default_factory=list)  # last few event lines
     demo: bool = False
+    source_status: str = "ok"  # ok | stalled | retrying | silent | lost ... (monitor/supervise.py)
 
 
 def _bar(value: float, threshold: float, width: int = 30) -> str:
@@ -68,6 +69,7 @@ def render(state: ViewState):
         f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
         f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
         f"dropped windows {state.dropped_windows}  dropped samples {state.dropped_frames}\n"
+        + f"source: {state.source_status}  "
         + "sinks: " + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
     )
     recent = Text("\n".join(state.recent[-5:]) or "no events yet")
