@@ -9,6 +9,7 @@ so files and stdin work without PortAudio.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -181,13 +182,38 @@ class StdinSource:
         self._stream = stream
         self._dtype = np.dtype("<i2") if fmt == "s16le" else np.dtype("<f4")
 
+    def _reader(self, stream, want: int, stop: threading.Event):
+        """A read function that returns b"" at EOF and None when ``stop`` was set.
+
+        A real pipe is read with select + os.read on its descriptor: the read never blocks
+        for more than 0.2 s (so stop is honoured and a stalled writer does not pin the
+        thread), and no lock of sys.stdin's buffered reader is held at interpreter exit.
+        """
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        if fd is None:
+            return lambda: None if stop.is_set() else stream.read(want)
+        import select
+
+        def read():
+            while not stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready:
+                    return os.read(fd, want)
+            return None
+
+        return read
+
     def run(self, put: Put, stop: threading.Event) -> None:
         stream = self._stream or sys.stdin.buffer
         frame_bytes = self._dtype.itemsize * self.channels
         want = self.block_frames * frame_bytes
         pending = b""
+        read = self._reader(stream, want, stop)
         while not stop.is_set():
-            chunk = stream.read(want)
+            chunk = read()
             if not chunk:
                 break
             pending += chunk
