@@ -288,6 +288,8 @@ def load_config(path: str | os.PathLike | None) -> Config:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{p}: malformed YAML{at}: {problem}") from None
+    except (ValueError, RecursionError) as e:  # e.g. a date like 2001-02-30, absurd nesting
+        raise UserError(f"{p}: malformed YAML: {str(e)[:200] or type(e).__name__}") from None
     return parse_config(data, where=str(p))
 
 
