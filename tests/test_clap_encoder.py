@@ -184,3 +184,22 @@ def test_export_cli_errors(args, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_export_rewrites_the_time_stretch_and_saves_optimised_graphs(tiny_clap_export):
+    import json
+
+    import onnx
+
+    manifest = json.loads((tiny_clap_export / "manifest.json").read_text())
+    audio = manifest["audio"]
+    assert audio["graph_rewrites"], "HTSAT's 1001 -> 1024 frame Resize should become a MatMul"
+    graph = onnx.load(str(tiny_clap_export / audio["file"])).graph
+    assert not [n for n in graph.node if n.op_type == "Resize"]
+    assert {n.name for n in graph.node if n.op_type == "MatMul"} >= set(audio["graph_rewrites"])
+    # the optimised copies are listed, hashed, and are what the backend loads
+    assert audio["optimized"] == {"audio_encoder.onnx": "audio_encoder.opt.onnx",
+                                  "audio_encoder.int8.onnx": "audio_encoder.int8.opt.onnx"}
+    for f in audio["optimized"].values():
+        assert f in manifest["files"]
+    assert manifest["max_abs_diff"]["audio"] < 1e-4  # measured after the rewrite
