@@ -256,9 +256,6 @@ def test_fuzz_count_reported():
 
 
 # -- model ----------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="monitor/clap/encoder.py (issue 7) does not yet check the ONNX inputs "
-                   "against manifest.json at load: a wrong model with a matching sha256 fails later with "
-                   "onnxruntime's ValueError instead of a ModelError")
 def test_mismatched_onnx_with_matching_sha_is_a_model_error(tiny_clap_export, tmp_path):
     """A valid ONNX that is the wrong model (text encoder in the audio slot, sha256 updated)."""
     from monitor.clap.encoder import ClapBackend

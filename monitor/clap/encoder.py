@@ -96,6 +96,7 @@ class ClapBackend:
         self._n_mels = self.frontend.params.n_mels
         batch_axis = (audio.get("input_shape") or ["batch"])[0]
         self._audio = self._session(audio_file, batch_axis=batch_axis if isinstance(batch_axis, str) else None)
+        self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
         self._text = None
         self._tokenizer: PromptTokenizer | None = None
         self._text_lock = threading.Lock()
@@ -155,11 +156,27 @@ class ClapBackend:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {f}: {str(e).splitlines()[0][:200]}") from None
 
+    def _check_inputs(self, session, name: str, expected: dict[str, list]) -> None:
+        """The graph must take what the manifest says (a valid ONNX of the wrong model fails here)."""
+        got = {i.name: i.shape for i in session.get_inputs()}
+        problem = None
+        if set(got) != set(expected):
+            problem = f"inputs {sorted(got)}, expected {sorted(expected)}"
+        else:
+            for k, shape in expected.items():
+                g = got[k]
+                if len(g) != len(shape) or any(e is not None and isinstance(d, int) and d != e for d, e in zip(g, shape)):
+                    problem = f"input {k} has shape {g}, expected {shape}"
+        if problem:
+            raise ModelError(f"{self.path / name} does not fit manifest.json ({problem}): re-run `sound-monitor export`")
+
     def _text_parts(self):
         with self._text_lock:
             if self._text is None:
                 self._tokenizer = PromptTokenizer(self._verify(self._tokenizer_file), self._pad_id, self._max_tokens)
-                self._text = self._session(self._text_file)
+                text = self._session(self._text_file)
+                self._check_inputs(text, self._text_file, {"input_ids": [None, None], "attention_mask": [None, None]})
+                self._text = text
             return self._tokenizer, self._text
 
     def release_text(self) -> None:
