@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Cost of one 5 s window with the offline backend (YAMNet + MiniLM labels).
+
+Prints JSON lines like `sound-monitor bench`: the YAMNet log-mel front-end, the YAMNet
+inference over the window's 0.96 s patches, and the whole embed + score per window, on
+the bundled demo recording cut into 5 s windows every 1 s.
+
+    .venv/bin/python scripts/bench_offline.py [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from monitor import bench  # noqa: E402
+from monitor.offline import features  # noqa: E402
+from monitor.offline.backend import OfflineBackend  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model-dir", help="offline model directory (default: models/offline, fetched if missing)")
+    a = ap.parse_args()
+    b = OfflineBackend.from_dir(a.model_dir, a.threads) if a.model_dir else OfflineBackend.load(threads=a.threads)
+    rate = b.sample_rate_hz
+    audio = bench.demo_audio(rate)
+    wins = bench.windows_of(audio, rate, 5.0, 1.0, a.repeats)
+    scorer = bench.make_scorer(b, bench.LABELS, None)
+    print(json.dumps({"setup": {"model": b.name, "threads": a.threads, "cpus": os.cpu_count(),
+                                "loadavg": os.getloadavg()[0], "patches_per_window": int(features.patches(wins[0].samples).shape[0])}}))
+    it = iter(range(1 << 30))
+
+    def nxt():
+        return wins[next(it) % len(wins)].samples
+
+    print(json.dumps(bench.figure("offline_frontend_ms_per_window", "ms", bench.time_ms(lambda: features.patches(nxt()), a.repeats))))
+    print(json.dumps(bench.figure("offline_embed_ms_per_window", "ms", bench.time_ms(lambda: b.embed_audio(nxt()[None]), a.repeats))))
+    print(json.dumps(bench.figure("offline_total_ms_per_window", "ms",
+                                  bench.time_ms(lambda: scorer.score(b.embed_audio(nxt()[None])), a.repeats), labels=len(bench.LABELS))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
