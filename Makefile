@@ -38,8 +38,10 @@ export: $(BIN)/python
 fetch-offline: install
 	$(BIN)/sound-monitor models fetch offline
 
+# Benchmark on a random full-size CLAP (built once into ~/.cache), against the reference
+BENCH_ARGS ?= --compare-reference
 bench: install-test
-	$(BIN)/sound-monitor bench $(ARGS)
+	$(BIN)/sound-monitor bench --model "$$($(BIN)/python scripts/bench_model.py)" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/sound-monitor/bench-full-random"))
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--int8", action="store_true", help="also export and time the int8 audio encoder")
+    ap.add_argument("--int8", action="store_true", help="also time the int8 audio encoder")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -68,17 +68,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from monitor.audio_io import read_audio
     from monitor.clap.encoder import ClapBackend
-    from monitor.clap.export import export_clap, make_random_checkpoint
     from monitor.labels import label_embeddings, softmax_scores
 
-    cache = Path(args.cache)
-    hf_dir, onnx_dir = cache / "hf", cache / "onnx"
-    if not (hf_dir / "model.safetensors").is_file():
-        print("[bench] building the full-size random checkpoint ...", file=sys.stderr, flush=True)
-        make_random_checkpoint(hf_dir, size="full", seed=0)
-    manifest = onnx_dir / "manifest.json"
-    if not manifest.is_file() or (args.int8 and not (onnx_dir / "audio_encoder.int8.onnx").is_file()):
-        export_clap(str(hf_dir), onnx_dir, int8=args.int8, threads=args.threads)
+    from bench_model import ensure_bench_model  # scripts/ is on sys.path when run as a script
+
+    hf_dir, onnx_dir = ensure_bench_model(Path(args.cache))
 
     clip = read_audio(ROOT / "monitor" / "demo" / "dog.mp3", 48000).samples[: 5 * 48000].copy()
     assert clip.shape[0] == 5 * 48000
