@@ -8,8 +8,9 @@
 - a *restartable* source (one with a ``reopen`` factory: the microphone) is closed and
   reopened with exponential backoff (``retrying``) up to ``retry_max_s`` between attempts;
   a non-restartable one (stdin, a file) keeps its blocking read and resumes by itself;
-- a file or pipe that ends normally ends the run, as before; a non-restartable source
-  that raises ends it with an error.
+- a file or pipe that ends normally ends the run, as before (a restartable source ends
+  the run only when it sets ``finished = True``); a non-restartable source that raises
+  ends it with an error.
 
 Loss and recovery travel to the worker as markers in the ring buffer, in order with the
 audio: ``SourceLost`` (the worker closes open events) and ``SourceResumed`` (the worker
@@ -193,9 +194,9 @@ class SourceSupervisor:
                 failure = str(e) or type(e).__name__
             if self.stop.is_set():
                 return
-            if failure is None and not self.restartable:
+            if failure is None and (not self.restartable or getattr(self.source, "finished", False)):
                 self._set_status(ENDED)
-                return  # a file or pipe that ends normally ends the run
+                return  # a file or pipe that ends normally (or a source that says so) ends the run
             if failure is not None:
                 self.last_error = failure
                 log.error("source %s failed: %s", self.source.description, failure)
