@@ -65,13 +65,17 @@ class StreamConfig(_Section):
     window_s: float = Field(5.0, gt=0.5, le=10.0)
     hop_s: float = Field(1.0, gt=0.05, le=10.0)
     gate_dbfs: float = Field(-70.0, ge=-150.0, le=0.0)
-    # longer hop while no event is active (0 disables the adaptive hop)
+    # adaptive hop: this longer hop while no event is open and no score is near its
+    # threshold; back to hop_s at once when one is (0 disables; hop_s..window_s)
     idle_hop_s: float = Field(0.0, ge=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _hop_fits(self) -> "StreamConfig":
         if self.hop_s > self.window_s:
             raise ValueError("hop_s must not exceed window_s")
+        if self.idle_hop_s and not (self.hop_s <= self.idle_hop_s <= self.window_s):
+            # a hop longer than the window would leave audio that no window sees
+            raise ValueError("idle_hop_s must be 0 (off) or between hop_s and window_s")
         return self
 
 

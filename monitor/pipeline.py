@@ -57,6 +57,7 @@ class Stats:
     # scores and events being handed to the sinks (last 1000 windows)
     latency_s: list = field(default_factory=list)
     finished: bool = False
+    hop_changes: int = 0  # adaptive hop switches (stream.idle_hop_s)
     last_scores: dict = field(default_factory=dict)
     # source supervision: ok | starting | stalled | lost | retrying | silent | ended | failed
     source_status: str = "starting"
@@ -388,10 +389,24 @@ class Pipeline:
             s.on_scores(sc)
         for ev in self.tracker.update(sc):
             self._publish(ev)
+        if self.cfg.idle_hop_s > 0:
+            self._adapt_hop(sc)
         t = self._arrived.pop(sc.window_index, None)
         if t is not None:
             st.latency_s.append(time.perf_counter() - t)
             del st.latency_s[:-1000]
+
+    def _adapt_hop(self, sc: Scores) -> None:
+        """Adaptive hop: ``idle_hop_s`` while no event is open and no score is within reach of
+        its label's threshold (above its off level); ``hop_s`` again as soon as one is."""
+        rules = self.tracker.rules
+        near = any(v >= rules[l].off_level for l, v in zip(sc.labels, sc.values) if l in rules)
+        busy = near or bool(self.tracker.active_labels())
+        hop_s = self.cfg.hop_s if busy else self.cfg.idle_hop_s
+        if self.windower.hop_n != int(round(hop_s * self.windower.sample_rate_hz)):
+            self.windower.set_hop(hop_s)
+            self.stats.hop_changes += 1
+            log.debug("hop now %.2f s (%s)", hop_s, "activity" if busy else "idle")
 
     def _publish(self, ev) -> None:
         self.stats.events += 1

@@ -240,3 +240,38 @@ def test_cli_bad_source_and_config_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(bad)], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "stream.hop_s" in r.stderr and "labels[0].treshold: unknown key" in r.stderr
+
+
+def test_adaptive_hop_follows_activity():
+    """idle_hop_s while nothing is near its threshold; hop_s as soon as a score or event is."""
+    from monitor.types import Scores
+
+    backend = BandEnergyBackend()
+    scorer = Scorer(backend, LABELS, ScoringConfig())
+    counter = itertools.count(1)
+    tracker = EventTracker(rules_for(LABELS, EventsConfig(threshold=0.5, hysteresis=0.1, min_windows=1)),
+                           device_id="d", source="s", model=backend.name, next_seq=lambda: next(counter))
+    src = ArraySource(np.zeros(16000, np.float32), 16000, "test", realtime=False)
+    pipe = Pipeline(src, backend, scorer, tracker, [Collect()], StreamConfig(hop_s=1.0, idle_hop_s=4.0))
+    names = tuple(l.name for l in LABELS)
+
+    def emit(i, values):
+        pipe._emit(Scores(i, float(i), i + 5.0, -20.0, names, values))
+        return pipe.windower.hop_n / 16000
+
+    assert emit(0, (0.1, 0.2, 0.0)) == 4.0  # quiet: the long hop
+    assert emit(1, (0.1, 0.45, 0.0)) == 1.0  # above the off level (0.4): back to the short hop
+    assert emit(2, (0.1, 0.2, 0.0)) == 4.0
+    assert emit(3, (0.9, 0.0, 0.0)) == 1.0  # an event starts
+    assert tracker.active_labels() == ["dog barking"]
+    assert emit(4, (0.45, 0.0, 0.0)) == 1.0  # still open (above the off level)
+    assert emit(5, (0.0, 0.0, 0.0)) == 4.0  # ended: idle again
+    assert pipe.stats.hop_changes == 5
+
+
+def test_adaptive_hop_config_bounds():
+    with pytest.raises(Exception, match="idle_hop_s"):
+        StreamConfig(hop_s=1.0, idle_hop_s=6.0)  # longer than the window: audio no window sees
+    with pytest.raises(Exception, match="idle_hop_s"):
+        StreamConfig(hop_s=2.0, idle_hop_s=1.0)
+    assert StreamConfig(hop_s=1.0, idle_hop_s=5.0).idle_hop_s == 5.0
