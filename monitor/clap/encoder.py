@@ -37,6 +37,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _return_freed_memory() -> None:
+    """Give freed heap back to the OS. glibc keeps the text encoder's freed arena mapped
+    (measured: RSS stays at ~750 MB after the session is dropped, 204 MB after a trim)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _import_ort():
     try:
         import onnxruntime as ort
@@ -183,8 +197,11 @@ class ClapBackend:
         """Drop the text encoder (the larger model, ~1 GB resident) once labels are embedded;
         a later ``embed_text`` (new labels on reload) loads it again."""
         with self._text_lock:
+            if self._text is None:
+                return
             self._text = None
             self._tokenizer = None
+        _return_freed_memory()
 
     # -- embedding ----------------------------------------------------------------------
     def embed_features(self, features: np.ndarray) -> np.ndarray:
