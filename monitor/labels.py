@@ -101,13 +101,70 @@ def label_embeddings(
     templates: Sequence[str] = (DEFAULT_TEMPLATE,),
     cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
-    """L2-normalised label embeddings [L, D], in the order of ``labels``."""
-    per_label = [label_texts(lab, templates) for lab in labels]
-    vectors = embed_texts(backend, [t for texts in per_label for t in texts], cache_dir)
-    if not per_label:
+    """L2-normalised label embeddings [L, D], in the order of ``labels``.
+
+    Labels taught by example clips (``examples:`` in the config, or enrolled with
+    ``sound-monitor enroll`` into ``<state_dir>/prototypes``, found next to ``cache_dir``)
+    use their audio prototype; a label with both explicit ``prompts`` and examples uses
+    the normalised sum of its text and prototype vectors (see ``monitor.prototypes``).
+    A backend with ``normalise_labels = False`` (a learned adapter) keeps vector norms.
+    """
+    if not labels:
         return np.zeros((0, backend.embedding_dim), dtype=np.float32)
-    means = np.stack([np.mean([vectors[t] for t in texts], axis=0) for texts in per_label])
-    return l2_normalise(means)
+    protos = _prototypes(backend, labels, cache_dir)
+    per_label = [label_texts(lab, templates) if (i not in protos or _has_prompts(lab)) else []
+                 for i, lab in enumerate(labels)]
+    vectors = embed_texts(backend, [t for texts in per_label for t in texts], cache_dir)
+    normalise = getattr(backend, "normalise_labels", True)
+    proto_norm = float(getattr(backend, "label_norm", 1.0))
+    out = []
+    for i, texts in enumerate(per_label):
+        t = np.mean([vectors[x] for x in texts], axis=0) if texts else None
+        if t is not None and normalise:
+            t = l2_normalise(t)
+        p = protos[i] * proto_norm if i in protos else None
+        if t is not None and p is not None:
+            v = (t + p) / 2.0
+        else:
+            v = t if t is not None else p
+        out.append(l2_normalise(v) if normalise else np.asarray(v, dtype=np.float32))
+    return np.stack(out).astype(np.float32)
+
+
+def _has_prompts(label: LabelLike) -> bool:
+    return not isinstance(label, str) and bool(label.prompts)
+
+
+def _prototypes(backend: Backend, labels: Sequence[LabelLike], cache_dir) -> dict[int, np.ndarray]:
+    """{label index: unit prototype} for labels with examples or an enrolled prototype."""
+    from monitor.prototypes import PrototypeStore, prototype, store_dir_for_cache
+
+    out: dict[int, np.ndarray] = {}
+    state_dir = store_dir_for_cache(cache_dir)
+    base = getattr(backend, "base", backend)  # an adapter wraps the backend the store is keyed by
+    store = PrototypeStore(state_dir, base.cache_key) if state_dir is not None else None
+    for i, lab in enumerate(labels):
+        examples = () if isinstance(lab, str) else lab.examples
+        if examples:
+            missing = [e for e in examples if not Path(e).expanduser().is_file()]
+            if missing:
+                from monitor.errors import UserError
+
+                raise UserError(f"label {label_name(lab)!r}: example clip not found: {missing[0]}")
+            out[i] = prototype(backend, [Path(e).expanduser() for e in examples], cache_dir)
+            continue
+        entry = store.find(label_name(lab)) if store is not None else None
+        if entry is None:
+            continue
+        if base is backend:
+            v = np.asarray(entry.get("vector", ()), dtype=np.float32)
+            if v.shape == (backend.embedding_dim,):
+                out[i] = l2_normalise(v)
+        else:
+            files = [f for f in entry.get("files", ()) if Path(f).is_file()]
+            if files:
+                out[i] = prototype(backend, files, cache_dir)
+    return out
 
 
 def softmax_scores(audio: np.ndarray, label_vectors: np.ndarray, logit_scale: float) -> np.ndarray:

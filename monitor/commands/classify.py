@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     parser.add_argument("--int8", action="store_true", help="use the int8 audio encoder (export --int8)")
     parser.add_argument("--no-label-cache", action="store_true", help="do not read or write the label-embedding cache")
+    parser.add_argument("--adapter", metavar="PATH", help="a learned adapter (.npz from `eval --save-adapter`): scores from F(x, y) in place of cosine")
 
 
 def parse_labels(text: str) -> list[str]:
@@ -87,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
     backend = selected.backend
+    if args.adapter:
+        from monitor.adapt import maybe_adapt
+
+        backend = maybe_adapt(backend, args.adapter)
     log.info("model: %s (%s)", backend.name, selected.reason)
 
     clips = []

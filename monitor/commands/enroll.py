@@ -1,11 +1,128 @@
-"""`sound-monitor enroll` (being built; see the issue tracker)."""
+"""`sound-monitor enroll LABEL FILE... --model DIR|offline [--config config.yaml]`: teach a label by example.
 
-from monitor.errors import UserError
+The label's prototype is the mean of the audio embeddings of the clips' windows (each clip
+cut into consecutive ``window_s`` windows, see monitor.prototypes; each clip weighs the
+same). It is stored durably in ``<state_dir>/prototypes/<model cache_key>.json``; from then
+on a label of that name in ``run``/``classify`` with that model uses the prototype in place
+of its text embedding and behaves like any other label (thresholds, events, MQTT).
+
+With ``--config``, the label is also written to the config file with ``examples:`` (the
+clips' absolute paths), so the config alone carries it (and other models can rebuild it).
+A label that has explicit ``prompts:`` and examples mixes both (normalised sum of the
+text and prototype vectors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from monitor.errors import ModelError, UserError
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("label", metavar="LABEL", help='the label to teach, e.g. "our doorbell"')
+    parser.add_argument("files", nargs="+", metavar="FILE", help="example clips of the sound (any format, rate, length)")
+    parser.add_argument("--model", default=None, metavar="DIR", help="exported model directory, 'offline' or 'auto' (default: the config's, else auto)")
+    parser.add_argument("--config", metavar="PATH", help="also add the label with examples: to this YAML config")
+    parser.add_argument("--prompt", action="append", metavar="TEXT", help="with --config: text prompts to mix with the examples")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
 
 
-def run(args) -> int:
-    raise UserError("this command is not built yet")
+def _say(msg: str) -> None:
+    print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from monitor.backend import l2_normalise
+    from monitor.config import clean_label, load_config
+    from monitor.model_select import select_backend
+    from monitor.prototypes import PrototypeStore, embed_files
+
+    try:
+        label = clean_label(args.label)
+    except ValueError as e:
+        raise UserError(f"LABEL: {e}") from None
+    files = []
+    for f in args.files:
+        p = Path(f).expanduser()
+        if not p.is_file():
+            raise UserError(f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}")
+        files.append(p.resolve())
+    if args.prompt and not args.config:
+        raise UserError("--prompt needs --config (prompts are stored with the label in the config)")
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    cfg = load_config(args.config) if args.config else load_config(None)
+    model_cfg = cfg.model.model_copy(update={"threads": args.threads})
+    try:
+        backend = select_backend(args.model or cfg.model.spec, model_cfg).backend
+    except ImportError as e:
+        raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
+
+    cache_dir = cfg.state_path / "label-cache"  # where label_embeddings looks for example clips
+    per_clip = embed_files(backend, files, "audio", cache_dir)
+    unit = l2_normalise(per_clip)
+    proto = l2_normalise(unit.mean(axis=0))
+    from monitor.prototypes import clip_windows
+    from monitor.audio_io import read_audio
+
+    n_windows = sum(clip_windows(read_audio(f, backend.sample_rate_hz).samples, backend.sample_rate_hz, backend.window_s).shape[0]
+                    for f in files)
+    store = PrototypeStore(cfg.state_path, backend.cache_key)
+    store.put(label, proto, [str(f) for f in files], n_windows)
+    cos = unit @ proto
+    print(f"enrolled {label!r} for {backend.name} from {len(files)} clip(s), {n_windows} window(s); "
+          f"clip-to-prototype cosine {float(cos.min()):.3f}..{float(cos.max()):.3f}")
+    print(f"  stored in {store.path}")
+    if args.config:
+        _add_to_config(Path(args.config), label, [str(f) for f in files], args.prompt or [])
+        print(f"  added to {args.config} (labels: {label} with {len(files)} examples)")
+    if len(files) == 1:
+        _say("one example clip gives a fragile prototype: 3-5 clips of different occurrences work better")
+    return 0
+
+
+def _add_to_config(path: Path, label: str, files: list[str], prompts: list[str]) -> None:
+    """Add or update the label (``examples:``, optional ``prompts:``) in the YAML config.
+
+    The document is rewritten by the YAML library: comments are not kept, so the previous
+    file is saved as ``<name>.bak`` first. The result is validated before it replaces the file.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from monitor.config import parse_config
+
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    labels = data.get("labels") or []
+    if isinstance(labels, str):
+        labels = [s.strip() for s in labels.split(",") if s.strip()]
+    out, found = [], False
+    for entry in labels:
+        e = {"name": entry} if isinstance(entry, str) else dict(entry)
+        if str(e.get("name", "")).strip().casefold() == label.casefold():
+            found = True
+            e["examples"] = files
+            if prompts:
+                e["prompts"] = prompts
+        out.append(e)
+    if not found:
+        e = {"name": label, "examples": files}
+        if prompts:
+            e["prompts"] = prompts
+        out.append(e)
+    data["labels"] = out
+    parse_config(data, where=str(path))  # never write a config that would not load
+    shutil.copy2(path, path.with_name(path.name + ".bak"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)

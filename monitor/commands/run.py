@@ -21,6 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--events", help="write events as JSON lines to PATH (- = stdout)")
     p.add_argument("--scores", help="write one JSON line of scores per window to PATH (- = stdout)")
     p.add_argument("--model", help="DIR | offline | auto")
+    p.add_argument("--adapter", help="learned adapter .npz (eval --save-adapter); overrides model.adapter")
     p.add_argument("--labels", help='comma-separated labels, e.g. "dog barking,smoke alarm"')
     p.add_argument("--scoring", choices=["softmax", "vs-background"])
     p.add_argument("--template", help='prompt template, e.g. "This is a sound of {}."')
@@ -40,6 +41,7 @@ def _overrides(args) -> dict:
         "output.events_path": args.events,
         "output.scores_path": args.scores,
         "model.spec": args.model,
+        "model.adapter": getattr(args, "adapter", None),
         "scoring.method": args.scoring,
         "events.threshold": args.threshold,
         "source.sample_rate_hz": args.rate,
@@ -153,6 +155,10 @@ def run(args) -> int:
     source, demo, reopen = make_source(cfg, say)
     selected = select_backend(cfg.model.spec, cfg.model)
     backend = selected.backend
+    if cfg.model.adapter:
+        from monitor.adapt import maybe_adapt
+
+        backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
     say(f"source {source.description} ({source.sample_rate_hz} Hz, {source.channels} ch); "
         f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}")
