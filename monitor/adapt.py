@@ -51,6 +51,7 @@ BATCH = 32
 LEARNING_RATES = {"bilinear": 0.1, "nonlinear": 1e-2}
 MAX_EPOCHS = {"bilinear": 100, "nonlinear": 200}
 EVAL_EVERY = 10  # epochs between validation checks
+PATIENCE = 30  # epochs without a better validation mAP before a λ's run stops
 SEMANTIC_SOURCES = ("text", "minilm", "glove")
 FORMAT_VERSION = 1
 
@@ -211,25 +212,29 @@ def train(
     val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     eval_every: int = EVAL_EVERY,
     center: bool = True,
+    patience: int = PATIENCE,
 ) -> tuple[Adapter, list[tuple[int, float]]]:
     """SGD on the WARP objective. theta [N, d_a] raw, y [N] in 0..C-1, phi [C, d_s].
 
     θ is prepared as in ``Adapter.prep`` with μ = the mean of the training clips' unit θ
     (``center=False``: no centring)
 
-    With ``val = (theta_v, y_v, phi_v)`` returns the validation mAP every ``eval_every`` epochs.
+    With ``val = (theta_v, y_v, phi_v)`` returns the validation mAP every ``eval_every`` epochs
+    and stops once it has not improved for ``patience`` epochs. float32 throughout.
     """
     if kind not in LEARNING_RATES:
         raise ValueError(f"unknown adapter kind {kind!r}")
     rng = np.random.default_rng(seed)
-    unit = l2_normalise(np.asarray(theta, dtype=np.float32)).astype(np.float64)
+    unit = l2_normalise(np.asarray(theta, dtype=np.float32))
     mu = unit.mean(axis=0) if center else None
-    theta = unit if mu is None else l2_normalise(unit - mu).astype(np.float64)
-    phi = np.asarray(phi, dtype=np.float64)
+    theta = unit if mu is None else l2_normalise(unit - mu)
+    phi = np.asarray(phi, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
-    params = _init(kind, theta.shape[1], phi.shape[1], rng)
+    params = {k: v.astype(np.float32) for k, v in _init(kind, theta.shape[1], phi.shape[1], rng).items()}
     lr = LEARNING_RATES[kind] if lr is None else lr
-    shrink = 1.0 / (1.0 + 2.0 * lr * lam)  # exact prox of lr·λ‖·‖²
+    shrink = np.float32(1.0 / (1.0 + 2.0 * lr * lam))  # exact prox of lr·λ‖·‖²
+    lr = np.float32(lr)
+    best_ep, best_map = 0, -1.0
     curve: list[tuple[int, float]] = []
     n = len(y)
     for ep in range(1, epochs + 1):
@@ -238,10 +243,16 @@ def train(
             idx = order[a : a + BATCH]
             _, g = _scores_and_grads(kind, params, theta[idx], phi, y[idx])
             for k in params:
-                params[k] = (params[k] - lr * g[k]) * shrink
+                params[k] -= lr * g[k].astype(np.float32)
+                if lam:
+                    params[k] *= shrink
         if val is not None and (ep % eval_every == 0 or ep == epochs):
             ad = Adapter(kind, _with_mu(params, mu))
             curve.append((ep, mean_ap_of_scores(ad.scores(val[0], val[2]), val[1])))
+            if curve[-1][1] > best_map + 1e-9:
+                best_ep, best_map = ep, curve[-1][1]
+            elif ep - best_ep >= patience:
+                break
     return Adapter(kind, _with_mu({k: v.copy() for k, v in params.items()}, mu)), curve
 
 

@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save_adapter:
         saved = _save_adapter(args, ds, emb.theta, phi, method, semantic, theta_kind, templates, backend)
         _say(f"adapter trained on all {len(ds.classes)} classes saved to {saved}")
-    if result is None:
+    if result is None:  # zero-shot + --save-adapter: training only (no unseen classes to test)
+        if args.json:
+            print(json.dumps({"adapter_file": str(saved), "n_clips": len(ds.paths), "n_classes": len(ds.classes)}))
         return 0
     out = evaluate.json_result(result, extra)
     if args.report:
