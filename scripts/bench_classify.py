@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -32,26 +31,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from monitor.bench import figure, time_ms  # noqa: E402
+
 LABELS = ["dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep"]
 
 
-def emit(metric: str, values_s: list[float], unit: str = "ms") -> dict:
-    v = np.asarray(values_s) * 1000.0
-    rec = {"metric": metric, "unit": unit, "median": round(float(np.median(v)), 2), "min": round(float(v.min()), 2),
-           "max": round(float(v.max()), 2), "n": int(v.size)}
+def emit(metric: str, values_ms: list[float], unit: str = "ms") -> dict:
+    rec = figure(metric, unit, values_ms, 2)
     print(json.dumps(rec), flush=True)
     return rec
-
-
-def timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def main() -> int:
@@ -84,9 +72,9 @@ def main() -> int:
     label_vecs = label_embeddings(backend, LABELS)  # warm: text encoder loaded
     feats = backend.frontend.batch_features(clip[None])
     emb = backend.embed_features(feats)
-    r_fe = emit("ours_frontend_ms_per_clip", timeit(lambda: backend.frontend.batch_features(clip[None]), args.repeats))
-    r_enc = emit("ours_encoder_fp32_ms_per_clip", timeit(lambda: backend.embed_features(feats), args.repeats))
-    emit("ours_scoring_ms_per_clip", timeit(lambda: softmax_scores(emb, label_vecs, backend.logit_scale), args.repeats))
+    r_fe = emit("ours_frontend_ms_per_clip", time_ms(lambda: backend.frontend.batch_features(clip[None]), args.repeats))
+    r_enc = emit("ours_encoder_fp32_ms_per_clip", time_ms(lambda: backend.embed_features(feats), args.repeats))
+    emit("ours_scoring_ms_per_clip", time_ms(lambda: softmax_scores(emb, label_vecs, backend.logit_scale), args.repeats))
 
     def ours_cached():
         e = backend.embed_audio(clip[None])
@@ -97,20 +85,20 @@ def main() -> int:
         e = backend.embed_audio(clip[None])
         return softmax_scores(e, lv, backend.logit_scale)
 
-    r_tot = emit("ours_total_ms_per_clip_labels_cached", timeit(ours_cached, args.repeats))
-    r_unc = emit("ours_total_ms_per_clip_labels_reencoded", timeit(ours_uncached, args.repeats))
+    r_tot = emit("ours_total_ms_per_clip_labels_cached", time_ms(ours_cached, args.repeats))
+    r_unc = emit("ours_total_ms_per_clip_labels_reencoded", time_ms(ours_uncached, args.repeats))
     if args.int8:
         b8 = ClapBackend.from_dir(onnx_dir, threads=args.threads, int8=True)
-        emit("ours_encoder_int8_ms_per_clip", timeit(lambda: b8.embed_features(feats), args.repeats))
+        emit("ours_encoder_int8_ms_per_clip", time_ms(lambda: b8.embed_features(feats), args.repeats))
 
     # ---- reference -----------------------------------------------------------------------
     from transformers import pipeline
 
     pipe = pipeline("zero-shot-audio-classification", model=str(hf_dir))
     fe = pipe.feature_extractor
-    emit("ref_feature_extractor_ms_per_clip", timeit(lambda: fe([clip], sampling_rate=48000, return_tensors="pt"), args.repeats))
+    emit("ref_feature_extractor_ms_per_clip", time_ms(lambda: fe([clip], sampling_rate=48000, return_tensors="pt"), args.repeats))
     with torch.inference_mode():
-        r_ref = emit("ref_pipeline_ms_per_clip", timeit(lambda: pipe(clip, candidate_labels=LABELS), args.repeats))
+        r_ref = emit("ref_pipeline_ms_per_clip", time_ms(lambda: pipe(clip, candidate_labels=LABELS), args.repeats))
 
     # agreement on this clip (random weights: a sanity figure, not accuracy)
     ref = {d["label"]: d["score"] for d in pipe(clip, candidate_labels=LABELS)}
