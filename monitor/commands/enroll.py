@@ -15,6 +15,7 @@ text and prototype vectors).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         p = Path(f).expanduser()
         if not p.is_file():
             raise UserError(f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}")
-        files.append(p.resolve())
+        files.append(Path(os.path.abspath(p)))  # absolute, but the user's path (symlinks kept)
     if args.prompt and not args.config:
         raise UserError("--prompt needs --config (prompts are stored with the label in the config)")
     if args.threads < 1:
