@@ -22,10 +22,11 @@ from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFronten
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
 
-# The audio session is specialised to one window per call: with the batch axis fixed,
-# onnxruntime folds the graph's shape arithmetic into constants (~8 % faster per window);
-# batches gained nothing measurable on CPU, so several windows are simply run in turn.
-AUDIO_BATCH = 1
+# windows per onnxruntime call: windows pending after a stall go through together (on a
+# 2-core x86 not consistently cheaper per window than one by one: see `bench`'s batch4
+# figure); the cap bounds memory. A session with the batch axis fixed to 1 was tried for
+# the steady state and was no faster in interleaved runs.
+AUDIO_BATCH = 8
 TEXT_BATCH = 64
 
 
@@ -108,8 +109,7 @@ class ClapBackend:
         self.name = f"{base}{'-int8' if int8 else ''}@{self.cache_key[:8]}"
         self._n_frames = self.frontend.n_frames
         self._n_mels = self.frontend.params.n_mels
-        batch_axis = (audio.get("input_shape") or ["batch"])[0]
-        self._audio = self._session(audio_file, batch_axis=batch_axis if isinstance(batch_axis, str) else None)
+        self._audio = self._session(audio_file)
         self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
         self._text = None
         self._tokenizer: PromptTokenizer | None = None
@@ -146,12 +146,10 @@ class ClapBackend:
             )
         return f
 
-    def _session(self, name: str, batch_axis: str | None = None):
+    def _session(self, name: str):
         f = self._verify(name)
         ort = _import_ort()
         so = ort.SessionOptions()
-        if batch_axis:
-            so.add_free_dimension_override_by_name(batch_axis, AUDIO_BATCH)
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="an exported CLAP directory (manifest.json)")
@@ -77,6 +79,9 @@ def run(args) -> int:
     feats = b32.frontend.batch_features(windows[0].samples[None])
     say("encoder fp32 ...")
     enc32 = out(bench.figure("encoder_fp32_ms_per_window", "ms", bench.time_ms(lambda: b32.embed_features(feats), args.repeats)))
+    feats4 = np.concatenate([feats] * 4)  # four pending windows (catching up after a stall)
+    out(bench.figure("encoder_fp32_ms_per_window_batch4", "ms",
+                     [t / 4 for t in bench.time_ms(lambda: b32.embed_features(feats4), max(3, args.repeats // 4))]))
     scorer = bench.make_scorer(b32, bench.LABELS, cache)
     emb = b32.embed_features(feats)
     out(bench.figure("scoring_ms_per_window", "ms", bench.time_ms(lambda: scorer.score(emb), args.repeats), 4,
