@@ -24,7 +24,6 @@ dominate it).
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -80,7 +79,6 @@ def peak_rss_mb() -> float:
 # -- the machine and the model's floor ----------------------------------------------------------
 def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024, n: int = 1024) -> list[float]:
     """fp32 MatMul rate of onnxruntime (MLAS) with ``threads`` intra-op threads, GFLOP/s."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
 from monitor.backend import Backend, l2_normalise
+from monitor.files import atomic_savez
 from monitor.config import DEFAULT_TEMPLATE, LabelConfig
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,9 @@ class TextEmbeddingCache:
             return
         self._vectors.update({t: np.asarray(v, dtype=np.float32) for t, v in new.items()})
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             texts = list(self._vectors)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".label-cache-", suffix=".npz")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, texts=np.array(texts, dtype=str), vectors=np.stack([self._vectors[t] for t in texts]))
-            os.replace(tmp, self.path)
+            atomic_savez(self.path, ".label-cache-", texts=np.array(texts, dtype=str),
+                         vectors=np.stack([self._vectors[t] for t in texts]))
         except OSError as e:
             log.warning("cannot write label cache %s: %s", self.path, e)
 

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from monitor.backend import l2_normalise
+from monitor.files import atomic_savez
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,9 @@ class ClipCache:
         if self.path is None or not self._dirty or not self._vectors:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             keys = list(self._vectors)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".clip-cache-", suffix=".npz")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=np.array(keys, dtype=str), vectors=np.stack([self._vectors[k] for k in keys]))
-            os.replace(tmp, self.path)
+            atomic_savez(self.path, ".clip-cache-", keys=np.array(keys, dtype=str),
+                         vectors=np.stack([self._vectors[k] for k in keys]))
             self._dirty = False
         except OSError as e:
             log.warning("cannot write clip cache %s: %s", self.path, e)

@@ -36,3 +36,18 @@ class BandEnergyBackend:
             rng = np.random.default_rng(zlib.crc32(p.encode()))
             out.append(rng.standard_normal(self.embedding_dim))
         return l2_normalise(np.array(out))
+
+
+def fake_sounddevice(real_sd, input_stream_cls, max_input_channels: int):
+    """A stand-in for the sounddevice module: the real CallbackFlags, a fake InputStream
+    class (driving the source's callback from a thread), one fake 16 kHz microphone."""
+
+    class FakeSD:
+        CallbackFlags = real_sd.CallbackFlags
+        InputStream = input_stream_cls
+
+        @staticmethod
+        def query_devices(device=None, kind=None):
+            return {"name": "fake mic", "default_samplerate": 16000.0, "max_input_channels": max_input_channels}
+
+    return FakeSD

@@ -20,7 +20,7 @@ from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import ArraySource
 from monitor.windows import Windower
-from stream_helpers import BandEnergyBackend
+from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]
 
@@ -161,14 +161,7 @@ def test_capture_callback_fake_stream_counts_overflow(monkeypatch):
         def __exit__(self, *a):
             self.t.join()
 
-    class FakeSD:
-        CallbackFlags = real_sd.CallbackFlags
-        InputStream = FakeInputStream
-
-        @staticmethod
-        def query_devices(device=None, kind=None):
-            return {"name": "fake mic", "default_samplerate": 16000.0, "max_input_channels": 2}
-
+    FakeSD = fake_sounddevice(real_sd, FakeInputStream, 2)
     monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSD)
     mic = sources.MicSource(None, None, channels=2, block_frames=1600)
     from monitor.buffer import RingBuffer

@@ -14,7 +14,7 @@ from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfi
 from monitor.events import rules_for
 from monitor.scoring import Scorer
 from monitor.supervise import backoff_delays
-from stream_helpers import BandEnergyBackend
+from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 
 def statuses(pipe):
@@ -112,14 +112,7 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
             self.closed = True
             self.t.join()
 
-    class FakeSD:
-        CallbackFlags = real_sd.CallbackFlags
-        InputStream = FakeInputStream
-
-        @staticmethod
-        def query_devices(device=None, kind=None):
-            return {"name": "fake mic", "default_samplerate": 16000.0, "max_input_channels": 1}
-
+    FakeSD = fake_sounddevice(real_sd, FakeInputStream, 1)
     monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSD)
     stop = threading.Event()
 

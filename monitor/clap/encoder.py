@@ -21,6 +21,7 @@ from monitor.backend import l2_normalise
 from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
+from monitor.files import sha256_file
 
 # windows per onnxruntime call: windows pending after a stall go through together (on a
 # 2-core x86 not consistently cheaper per window than one by one: see `bench`'s batch4
@@ -28,14 +29,6 @@ from monitor.errors import ModelError
 # the steady state and was no faster in interleaved runs.
 AUDIO_BATCH = 8
 TEXT_BATCH = 64
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _return_freed_memory() -> None:
@@ -135,7 +128,7 @@ class ClapBackend:
     def _verify(self, name: str) -> Path:
         f = self.path / name
         try:
-            actual = _sha256(f)
+            actual = sha256_file(f)
         except OSError as e:
             raise ModelError(f"cannot read {f}: {e}") from None
         expected = self._files[name]

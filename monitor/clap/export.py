@@ -22,7 +22,6 @@ reachable on the build machines.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ import numpy as np
 
 from monitor.clap.frontend import FrontendParams
 from monitor.errors import ModelError, UserError
+from monitor.files import sha256_file  # noqa: F401 - also imported from here by tests
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ Progress = Callable[[str], None]
 
 def _stderr_progress(msg: str) -> None:
     print(f"[export] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def _need_export_deps() -> None:

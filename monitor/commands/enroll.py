@@ -36,8 +36,6 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from monitor.backend import l2_normalise
     from monitor.config import clean_label, load_config
     from monitor.model_select import select_backend

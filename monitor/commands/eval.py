@@ -47,8 +47,6 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from monitor import adapt, evaluate
     from monitor.backend import l2_normalise
     from monitor.commands.classify import parse_templates
@@ -157,7 +155,6 @@ def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates,
     import numpy as np
 
     from monitor import adapt
-    from monitor.backend import l2_normalise
 
     rng = np.random.default_rng(args.seed)
     n = len(ds.classes)

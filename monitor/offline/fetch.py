@@ -9,7 +9,6 @@ fetch; re-running with a complete manifest does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.errors import ModelError
+from monitor.files import manifest_lists, sha256_file
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,6 @@ FILES = ("yamnet.onnx", "yamnet_class_map.csv", "minilm.onnx", "tokenizer.json")
 EMBEDDING_TENSOR = "/model/Reshape_output_0"  # YAMNet's 1024-d pooled embedding
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_dir(models_dir: str | os.PathLike = "models") -> Path:
     """``<models_dir>/offline`` when writable, else ``~/.cache/sound-monitor/offline``."""
     env = os.environ.get("SOUND_MONITOR_OFFLINE_DIR")
@@ -70,14 +62,7 @@ def default_dir(models_dir: str | os.PathLike = "models") -> Path:
 
 
 def is_complete(target: Path) -> bool:
-    m = target / "manifest.json"
-    if not m.is_file():
-        return False
-    try:
-        files = json.loads(m.read_text()).get("files", {})
-    except (OSError, ValueError):
-        return False
-    return all((target / f).is_file() for f in FILES) and set(FILES) <= set(files)
+    return manifest_lists(target, FILES)
 
 
 def verify_wheel(path: Path, pin: Pin) -> None:

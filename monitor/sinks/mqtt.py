@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import socket
 import ssl
 import threading
 import time

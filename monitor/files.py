@@ -1,0 +1,47 @@
+"""Small file helpers shared by the model, cache and fetch modules (numpy + stdlib only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_savez(path: Path, prefix: str, **arrays: np.ndarray) -> None:
+    """Write an .npz next to ``path`` and rename it into place (readers never see half a file).
+    Raises OSError like any write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def manifest_lists(target: Path, names: Iterable[str]) -> bool:
+    """True when ``target/manifest.json`` is readable, lists every name and every file exists."""
+    m = Path(target) / "manifest.json"
+    if not m.is_file():
+        return False
+    try:
+        files = json.loads(m.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    names = list(names)
+    return all((Path(target) / f).is_file() for f in names) and set(names) <= set(files)
