@@ -22,15 +22,23 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None, users: dict | None = None, tls: dict | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, users: dict | None = None, tls: dict | None = None,
+                 persistence: bool = False):
         self.dir = workdir
         self.port = port or free_port()
         self.users = users
         self.tls = tls
+        # persistence: sessions of clean_session=False clients (and the QoS 1 messages queued
+        # for them) survive a restart, as on a real home broker
+        self.persistence = persistence
         self.proc = None
 
     def conf(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr"]
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.dir}/", f"persistence_file broker-{self.port}.db"]
+        else:
+            lines.append("persistence false")
         if os.geteuid() == 0:
             # started as root, mosquitto drops to its own user, which cannot read pytest's
             # private tmp dirs (password file, certificates)
@@ -70,12 +78,14 @@ class Broker:
 class Subscriber:
     """Collects (topic, payload, retain) from a real broker."""
 
-    def __init__(self, port: int, topics=("#",), **tls_kw):
+    def __init__(self, port: int, topics=("#",), client_id: str | None = None, clean_session: bool = True, **tls_kw):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{time.time_ns()}")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}-{time.time_ns()}",
+                             clean_session=clean_session)
+        self.c.reconnect_delay_set(0.1, 0.5)  # loop_start reconnects by itself after a broker restart
         ready = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p: ([c.subscribe(t, qos=1) for t in topics], ready.set())
         self.c.on_message = self._on_message

@@ -73,30 +73,30 @@ def test_events_state_and_discovery(mosquitto, tmp_path):
 
 
 def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path):
-    b = mosquitto()
+    b = mosquitto(persistence=True)
     sink = sink_for(b.port, tmp_path)
-    sub = Subscriber(b.port)
+    # a persistent subscriber session: what the sink replays before the subscriber is back
+    # on the restarted broker is queued for it (a test subscriber must not race the replay)
+    sub = Subscriber(b.port, client_id="outage-sub", clean_session=False)
     assert sub.wait_for(lambda s: s.on("sound-monitor/dev1/availability") == [b"online"])
     for i in range(1, 21):
         sink.publish(ev(i))
     assert sub.wait_for(lambda s: len(events_received(s)) == 20)
-    sub.close()
     b.stop()
     time.sleep(0.5)
     for i in range(21, 61):  # while the broker is down
         sink.publish(ev(i))
     assert sink.status()["backlog"] >= 40
     assert sink.status()["state"] != "connected"
-    b2 = mosquitto(port=b.port)
-    sub2 = Subscriber(b2.port)
-    assert sub2.wait_for(lambda s: len(events_received(s)) >= 40, timeout=30)
-    seqs = [e["seq"] for e in events_received(sub2)]
-    assert seqs == list(range(21, 61))
+    mosquitto(port=b.port, persistence=True)
+    assert sub.wait_for(lambda s: len(events_received(s)) >= 60, timeout=30)
+    seqs = [e["seq"] for e in events_received(sub)]
+    assert seqs == list(range(1, 61))
     deadline = time.time() + 10
     while time.time() < deadline and sink.status()["backlog"]:
         time.sleep(0.05)
     assert sink.status()["backlog"] == 0  # every PUBACK arrived and emptied the outbox
-    sink.close(); sub2.close()
+    sink.close(); sub.close()
 
 
 def test_restart_with_nonempty_outbox_delivers(mosquitto, tmp_path):
