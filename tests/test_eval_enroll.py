@@ -186,3 +186,27 @@ def test_cli_errors_exit_2_with_one_line(args, match, tmp_path, uiowa_dir, env):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_saved_adapter_runs_in_the_monitor(tmp_path, uiowa_dir, env, tiny_clap_export):
+    """eval --save-adapter -> run --adapter: the learned scores drive the streaming monitor."""
+    adapter = tmp_path / "bilinear.npz"
+    r = cli(["eval", str(uiowa_dir), "--model", "offline", "--protocol", "class-folds", "--adapter", "bilinear",
+             "--save-adapter", str(adapter), "--json"], env)
+    assert r.returncode == 0, r.stderr
+    assert adapter.is_file()
+    clip = uiowa_by_class(uiowa_dir)["hair dryer"][0]
+    r = cli(["run", "--source", str(clip), "--fast", "--no-tui", "--model", "offline", "--adapter", str(adapter),
+             "--labels", "hair dryer,leaf blower,zipper", "--scores", "-"], env)
+    assert r.returncode == 0, r.stderr
+    assert "offline-yamnet-minilm+bilinear" in r.stderr
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 2  # 6.5 s: windows at 0 and 1 s
+    for line in lines:
+        s = line["scores"]
+        assert set(s) == {"hair dryer", "leaf blower", "zipper"}
+        assert max(s, key=s.get) == "hair dryer"  # a class the adapter was trained on
+    # an adapter trained for another model is refused with one clear line
+    bad = cli(["run", "--source", str(clip), "--fast", "--no-tui", "--model", str(tiny_clap_export),
+               "--adapter", str(adapter)], env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "adapter" in bad.stderr, bad.stderr
