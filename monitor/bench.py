@@ -62,14 +62,11 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[flo
 
 
 def rss_mb() -> float:
+    """This process's resident memory, MB (NaN where /proc is missing)."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+        return _proc_mem_mb("self")[0]
     except OSError:
-        pass
-    return float("nan")
+        return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -232,7 +229,8 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _proc_mem_mb(pid: int) -> tuple[float, float]:
+def _proc_mem_mb(pid: int | str) -> tuple[float, float]:
+    """(RSS, peak RSS) in MB of a process id or "self", from /proc."""
     rss = hwm = float("nan")
     with open(f"/proc/{pid}/status") as f:
         for line in f:

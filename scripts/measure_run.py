@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.audio_io import read_audio  # noqa: E402
+from monitor.bench import rss_mb  # noqa: E402
 from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig  # noqa: E402
 from monitor.events import EventTracker, rules_for  # noqa: E402
 from monitor.model_select import select_backend  # noqa: E402
@@ -31,13 +32,6 @@ from monitor.pipeline import Pipeline  # noqa: E402
 from monitor.scoring import Scorer  # noqa: E402
 from monitor.sinks.jsonl import JsonlEventSink  # noqa: E402
 from monitor.sources import FileSource  # noqa: E402
-
-
-def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_file(path: Path, minutes: float) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.audio_io import read_audio  # noqa: E402
+from monitor.bench import rss_mb  # noqa: E402
 from monitor.config import (EventsConfig, LabelConfig, MQTTConfig, ScoringConfig, SourceConfig,  # noqa: E402
                             StreamConfig)
 from monitor.events import EventTracker, rules_for  # noqa: E402
@@ -39,13 +40,6 @@ from monitor.sinks.mqtt import MqttSink  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 LABELS = ["dog barking", "rooster crowing", "cow mooing", "cat meowing", "owl hooting", "smoke alarm"]
-
-
-def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Audio:

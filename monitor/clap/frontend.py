@@ -313,7 +313,7 @@ class StreamingFrontend:
             j = np.where(j < 0, -j, j)
             j = np.where(j > L - 1, 2 * (L - 1) - j, j)
             src = np.where(j < reps * n, j % n, -1)
-            plan = (np.flatnonzero(inside), rel_k, edge_t, src)
+            plan = (np.flatnonzero(inside), rel_k, np.unique(rel_k), edge_t, src)
         self._plans[n] = plan
         return plan
 
@@ -326,16 +326,16 @@ class StreamingFrontend:
         if start_sample < self._last_start:
             self.reset()
         self._last_start = start_sample
-        inside_t, rel_k, edge_t, src = plan
+        inside_t, rel_k, need, edge_t, src = plan  # need: the window's distinct stream frames
         H, N = self.hop, self.n_fft
         k_base = start_sample // H
-        need = np.unique(rel_k)  # the window's distinct stream frames
         self._slide(k_base + int(need[0]), k_base + int(need[-1]))
         slot = k_base + need - self._k0
         missing = need[~self._valid[slot]]
+        xe = np.concatenate([x.astype(np.float64), [0.0]])  # edge index -1 -> the zero padding
         if missing.size:
             starts = missing * H - N // 2
-            frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), N)[starts]
+            frames = np.lib.stride_tricks.sliding_window_view(xe[:-1], N)[starts]
             self._frames[k_base + missing - self._k0] = self.frontend._log_mel_frames(frames)
             self._valid[k_base + missing - self._k0] = True
         self.frames_computed += int(missing.size) + int(edge_t.size)
@@ -343,7 +343,6 @@ class StreamingFrontend:
         out = np.empty((self.frontend.n_frames, self.n_mels), dtype=np.float32)
         out[inside_t] = self._frames[k_base + rel_k - self._k0]
         if edge_t.size:
-            xe = np.concatenate([x.astype(np.float64), [0.0]])  # index -1 -> the zero padding
             out[edge_t] = self.frontend._log_mel_frames(xe[src])
         return out[None]
 

@@ -65,11 +65,10 @@ def run(args) -> int:
     counted = bench.graph_gflop(path / manifest["audio"]["file"], (1, 1, b32.frontend.n_frames, b32.frontend.params.n_mels),
                                 args.threads)
     gflop = counted or bench.DEFAULT_ENCODER_GFLOP
-    out({"metric": "encoder_gflop_per_window", "unit": "GFLOP", "median": round(gflop, 3), "min": round(gflop, 3),
-         "max": round(gflop, 3), "n": 1, "source": "counted from the encoder's matmul/conv shapes" if counted else "published figure"})
+    out(bench.figure("encoder_gflop_per_window", "GFLOP", [gflop],
+                     source="counted from the encoder's matmul/conv shapes" if counted else "published figure"))
     floor_ms = gflop / gflops["median"] * 1000.0
-    out({"metric": "encoder_floor_ms", "unit": "ms", "median": round(floor_ms, 2), "min": round(floor_ms, 2),
-         "max": round(floor_ms, 2), "n": 1})
+    out(bench.figure("encoder_floor_ms", "ms", [floor_ms], 2))
 
     say("front-end ...")
     out(bench.figure("frontend_full_window_ms", "ms",
@@ -104,8 +103,7 @@ def run(args) -> int:
         out(bench.figure("int8_cosine_vs_fp32", "cosine", ag["cosine"], 5))
         out(bench.figure("int8_max_score_diff_vs_fp32", "softmax score", ag["score_diff"], 5, labels=len(bench.LABELS)))
         share = float(sum(ag["top1_same"]) / len(ag["top1_same"]))
-        out({"metric": "int8_top1_agreement", "unit": "share", "median": share, "min": share, "max": share,
-             "n": len(ag["top1_same"])})
+        out(bench.figure("int8_top1_agreement", "share", [share], n=len(ag["top1_same"])))
         del b8, scorer8
     else:
         say("no int8 encoder in this export (export --int8): int8 figures skipped")
@@ -133,9 +131,7 @@ def run(args) -> int:
             out(bench.figure("cpu_share_hop_pct", "% of machine", shares, 2, hop_s=args.hop, cpus=ncpu,
                              spinning=args.spinning, dropped_windows=dropped))
             out(bench.figure("run_rss_mb", "MB", [x[2] for x in s], 1))
-            peak = res["samples"][-1][3]
-            out({"metric": "run_peak_rss_mb", "unit": "MB", "median": round(peak, 1), "min": round(peak, 1),
-                 "max": round(peak, 1), "n": 1})
+            out(bench.figure("run_peak_rss_mb", "MB", [res["samples"][-1][3]], 1))
     if args.soak_min > 0:
         say(f"soak: `run --fast` on {args.soak_min:.0f} min of audio ...")
         wav = bench.write_loop_wav(runs / "soak.wav", audio, rate, args.soak_min * 60.0)
@@ -148,11 +144,9 @@ def run(args) -> int:
         out(bench.figure("soak_rss_mb", "MB", [x[2] for x in warm], 1, minutes=args.soak_min,
                          wall_s=round(time.monotonic() - t0, 1), first=round(warm[0][2], 1), last=round(warm[-1][2], 1),
                          dropped_windows=bench.dropped_windows(res["stderr"])))
-        out({"metric": "soak_rss_growth_mb", "unit": "MB", "median": round(growth, 1), "min": round(growth, 1),
-             "max": round(growth, 1), "n": 1})
-    shutil.rmtree(runs, ignore_errors=True)
-    peak = bench.peak_rss_mb()
-    out({"metric": "bench_process_peak_rss_mb", "unit": "MB", "median": round(peak, 1), "min": round(peak, 1), "max": round(peak, 1), "n": 1})
+        out(bench.figure("soak_rss_growth_mb", "MB", [growth], 1))
+    shutil.rmtree(cache, ignore_errors=True)  # label cache, wav files, the runs' state
+    out(bench.figure("bench_process_peak_rss_mb", "MB", [bench.peak_rss_mb()], 1))
 
     if args.compare_reference:
         src = args.reference or manifest.get("source")
