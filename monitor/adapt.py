@@ -392,6 +392,10 @@ class AdaptedBackend:
         self.cache_key = f"{base.cache_key}-{adapter.kind}-{adapter.sha256()[:16]}"
         if self.theta_kind == "audio" and hasattr(base, "embed_windows"):
             self.embed_windows = lambda windows, stream="main": adapter.prep(base.embed_windows(windows, stream))
+        if self.theta_kind == "audio" and hasattr(base, "embed_features") and hasattr(base, "frontend"):
+            # the encoder stage (monitor/encode.py) computes features itself and batches them
+            self.frontend = base.frontend
+            self.embed_features = lambda features: adapter.prep(base.embed_features(features))
         if self.theta_kind == "features" and not hasattr(base, "embed_audio_features"):
             raise UserError(f"this adapter needs {meta.get('backend_name')}'s audio features; {base.name} has none")
 

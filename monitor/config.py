@@ -47,8 +47,9 @@ class ModelConfig(_Section):
 
 
 class SourceConfig(_Section):
-    # "mic", a file path, or "-" for raw PCM on stdin
-    input: str = "mic"
+    # "mic", a file path, or "-" for raw PCM on stdin; or a list of them (several sources
+    # in one process, one model: "mic:DEVICE" picks an input device by index or name)
+    input: Union[str, tuple[str, ...]] = "mic"
     device: Union[int, str, None] = None
     sample_rate_hz: int | None = Field(None, ge=8000, le=384000)
     channels: int = Field(1, ge=1, le=32)
@@ -60,6 +61,27 @@ class SourceConfig(_Section):
     silence_timeout_s: float = Field(60.0, gt=0)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
 
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v):
+        items = [v] if isinstance(v, str) else list(v)
+        if not items:
+            raise ValueError("at least one source is needed")
+        for item in items:
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError("a source must be mic, mic:DEVICE, a file path or -")
+        if len(items) > 1:
+            if items.count("-") > 1:
+                raise ValueError("stdin (-) can be only one of the sources")
+            dup = sorted({i for i in items if items.count(i) > 1})
+            if dup:
+                raise ValueError(f"source listed twice: {dup[0]}")
+        return v if isinstance(v, str) else tuple(items) if len(items) > 1 else items[0]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
 
 class StreamConfig(_Section):
     window_s: float = Field(5.0, gt=0.5, le=10.0)
@@ -68,6 +90,9 @@ class StreamConfig(_Section):
     # adaptive hop: this longer hop while no event is open and no score is near its
     # threshold; back to hop_s at once when one is (0 disables; hop_s..window_s)
     idle_hop_s: float = Field(0.0, ge=0.0, le=10.0)
+    # several sources: how long the encoder waits for the other sources' windows so that
+    # they go through the model in one batch (seconds of added delay at most)
+    batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _hop_fits(self) -> "StreamConfig":

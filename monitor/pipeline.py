@@ -30,6 +30,7 @@ from monitor.audio_io import downmix, sanitise
 from monitor.backend import Backend
 from monitor.buffer import DroppedAudio, RingBuffer
 from monitor.config import SourceConfig, StreamConfig
+from monitor.encode import SharedEncoder
 from monitor.events import EventTracker
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
@@ -88,8 +89,23 @@ class Pipeline:
         stop: threading.Event | None = None,
         source_cfg: SourceConfig | None = None,
         reopen: Callable[[], object] | None = None,
+        encoder: SharedEncoder | None = None,
+        name: str | None = None,
+        out_lock=None,
+        close_sinks: bool = True,
     ):
+        """Several sources in one process (``run`` with more than one source): each has its
+        own Pipeline; they share one ``encoder`` (windows batched across sources), the sinks,
+        and ``out_lock``, which makes assigning an event's ``seq`` and handing it to the
+        sinks one step (so sinks see ``seq`` in order); the caller then closes the sinks
+        (``close_sinks=False``). ``name`` tells the sources apart (default: the source's
+        description)."""
         self.source = source
+        self.name = name or getattr(source, "description", "source")
+        self._own_encoder = encoder is None
+        self.encoder = encoder or SharedEncoder(backend, linger_s=0.0)
+        self._out = out_lock or threading.RLock()
+        self._close_sinks = close_sinks
         self.backend = backend
         self.scorer = scorer
         self.tracker = tracker
@@ -165,11 +181,13 @@ class Pipeline:
 
     def run(self) -> Stats:
         """Run until the source ends or ``stop`` is set; returns the final statistics."""
-        cap = threading.Thread(target=self._capture, name="capture", daemon=True)
+        cap = threading.Thread(target=self._capture, name=f"capture {self.name}", daemon=True)
+        self.encoder.register(self.name)
         cap.start()
         try:
             self._work()
         finally:
+            self.encoder.unregister(self.name)
             self.stop.set()
             self.buffer.close()
             cap.join(timeout=5)
@@ -281,8 +299,9 @@ class Pipeline:
 
     def _source_lost(self, marker: SourceLost) -> None:
         self._segment_lost = True
-        for ev in self.tracker.close_all():
-            self._publish(ev)
+        with self._out:
+            for ev in self.tracker.close_all():
+                self._publish(ev)
         log.warning("source lost (%s) at %.1f s of stream time: open events ended",
                     marker.reason, self._stream_pos_n() / self.windower.sample_rate_hz)
 
@@ -332,14 +351,15 @@ class Pipeline:
             scorer, rules, on_applied = self._swap
             self._swap = None
         self.scorer = scorer
-        ended = self.tracker.set_rules(rules, end_s=self.stats.stream_s)
-        for ev in ended:
-            self._publish(ev)
-        for s in self.sinks:
-            try:
-                s.set_labels(list(scorer.labels))
-            except Exception as e:  # noqa: BLE001
-                log.error("sink %s failed to change labels: %s", s.name, e)
+        with self._out:
+            ended = self.tracker.set_rules(rules, end_s=self.stats.stream_s)
+            for ev in ended:
+                self._publish(ev)
+            for s in self.sinks:
+                try:
+                    s.set_labels(list(scorer.labels))
+                except Exception as e:  # noqa: BLE001
+                    log.error("sink %s failed to change labels: %s", s.name, e)
         self.stats.reloads += 1
         if on_applied is not None:
             on_applied(ended)
@@ -355,13 +375,9 @@ class Pipeline:
             by_len: dict[int, list[Window]] = {}
             for w in live:
                 by_len.setdefault(w.samples.size, []).append(w)
-            # a backend with a streaming front-end reuses the frames consecutive windows share
-            embed_windows = getattr(self.backend, "embed_windows", None)
             for group in by_len.values():
-                if embed_windows is not None:
-                    vecs = embed_windows(group)
-                else:
-                    vecs = self.backend.embed_audio(np.stack([w.samples for w in group]))
+                # the encoder stage: shared with the other sources' pipelines, batched
+                vecs = self.encoder.embed(group, self.name)
                 for w, v in zip(group, vecs):
                     emb[w.index] = v
             ms = (time.perf_counter() - t0) * 1000.0 / len(live)
@@ -374,7 +390,8 @@ class Pipeline:
                 values = tuple(0.0 for _ in labels)
                 gated = True
                 self.stats.gated += 1
-            sc = Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, gated, ms if not gated else 0.0)
+            sc = Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, gated, ms if not gated else 0.0,
+                        source=self.name)
             self._emit(sc)
 
     def _emit(self, sc: Scores) -> None:
@@ -385,10 +402,11 @@ class Pipeline:
         if not sc.gated:
             st.inference_ms = sc.inference_ms
         st.last_scores = sc.as_dict()
-        for s in self.sinks:
-            s.on_scores(sc)
-        for ev in self.tracker.update(sc):
-            self._publish(ev)
+        with self._out:
+            for s in self.sinks:
+                s.on_scores(sc)
+            for ev in self.tracker.update(sc):
+                self._publish(ev)
         if self.cfg.idle_hop_s > 0:
             self._adapt_hop(sc)
         t = self._arrived.pop(sc.window_index, None)
@@ -419,11 +437,20 @@ class Pipeline:
     def _finish(self) -> None:
         self.stats.received_frames = self.buffer.received_frames
         self.stats.dropped_frames = self.buffer.dropped_frames
-        for ev in self.tracker.close_all():
-            self._publish(ev)
+        with self._out:
+            for ev in self.tracker.close_all():
+                self._publish(ev)
         self.stats.finished = True
-        for s in self.sinks:
-            try:
-                s.close()
-            except Exception as e:  # noqa: BLE001
-                log.error("sink %s failed to close: %s", s.name, e)
+        if self._own_encoder:
+            self.encoder.close()
+        if self._close_sinks:
+            close_sinks(self.sinks)
+
+
+def close_sinks(sinks: Sequence[Sink]) -> None:
+    """Close every sink once (after the last event); one failing sink does not stop the rest."""
+    for s in sinks:
+        try:
+            s.close()
+        except Exception as e:  # noqa: BLE001
+            log.error("sink %s failed to close: %s", s.name, e)

@@ -48,19 +48,22 @@ class Scores:
     values: tuple[float, ...]  # same order as ``labels``; all 0.0 when gated
     gated: bool = False
     inference_ms: float = 0.0
+    source: str = ""  # the pipeline's source name (several sources in one run)
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.labels, self.values))
 
-    def to_json_line(self) -> str:
-        """The per-window line of ``run --scores`` (DESIGN.md contract)."""
-        return json.dumps(
-            {
-                "t_s": round(self.start_s, 6),
-                "level_dbfs": round(self.level_dbfs, 2),
-                "scores": {k: round(v, 6) for k, v in self.as_dict().items()},
-            }
-        )
+    def to_json_line(self, with_source: bool = False) -> str:
+        """The per-window line of ``run --scores`` (DESIGN.md contract); with several
+        sources in one run each line also names its ``source``."""
+        d = {
+            "t_s": round(self.start_s, 6),
+            "level_dbfs": round(self.level_dbfs, 2),
+            "scores": {k: round(v, 6) for k, v in self.as_dict().items()},
+        }
+        if with_source:
+            d["source"] = self.source
+        return json.dumps(d)
 
 
 EventType = Literal["start", "end"]

@@ -22,7 +22,7 @@ from monitor.types import Event
 
 
 def ev(seq, label="dog barking", kind="start"):
-    return Event(type=kind, event_id=f"id{seq // 2}", seq=seq, label=label, score=0.9, peak_score=0.9,
+    return Event(type=kind, event_id=f"id{(seq + 1) // 2}", seq=seq, label=label, score=0.9, peak_score=0.9,
                  start_s=float(seq), end_s=None if kind == "start" else seq + 1.0,
                  duration_s=None if kind == "start" else 1.0, wall_time="2026-01-01T00:00:00.000Z",
                  device_id="dev1", source="test", model="m")

@@ -15,7 +15,9 @@ DEFAULT_LABELS = ("smoke alarm", "dog barking", "glass breaking", "baby crying",
 
 def add_arguments(p) -> None:
     p.add_argument("--config", help="YAML config (default: ./config.yaml if present)")
-    p.add_argument("--source", help="mic | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin)")
+    p.add_argument("--source", action="append",
+                   help="mic | mic:DEVICE | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin); repeat it to "
+                        "monitor several sources with one model")
     p.add_argument("--fast", action="store_true", help="process a file as fast as possible and exit at its end")
     p.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
     p.add_argument("--events", help="write events as JSON lines to PATH (- = stdout)")
@@ -37,7 +39,7 @@ def add_arguments(p) -> None:
 
 def _overrides(args) -> dict:
     ov = {
-        "source.input": args.source,
+        "source.input": (args.source[0] if len(args.source) == 1 else list(args.source)) if args.source else None,
         "output.events_path": args.events,
         "output.scores_path": args.scores,
         "model.spec": args.model,
@@ -74,39 +76,64 @@ def load_effective_config(args):
     return with_overrides(cfg, _overrides(args), where=f"{path or 'defaults'} + command line")
 
 
-def make_source(cfg, say):
-    """-> (source, is_demo, reopen): ``reopen`` rebuilds a lost microphone (None: not restartable)."""
+def _device(text: str):
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def make_source(cfg, say, spec: str | None = None, several: bool = False):
+    """One source of ``cfg.source.inputs`` (default: the first) -> (source, is_demo, reopen):
+    ``reopen`` rebuilds a lost microphone (None: not restartable)."""
     from monitor.errors import UserError
     from monitor import sources
 
     sc = cfg.source
-    if sc.input == "mic":
+    spec = sc.inputs[0] if spec is None else spec
+    if spec == "mic" or spec.startswith("mic:"):
+        device = sc.device if spec == "mic" else _device(spec[4:])
         if not sources.has_input_device():
+            if several:
+                raise UserError(f"no audio input device found for source {spec!r} (see `sound-monitor devices`)")
             say("no audio input device found: running on the bundled DEMO recording instead "
                 "(animal sounds; use --source PATH or - for other audio)")
             return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
 
         def reopen():
-            return sources.MicSource(sc.device, sc.sample_rate_hz, sc.channels, sc.block_frames)
+            return sources.MicSource(device, sc.sample_rate_hz, sc.channels, sc.block_frames)
 
         return reopen(), False, reopen
-    if sc.input == "-":
+    if spec == "-":
         if not sc.sample_rate_hz:
             raise UserError("stdin needs its sample rate: --rate HZ (and --channels, --format if not 1, s16le)")
         return sources.StdinSource(sc.sample_rate_hz, sc.channels, sc.format, sc.block_frames), False, None
-    return sources.FileSource(sc.input, sc.block_frames, realtime=sc.realtime), False, None
+    return sources.FileSource(spec, sc.block_frames, realtime=sc.realtime), False, None
 
 
-def build_sinks(cfg, view_state, backend_name, source_name, live):
+def source_names(srcs) -> list[str]:
+    """The sources' descriptions, made unique (events and scores name their source)."""
+    names: list[str] = []
+    for src in srcs:
+        base = name = src.description
+        k = 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def build_sinks(cfg, view_state, backend_name, source_names, live):
+    """-> (shared sinks, terminal sink, per-source sinks): clips are kept per source (a
+    clip holds the audio of the source whose event it is), everything else is shared."""
     from monitor.sinks.jsonl import JsonlEventSink, JsonlScoresSink
     from monitor.sinks.terminal import TerminalSink
 
+    several = len(source_names) > 1
     sinks = []
     out = cfg.output
     if out.events_path:
         sinks.append(JsonlEventSink(out.events_path))
     if out.scores_path:
-        sinks.append(JsonlScoresSink(out.scores_path))
+        sinks.append(JsonlScoresSink(out.scores_path, with_source=several))
     if cfg.mqtt.host:
         from monitor.sinks.mqtt import MqttSink
 
@@ -117,16 +144,22 @@ def build_sinks(cfg, view_state, backend_name, source_name, live):
                 labels=[l.name for l in cfg.labels],
                 state_dir=cfg.state_path,
                 model_name=backend_name,
-                source_name=source_name,
+                source_name=", ".join(source_names),
             )
         )
-    if cfg.clips.enabled:
-        from monitor.sinks.clips import ClipsSink
-
-        sinks.append(ClipsSink(cfg.clips))
     term = TerminalSink(view_state, live=live)
     sinks.append(term)
-    return sinks, term
+    own: dict[str, list] = {name: [] for name in source_names}
+    if cfg.clips.enabled:
+        from monitor.sinks.clips import ClipsSink
+        from monitor.topics import slugify
+
+        for name in source_names:
+            clips_cfg = cfg.clips
+            if several:  # one folder per source
+                clips_cfg = clips_cfg.model_copy(update={"dir": str(Path(cfg.clips.dir) / slugify(name))})
+            own[name].append(ClipsSink(clips_cfg))
+    return sinks, term, own
 
 
 def with_default_labels(cfg, say):
@@ -140,9 +173,10 @@ def with_default_labels(cfg, say):
 
 
 def run(args) -> int:
+    from monitor.encode import SharedEncoder
     from monitor.events import EventTracker, rules_for
     from monitor.model_select import select_backend
-    from monitor.pipeline import Pipeline
+    from monitor.pipeline import Pipeline, close_sinks
     from monitor.reload import ConfigReloader
     from monitor.scoring import Scorer
     from monitor.sinks.terminal import ViewState
@@ -152,7 +186,12 @@ def run(args) -> int:
         print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
 
     cfg = with_default_labels(load_effective_config(args), say)
-    source, demo, reopen = make_source(cfg, say)
+    inputs = cfg.source.inputs
+    several = len(inputs) > 1
+    made = [make_source(cfg, say, spec, several) for spec in inputs]
+    srcs = [m[0] for m in made]
+    names = source_names(srcs)
+    demo = any(m[1] for m in made)
     selected = select_backend(cfg.model.spec, cfg.model)
     backend = selected.backend
     if cfg.model.adapter:
@@ -160,41 +199,53 @@ def run(args) -> int:
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
-    say(f"source {source.description} ({source.sample_rate_hz} Hz, {source.channels} ch); "
-        f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}")
+    for src, name in zip(srcs, names):
+        say(f"source {name} ({src.sample_rate_hz} Hz, {src.channels} ch)")
+    say(f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
+        + (f"; {len(srcs)} sources share one model" if several else ""))
 
     cache_dir = cfg.state_path / "label-cache"
     scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=cache_dir)
     rules = rules_for(cfg.labels, cfg.events)
     seq = SeqCounter(cfg.state_path, cfg.device)
-    tracker = EventTracker(rules, device_id=cfg.device, source=source.description, model=backend.name, next_seq=seq.next)
 
     live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
     view = ViewState(
         model=backend.name,
-        source=source.description,
+        source=", ".join(names),
         labels=scorer.labels,
         thresholds={k: r.threshold for k, r in rules.items()},
         gate_dbfs=cfg.stream.gate_dbfs,
         demo=demo,
     )
-    sinks, term = build_sinks(cfg, view, backend.name, source.description, live)
-    for s in sinks:
+    if several:  # a column per source in the live view from the start
+        view.by_source = {n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names}
+    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
+    all_sinks = sinks + [x for name in names for x in own_sinks[name]]
+    for s in all_sinks:
         s.set_labels(list(scorer.labels))
 
     stop = threading.Event()
-    pipe = Pipeline(source, backend, scorer, tracker, sinks, cfg.stream, buffer_s=cfg.source.buffer_s, stop=stop,
-                    source_cfg=cfg.source, reopen=reopen)
+    # one encoder (one model in memory) for every source; windows are batched across them
+    encoder = SharedEncoder(backend, linger_s=cfg.stream.batch_wait_s if several else 0.0)
+    out_lock = threading.RLock()
+    pipes = []
+    for (src, _, reopen), name in zip(made, names):
+        tracker = EventTracker(rules, device_id=cfg.device, source=name, model=backend.name, next_seq=seq.next)
+        pipes.append(Pipeline(src, backend, scorer, tracker, sinks + own_sinks[name], cfg.stream,
+                              buffer_s=cfg.source.buffer_s, stop=stop, source_cfg=cfg.source, reopen=reopen,
+                              encoder=encoder, name=name, out_lock=out_lock, close_sinks=False))
 
     def apply_live(new_cfg) -> None:
-        """Build the new scorer here (reload thread); the worker swaps it in between windows."""
+        """Build the new scorer here (reload thread); the workers swap it in between windows."""
         new_scorer = Scorer(backend, new_cfg.labels, new_cfg.scoring, cache_dir=cache_dir)
         new_rules = rules_for(new_cfg.labels, new_cfg.events)
         with term._lock:
             view.labels = new_scorer.labels
             view.thresholds = {k: r.threshold for k, r in new_rules.items()}
             view.active &= set(new_scorer.labels)
-        pipe.swap_live(new_scorer, new_rules)
+        for pipe in pipes:
+            pipe.swap_live(new_scorer, new_rules)
 
     config_path = args.config or ("config.yaml" if Path("config.yaml").is_file() else None)
     reloader = ConfigReloader(lambda: with_default_labels(load_effective_config(args), say), apply_live, cfg, stop,
@@ -213,46 +264,68 @@ def run(args) -> int:
         signal.signal(signal.SIGHUP, _on_hup)
     reloader.start()
 
+    results: list[dict] = [{} for _ in pipes]
+    workers = []
+    for pipe, result in zip(pipes, results):
+        def _work(pipe=pipe, result=result):
+            try:
+                result["stats"] = pipe.run()
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                result["error"] = e
+                stop.set()  # one source failing on a bug stops the run (nothing is left half-open)
+
+        t = threading.Thread(target=_work, name=f"worker {pipe.name}", daemon=True)
+        t.start()
+        workers.append(t)
     done = threading.Event()
-    result = {}
 
-    def _work():
-        try:
-            result["stats"] = pipe.run()
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            result["error"] = e
-        finally:
-            done.set()
+    def _wait_all():
+        for t in workers:
+            t.join()
+        done.set()
 
-    worker = threading.Thread(target=_work, name="worker", daemon=True)
-    worker.start()
+    threading.Thread(target=_wait_all, name="join", daemon=True).start()
 
     def refresh(state):
-        st = pipe.stats
-        state.dropped_windows = st.dropped_windows
-        state.dropped_frames = st.dropped_frames
-        state.sinks = {s.name: s.status().get("state", "ok") for s in sinks if s is not term}
-        state.source_status = st.source_status + (f" ({st.source_detail})" if st.source_detail else "")
+        state.dropped_windows = sum(p.stats.dropped_windows for p in pipes)
+        state.dropped_frames = sum(p.stats.dropped_frames for p in pipes)
+        state.sinks = {s.name: s.status().get("state", "ok") for s in all_sinks if s is not term}
+        status = [p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in pipes]
+        state.source_status = status[0] if not several else ", ".join(f"{p.name}: {st}" for p, st in zip(pipes, status))
 
-    if live:
-        term.run_live(refresh, done)
-    else:
-        while not done.wait(0.5):
-            pass
-    stop.set()
-    reloader.join()
-    worker.join(timeout=10)
-    if "error" in result:
-        raise result["error"]
-    st = result.get("stats")
-    if st is not None:
-        say(f"finished: {st.windows} windows ({st.gated} below the gate), {st.events} events, "
+    try:
+        if live:
+            term.run_live(refresh, done)
+        else:
+            while not done.wait(0.5):
+                pass
+    finally:
+        stop.set()
+        reloader.join()
+        for t in workers:
+            t.join(timeout=10)
+        encoder.close()
+        close_sinks(all_sinks)
+    for result in results:
+        if "error" in result:
+            raise result["error"]
+    rc = 0
+    for pipe, result in zip(pipes, results):
+        st = result.get("stats")
+        if st is None:
+            continue
+        who = f"{pipe.name}: " if several else ""
+        say(f"{who}finished: {st.windows} windows ({st.gated} below the gate), {st.events} events, "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
             + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
             + (f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
                f"reopen(s), {st.gaps} gap(s) totalling {st.gap_s:.1f} s" if st.source_losses else "")
             + (f"; {st.reloads} config reload(s)" if st.reloads else ""))
         if st.source_error:
-            say(f"source error: {st.source_error}")
-            return 1
-    return 0
+            say(f"{who}source error: {st.source_error}")
+            rc = 1
+    if several:
+        b = encoder.summary()
+        say(f"encoder: {b['windows']} windows in {b['model_calls']} model calls "
+            f"({b['mixed_batches']} shared by several sources)")
+    return rc

@@ -46,14 +46,15 @@ class JsonlEventSink(Sink):
 class JsonlScoresSink(Sink):
     name = "scores"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, with_source: bool = False):
         self._f, self._owned = _open(path)
+        self.with_source = with_source
 
     def publish(self, event: Event) -> None:
         pass
 
     def on_scores(self, scores: Scores) -> None:
-        self._f.write(scores.to_json_line() + "\n")
+        self._f.write(scores.to_json_line(self.with_source) + "\n")
 
     def close(self) -> None:
         self._f.flush()

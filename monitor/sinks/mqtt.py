@@ -89,7 +89,9 @@ class MqttSink(Sink):
         self._last_handed = 0  # highest seq handed to paho in this connection's lifetime
         self._labels: list[str] = []
         self._slugs: dict[str, str] = {}
-        self._on: dict[str, bool] = {}
+        # label -> event_ids of its open events: with several sources a label is ON while
+        # any source has it open, OFF only when the last one ends
+        self._open: dict[str, set[str]] = {}
         self._last_scores_t = 0.0
         self._refused_logged = False
 
@@ -183,7 +185,7 @@ class MqttSink(Sink):
         with self._lock:
             labels = list(self._labels)
             slugs = dict(self._slugs)
-            on = dict(self._on)
+            on = {lab: bool(ids) for lab, ids in self._open.items()}
         for lab in labels:
             s = slugs[lab]
             if self.cfg.discovery:
@@ -220,13 +222,19 @@ class MqttSink(Sink):
     def publish(self, event: Event) -> None:
         self.outbox.add(event.seq, self.topics.events, event.to_json())
         with self._lock:
+            on = False
             if event.label in self._slugs:
-                self._on[event.label] = event.type == "start"
+                ids = self._open.setdefault(event.label, set())
+                if event.type == "start":
+                    ids.add(event.event_id)
+                else:
+                    ids.discard(event.event_id)
+                on = bool(ids)
             slug = self._slugs.get(event.label)
             connected = self._connected
             self._wake.notify_all()
         if slug and connected:
-            self.client.publish(self.topics.state(slug), "ON" if event.type == "start" else "OFF", qos=1, retain=True)
+            self.client.publish(self.topics.state(slug), "ON" if on else "OFF", qos=1, retain=True)
 
     def on_scores(self, scores: Scores) -> None:
         if not self.cfg.scores_interval_s or scores.gated:
@@ -243,7 +251,7 @@ class MqttSink(Sink):
             removed = [self._slugs[l] for l in self._labels if l not in labels]
             self._labels = list(labels)
             self._slugs = label_slugs(self._labels)
-            self._on = {l: self._on.get(l, False) for l in self._labels}
+            self._open = {l: self._open.get(l, set()) for l in self._labels}
             connected = self._connected
         if connected:
             for s in removed:

@@ -35,6 +35,9 @@ class ViewState:
     recent: list = field(default_factory=list)  # last few event lines
     demo: bool = False
     source_status: str = "ok"  # ok | stalled | retrying | silent | lost ... (monitor/supervise.py)
+    # several sources: name -> {"scores": {...}, "level_dbfs": x, "stream_s": t}
+    by_source: dict = field(default_factory=dict)
+    active_sources: dict = field(default_factory=dict)  # label -> sources with it open
 
 
 def _bar(value: float, threshold: float, width: int = 30) -> str:
@@ -52,22 +55,44 @@ def render(state: ViewState):
     from rich.text import Text
 
     title = f"sound-monitor — {state.model} — {state.source}" + ("  [DEMO RECORDING]" if state.demo else "")
+    several = len(state.by_source) > 1
+    names = sorted(state.by_source)
     t = Table(expand=False, box=None, pad_edge=False)
     t.add_column("label")
-    t.add_column("score", justify="right")
+    for name in names if several else ["score"]:
+        t.add_column(name[:24], justify="right")
     t.add_column("bar (| = threshold)")
     t.add_column("")
     for lab in state.labels:
-        s = float(state.scores.get(lab, 0.0))
+        if several:
+            per = [float(state.by_source[n]["scores"].get(lab, 0.0)) for n in names]
+            s = max(per)
+            cells = [f"{v:.2f}" for v in per]
+        else:
+            s = float(state.scores.get(lab, 0.0))
+            cells = [f"{s:.2f}"]
         thr = float(state.thresholds.get(lab, 0.5))
         on = lab in state.active
         style = "bold red" if on else ("yellow" if s >= thr else "")
-        t.add_row(Text(lab, style=style), f"{s:.2f}", Text(_bar(s, thr), style=style), Text("● ACTIVE", style="bold red") if on else "")
-    lvl = max(-90.0, min(0.0, state.level_dbfs))
-    meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 30)
+        mark = "● ACTIVE"
+        if on and several and state.active_sources.get(lab):
+            mark += " (" + ", ".join(sorted(state.active_sources[lab])) + ")"
+        t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), Text(mark, style="bold red") if on else "")
+    if several:
+        lines = []
+        for n in names:
+            d = state.by_source[n]
+            lvl = max(-90.0, min(0.0, d["level_dbfs"]))
+            meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 20)
+            lines.append(f"{n[:24]:<24} level {d['level_dbfs']:6.1f} dBFS {meter}  t={d['stream_s']:8.1f} s")
+        levels = "\n".join(lines) + f"\ngate {state.gate_dbfs:.0f} dBFS\n"
+    else:
+        lvl = max(-90.0, min(0.0, state.level_dbfs))
+        meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 30)
+        levels = f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
     info = Text(
-        f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
-        f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
+        levels
+        + f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
         f"dropped windows {state.dropped_windows}  dropped samples {state.dropped_frames}\n"
         + f"source: {state.source_status}  "
         + "sinks: " + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
@@ -95,17 +120,27 @@ class TerminalSink(Sink):
         self.live = live
         self._stream = stream or sys.stderr
         self._every = status_every_s
-        self._last_status = 0.0
+        self._last_status: dict[str, float] = {}
         self._lock = threading.Lock()
         self._live = None
+        self._open: dict[str, dict[str, str]] = {}  # label -> {event_id: source}
 
     def publish(self, event: Event) -> None:
         line = format_event(event)
+        if event.source and len(self.state.by_source) > 1:
+            line += f" [{event.source}]"
         with self._lock:
+            # a label stays active while any source has it open
+            ids = self._open.setdefault(event.label, {})
             if event.type == "start":
+                ids[event.event_id] = event.source
+            else:
+                ids.pop(event.event_id, None)
+            if ids:
                 self.state.active.add(event.label)
             else:
                 self.state.active.discard(event.label)
+            self.state.active_sources[event.label] = set(ids.values())
             self.state.recent.append(line)
             del self.state.recent[:-20]
         if not self.live:
@@ -114,18 +149,23 @@ class TerminalSink(Sink):
     def on_scores(self, scores: Scores) -> None:
         with self._lock:
             self.state.scores = scores.as_dict()
+            if scores.source:
+                self.state.by_source[scores.source] = {
+                    "scores": self.state.scores, "level_dbfs": scores.level_dbfs, "stream_s": scores.end_s}
             self.state.level_dbfs = scores.level_dbfs
             self.state.stream_s = scores.end_s
             self.state.windows += 1
             if not scores.gated:
                 self.state.inference_ms = scores.inference_ms
         now = time.monotonic()
-        if not self.live and now - self._last_status >= self._every:
-            self._last_status = now
+        last = self._last_status.get(scores.source, 0.0)  # one status line per source every _every s
+        if not self.live and now - last >= self._every:
+            self._last_status[scores.source] = now
             top = sorted(self.state.scores.items(), key=lambda kv: -kv[1])[:3]
             tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
+            who = f"[{scores.source}] " if len(self.state.by_source) > 1 else ""
             print(
-                f"t={scores.end_s:.1f}s level {scores.level_dbfs:.1f} dBFS"
+                f"{who}t={scores.end_s:.1f}s level {scores.level_dbfs:.1f} dBFS"
                 f"{' (gated)' if scores.gated else ''} top: {tops}",
                 file=self._stream,
                 flush=True,
