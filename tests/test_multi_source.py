@@ -238,3 +238,59 @@ def test_run_several_sources_clear_errors(tmp_path):
     sf.write(x, np.zeros(16000, np.float32), 16000)
     r = _run(["--source", str(x), "--source", str(tmp_path / "missing.wav"), "--model", "offline"], tmp_path)
     assert r.returncode == 2 and "missing.wav" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
+    """A real-time file and stdin in one run: a label change (SIGHUP) reaches both pipelines,
+    no window is lost across it, and SIGTERM ends every open event."""
+    import signal
+
+    from test_shutdown_reload import ROOT, Feeder, lines, wait_until
+
+    noise = (np.random.default_rng(3).standard_normal(16000 * 40) * 0.1).astype(np.float32)
+    wav = tmp_path / "room.wav"
+    sf.write(wav, noise, 16000, subtype="FLOAT")
+    scores, ev_path = tmp_path / "scores.jsonl", tmp_path / "events.jsonl"
+
+    def cfg_text(labels):
+        return (f"labels: {labels}\n"
+                "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n"
+                f"source: {{input: ['{wav}', '-'], sample_rate_hz: 16000}}\n"
+                f"output: {{events_path: {ev_path}, scores_path: {scores}, tui: false}}\n")
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(cfg_text("[dog, owl]"))
+    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "wb") as err_f:
+        p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--model",
+                              str(tiny_clap_export), "--no-tui"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=err_f, cwd=ROOT, env=env)
+    feed = Feeder(p, burst_s=6.0, rate_x=2.0)
+    feed.start()
+    srcs = {"file:room.wav", "stdin:s16le@16000"}
+    try:
+        assert wait_until(lambda: {s["source"] for s in lines(scores)} == srcs, 60), err_path.read_text()
+        cfg.write_text(cfg_text("[owl, cat]"))
+        p.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: {s["source"] for s in lines(scores) if tuple(s["scores"]) == ("owl", "cat")} == srcs,
+                          60), err_path.read_text()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=60)
+    finally:
+        feed.stop.set()
+        if p.poll() is None:
+            p.kill()
+    err = err_path.read_text()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    for src in srcs:
+        mine = [s for s in lines(scores) if s["source"] == src]
+        assert [s["t_s"] for s in mine] == [float(k) for k in range(len(mine))]  # no window lost
+        keys = [tuple(s["scores"]) for s in mine]
+        k = keys.index(("owl", "cat"))
+        assert set(keys[:k]) == {("dog", "owl")} and set(keys[k:]) == {("owl", "cat")}
+    ids = {}
+    for e in lines(ev_path):
+        ids.setdefault(e["event_id"], []).append(e["type"])
+    assert ids and all(v == ["start", "end"] for v in ids.values())

@@ -232,9 +232,15 @@ def run(args) -> int:
     pipes = []
     for (src, _, reopen), name in zip(made, names):
         tracker = EventTracker(rules, device_id=cfg.device, source=name, model=backend.name, next_seq=seq.next)
+        # each pipeline has its own stop: a file that ends must not end the other sources
         pipes.append(Pipeline(src, backend, scorer, tracker, sinks + own_sinks[name], cfg.stream,
-                              buffer_s=cfg.source.buffer_s, stop=stop, source_cfg=cfg.source, reopen=reopen,
-                              encoder=encoder, name=name, out_lock=out_lock, close_sinks=False))
+                              buffer_s=cfg.source.buffer_s, stop=threading.Event(), source_cfg=cfg.source,
+                              reopen=reopen, encoder=encoder, name=name, out_lock=out_lock, close_sinks=False))
+
+    def stop_all() -> None:
+        stop.set()
+        for pipe in pipes:
+            pipe.stop.set()
 
     def apply_live(new_cfg) -> None:
         """Build the new scorer here (reload thread); the workers swap it in between windows."""
@@ -253,7 +259,7 @@ def run(args) -> int:
 
     def _on_signal(signum, frame):  # noqa: ARG001
         say("stopping (closing open events, flushing outputs)")
-        stop.set()
+        stop_all()
 
     def _on_hup(signum, frame):  # noqa: ARG001
         reloader.request()
@@ -272,7 +278,7 @@ def run(args) -> int:
                 result["stats"] = pipe.run()
             except BaseException as e:  # noqa: BLE001 - reported by the main thread
                 result["error"] = e
-                stop.set()  # one source failing on a bug stops the run (nothing is left half-open)
+                stop_all()  # one source failing on a bug stops the run (nothing is left half-open)
 
         t = threading.Thread(target=_work, name=f"worker {pipe.name}", daemon=True)
         t.start()
@@ -300,7 +306,7 @@ def run(args) -> int:
             while not done.wait(0.5):
                 pass
     finally:
-        stop.set()
+        stop_all()
         reloader.join()
         for t in workers:
             t.join(timeout=10)
