@@ -55,6 +55,7 @@ class JsonlScoresSink(Sink):
 
     def on_scores(self, scores: Scores) -> None:
         self._f.write(scores.to_json_line(self.with_source) + "\n")
+        self._f.flush()  # one line per source per hop: cheap, and `tail -f` sees it at once
 
     def close(self) -> None:
         self._f.flush()
