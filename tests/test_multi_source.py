@@ -294,3 +294,15 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
     for e in lines(ev_path):
         ids.setdefault(e["event_id"], []).append(e["type"])
     assert ids and all(v == ["start", "end"] for v in ids.values())
+
+
+def test_run_several_sources_without_a_microphone_is_a_clear_error(tmp_path):
+    from monitor import sources
+
+    if sources.has_input_device():
+        pytest.skip("this machine has an input device; the error is for machines without one")
+    x = tmp_path / "x.wav"
+    sf.write(x, np.zeros(16000, np.float32), 16000)
+    r = _run(["--source", "mic:2", "--source", str(x), "--model", "offline"], tmp_path)
+    assert r.returncode == 2 and "no audio input device found for source 'mic:2'" in r.stderr
+    assert "Traceback" not in r.stderr and "DEMO" not in r.stderr
