@@ -7,7 +7,9 @@ stream, so the windows are real sounds, 5 s every hop. Measured, in this order:
 
 - the machine's fp32 matmul rate through onnxruntime (the engine the encoder runs on) and
   the encoder's cost in GFLOP per window (counted from the shapes its matmuls and
-  convolutions run with): their ratio is the encoder's floor in ms;
+  convolutions run with): their ratio is the encoder's floor in ms; the same product on
+  one core (whose rate bounds the CPU share any implementation can reach) and dynamically
+  quantised to int8 (whose rate bounds the int8 encoder);
 - front-end ms for a whole window and per hop (the incremental front-end), encoder ms per
   window (fp32, int8 when exported), scoring ms, and the total per window as the monitor
   runs it (front-end + encoder + scoring on consecutive windows), with ratios to the floor;
@@ -16,7 +18,9 @@ stream, so the windows are real sounds, 5 s every hop. Measured, in this order:
   cache warm, as on any start after the first) on a file at real-time pace, hop 1 s;
   optionally a soak (``--soak-min``): ``run --fast`` on that many minutes, for RSS growth;
 - with ``--compare-reference``: transformers' zero-shot-audio-classification pipeline on the
-  same checkpoint, same windows, 10 labels, in this run; the last line is the speed-up.
+  same checkpoint, same windows, 10 labels, in this run; the speed-up bounds (reference over
+  the floors: what an encoder with no cost beyond its matmuls would reach); the last line
+  is the speed-up.
 
 The bench process's own peak RSS is taken before the reference is loaded (torch would
 dominate it).
@@ -74,8 +78,15 @@ def peak_rss_mb() -> float:
 
 
 # -- the machine and the model's floor ----------------------------------------------------------
-def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024, n: int = 1024) -> list[float]:
-    """fp32 MatMul rate of onnxruntime (MLAS) with ``threads`` intra-op threads, GFLOP/s."""
+def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024, n: int = 1024,
+                  int8: bool = False) -> list[float]:
+    """MatMul rate of onnxruntime (MLAS) with ``threads`` intra-op threads, GFLOP/s (one
+    multiply-add = 2 operations). ``int8``: the same product dynamically quantised exactly as
+    ``export --int8`` quantises the encoder (int8 weights, activations quantised per call),
+    which is what bounds the int8 encoder."""
+    import tempfile as _tempfile
+
+    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -86,6 +97,22 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if int8:
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process: not for one MatMul
+        try:
+            with _tempfile.TemporaryDirectory() as tmp:
+                src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"
+                onnx.save(model, str(src))
+                quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+                model = onnx.load(str(dst))
+        finally:
+            root.setLevel(level)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -93,6 +120,13 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
     ms = time_ms(lambda: sess.run(None, {"x": x}), repeats, warmup=3)
     return [2.0 * m * k * n / (t / 1000.0) / 1e9 for t in ms]
+
+
+def cpu_share_floor_pct(gflop: float, gflops_one_thread: float, hop_s: float, ncpu: int) -> float:
+    """The least CPU share of the whole machine an encoder of ``gflop`` per window can use at
+    one window per ``hop_s``: its work at one core's matmul rate (parallel threads add
+    synchronisation, never remove work), spread over ``ncpu`` cores."""
+    return 100.0 * (gflop / gflops_one_thread) / hop_s / ncpu
 
 
 def graph_gflop(onnx_path: Path, input_shape: Sequence[int], threads: int = 2) -> float | None:

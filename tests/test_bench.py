@@ -7,6 +7,7 @@ consistency and the parts that are exact (FLOP count, int8 agreement) are.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
                  "frontend_ms_per_hop", "encoder_fp32_ms_per_window", "scoring_ms_per_window", "total_fp32_ms_per_window",
                  "total_fp32_ms_per_window_2_sources",
                  "total_fp32_ratio_to_floor", "cpu_share_hop_pct", "run_rss_mb", "bench_process_peak_rss_mb",
-                 "reference_pipeline_ms_per_window"):
+                 "reference_pipeline_ms_per_window", "matmul_fp32_gflops_1thread", "cpu_share_floor_pct"):
         rec = figures[name]
         assert set(rec) >= {"metric", "unit", "median", "min", "max"}, rec
         assert rec["min"] <= rec["median"] <= rec["max"], rec
@@ -56,6 +57,15 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     floor = figures["encoder_gflop_per_window"]["median"] / figures["matmul_fp32_gflops"]["median"] * 1000
     assert figures["encoder_floor_ms"]["median"] == pytest.approx(floor, rel=0.01, abs=0.01)
     assert figures["cpu_share_hop_pct"]["dropped_windows"] == 0
+    # the CPU floor: the counted work at one core's rate, once per 1 s hop, over the machine's cores
+    share_floor = (figures["encoder_gflop_per_window"]["median"] / figures["matmul_fp32_gflops_1thread"]["median"]
+                   / 1.0 / (os.cpu_count() or 1) * 100)
+    assert figures["cpu_share_floor_pct"]["median"] == pytest.approx(share_floor, rel=0.01, abs=0.01)
+    values = {l["metric"]: l["value"] for l in lines if "value" in l}
+    ref_ms = figures["reference_pipeline_ms_per_window"]["median"]
+    gflop = figures["encoder_gflop_per_window"]["median"]  # (figures are rounded: compare within 5 %)
+    assert values["speedup_bound_fp32"] == pytest.approx(ref_ms / (gflop / figures["matmul_fp32_gflops"]["median"] * 1000),
+                                                         rel=0.05)
     last = lines[-1]
     assert last["metric"] == "speedup_vs_reference"
     ref, ours = figures["reference_pipeline_ms_per_window"]["median"], figures["total_fp32_ms_per_window"]["median"]
@@ -63,6 +73,9 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     if "int8_top1_agreement" in figures:  # the tiny export is made with --int8
         assert 0.0 <= figures["int8_top1_agreement"]["median"] <= 1.0
         assert figures["int8_cosine_vs_fp32"]["min"] > 0.9
+        int8_floor = figures["encoder_gflop_per_window"]["median"] / figures["matmul_int8_gops"]["median"] * 1000
+        assert figures["encoder_int8_floor_ms"]["median"] == pytest.approx(int8_floor, rel=0.01, abs=0.01)
+        assert values["speedup_bound_int8"] == pytest.approx(ref_ms / int8_floor, rel=0.05)
 
 
 def test_bench_errors_are_one_line(tmp_path):
