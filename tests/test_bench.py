@@ -46,7 +46,7 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     figures = {l["metric"]: l for l in lines if "median" in l}
     for name in ("matmul_fp32_gflops", "encoder_gflop_per_window", "encoder_floor_ms", "frontend_full_window_ms",
                  "frontend_ms_per_hop", "encoder_fp32_ms_per_window", "scoring_ms_per_window", "total_fp32_ms_per_window",
-                 "total_fp32_ms_per_window_2_sources",
+                 "total_fp32_ms_per_window_2_sources", "encoder_fp32_ms_per_window_batch4",
                  "total_fp32_ratio_to_floor", "cpu_share_hop_pct", "run_rss_mb", "bench_process_peak_rss_mb",
                  "reference_pipeline_ms_per_window", "matmul_fp32_gflops_1thread", "cpu_share_floor_pct"):
         rec = figures[name]

@@ -23,11 +23,14 @@ from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
 from monitor.files import sha256_file
 
-# windows per onnxruntime call: windows pending after a stall go through together (on a
-# 2-core x86 not consistently cheaper per window than one by one: see `bench`'s batch4
-# figure); the cap bounds memory. A session with the batch axis fixed to 1 was tried for
-# the steady state and was no faster in interleaved runs.
-AUDIO_BATCH = 8
+# windows per onnxruntime call: windows pending after a stall, or of several sources, go
+# through together (on 2-core x86 machines not consistently cheaper per window than one by
+# one: see `bench`'s batch4 figure). The cap bounds memory: onnxruntime's arena grows with
+# the batch (full-size CLAP: +45 MB for 2 windows, +136 MB for 4, +325 MB for 8 over one),
+# and a run of several windows hands that growth back when it ends (ARENA_SHRINK), so a
+# catch-up does not leave the monitor hundreds of MB larger for good. A session with the
+# batch axis fixed to 1 was tried for the steady state and was no faster.
+AUDIO_BATCH = 4
 TEXT_BATCH = 64
 
 
@@ -103,6 +106,8 @@ class ClapBackend:
         self._n_frames = self.frontend.n_frames
         self._n_mels = self.frontend.params.n_mels
         self._audio = self._session(audio_file)
+        self._shrink = _import_ort().RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
         self._text = None
         self._tokenizer: PromptTokenizer | None = None
@@ -206,7 +211,12 @@ class ClapBackend:
                 raise ValueError(f"audio encoder input must be float32, got {x.dtype}")
             x = x.astype(np.float32)
         x = np.ascontiguousarray(x)
-        out = [self._audio.run(None, {self._audio_input: x[i : i + AUDIO_BATCH]})[0] for i in range(0, x.shape[0], AUDIO_BATCH)]
+        out = []
+        for i in range(0, x.shape[0], AUDIO_BATCH):
+            part = x[i : i + AUDIO_BATCH]
+            # one window (the steady state) keeps its arena; a larger batch returns its growth
+            run_options = self._shrink if part.shape[0] > 1 else None
+            out.append(self._audio.run(None, {self._audio_input: part}, run_options)[0])
         return l2_normalise(np.concatenate(out, axis=0))
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:

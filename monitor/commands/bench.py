@@ -87,8 +87,11 @@ def run(args) -> int:
     say("encoder fp32 ...")
     enc32 = out(bench.figure("encoder_fp32_ms_per_window", "ms", bench.time_ms(lambda: b32.embed_features(feats), args.repeats)))
     feats4 = np.concatenate([feats] * 4)  # four pending windows (catching up after a stall)
+    rss_single = bench.rss_mb()
     out(bench.figure("encoder_fp32_ms_per_window_batch4", "ms",
                      [t / 4 for t in bench.time_ms(lambda: b32.embed_features(feats4), max(3, args.repeats // 4))]))
+    b32.embed_features(feats)  # back to the steady state: what does the catch-up leave behind?
+    out(bench.figure("encoder_rss_kept_after_batch4_mb", "MB", [bench.rss_mb() - rss_single], 1))
     scorer = bench.make_scorer(b32, bench.LABELS, cache)
     emb = b32.embed_features(feats)
     out(bench.figure("scoring_ms_per_window", "ms", bench.time_ms(lambda: scorer.score(emb), args.repeats), 4,
