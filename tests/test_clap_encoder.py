@@ -98,6 +98,18 @@ def test_batch_and_embed_features(backend):
         backend.embed_audio(bad)
 
 
+def test_only_calls_larger_than_usual_hand_their_arena_back(tiny_clap_export):
+    from monitor.clap.encoder import USUAL_BATCH_CALLS
+
+    b = ClapBackend.from_dir(tiny_clap_export, threads=1)
+    # one source: single windows keep their arena, a catch-up of 4 hands its growth back
+    assert [b._larger_than_usual(n) for n in (1, 1, 1, 4, 1, 3)] == [False, False, False, True, False, True]
+    # two sources completing together become the usual size once they are most of the recent calls
+    calls = [b._larger_than_usual(2) for _ in range(USUAL_BATCH_CALLS)]
+    assert calls[0] is True and calls[-1] is False
+    assert b._larger_than_usual(4) is True and b._larger_than_usual(1) is False
+
+
 def test_long_clip_is_crop_average(backend):
     rng = np.random.default_rng(2)
     x = (0.2 * rng.standard_normal(23 * 48000)).astype(np.float32)

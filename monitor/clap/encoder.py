@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import Counter, deque
 from pathlib import Path
 from typing import Sequence
 
@@ -27,10 +28,13 @@ from monitor.files import sha256_file
 # through together (on 2-core x86 machines not consistently cheaper per window than one by
 # one: see `bench`'s batch4 figure). The cap bounds memory: onnxruntime's arena grows with
 # the batch (full-size CLAP: +45 MB for 2 windows, +136 MB for 4, +325 MB for 8 over one),
-# and a run of several windows hands that growth back when it ends (ARENA_SHRINK), so a
-# catch-up does not leave the monitor hundreds of MB larger for good. A session with the
-# batch axis fixed to 1 was tried for the steady state and was no faster.
+# and a call larger than the usual one (a catch-up) hands that growth back when it ends, so
+# a stall does not leave the monitor hundreds of MB larger for good. The usual size (one
+# window per call for one source, N for N sources completing together) keeps its arena:
+# handing it back and regrowing it on every call costs ~2-3 % per window. A session with
+# the batch axis fixed to 1 was tried for the steady state and was no faster.
 AUDIO_BATCH = 4
+USUAL_BATCH_CALLS = 32  # the usual batch size is the most frequent of this many recent calls
 TEXT_BATCH = 64
 
 
@@ -108,6 +112,7 @@ class ClapBackend:
         self._audio = self._session(audio_file)
         self._shrink = _import_ort().RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._recent_batches: deque[int] = deque(maxlen=USUAL_BATCH_CALLS)
         self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
         self._text = None
         self._tokenizer: PromptTokenizer | None = None
@@ -214,10 +219,16 @@ class ClapBackend:
         out = []
         for i in range(0, x.shape[0], AUDIO_BATCH):
             part = x[i : i + AUDIO_BATCH]
-            # one window (the steady state) keeps its arena; a larger batch returns its growth
-            run_options = self._shrink if part.shape[0] > 1 else None
+            run_options = self._shrink if self._larger_than_usual(part.shape[0]) else None
             out.append(self._audio.run(None, {self._audio_input: part}, run_options)[0])
         return l2_normalise(np.concatenate(out, axis=0))
+
+    def _larger_than_usual(self, n: int) -> bool:
+        """Is a call of ``n`` windows larger than the most frequent size of recent calls?"""
+        recent = self._recent_batches
+        usual = Counter(recent).most_common(1)[0][0] if recent else 1
+        recent.append(n)
+        return n > usual
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         """Mono clips float32 [B, n] at ``sample_rate_hz`` -> L2-normalised [B, D].
