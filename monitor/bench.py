@@ -98,21 +98,13 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if int8:
-        import logging
+        from monitor.clap.export import quantise_dynamic_int8
 
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process: not for one MatMul
-        try:
-            with _tempfile.TemporaryDirectory() as tmp:
-                src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"
-                onnx.save(model, str(src))
-                quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-                model = onnx.load(str(dst))
-        finally:
-            root.setLevel(level)
+        with _tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"
+            onnx.save(model, str(src))
+            quantise_dynamic_int8(src, dst)
+            model = onnx.load(str(dst))
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

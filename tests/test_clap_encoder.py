@@ -78,8 +78,9 @@ def test_batch_and_embed_features(backend):
     np.testing.assert_allclose(joint, single, atol=1e-5)
     feats = backend.frontend.batch_features(batch)
     np.testing.assert_allclose(backend.embed_features(feats), joint, atol=1e-6)
-    # more windows than one call takes (AUDIO_BATCH): split into calls whose arena is handed
-    # back after each; every row, and a single window afterwards, stays the same
+    # more windows than one call takes (AUDIO_BATCH): split into several calls, some larger
+    # than the usual size (whose arena is handed back); every row, and a single window
+    # afterwards, stays the same
     from monitor.clap.encoder import AUDIO_BATCH
 
     many = np.concatenate([feats] * (AUDIO_BATCH // 3 + 2))

@@ -559,11 +559,11 @@ def export_clap(
     return manifest
 
 
-def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.ndarray, t_emb: np.ndarray, threads: int,
-              exclude: list[str] | None = None) -> dict:
+def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] | None = None) -> None:
+    """The int8 quantisation of ``export --int8`` (int8 weights, activations quantised per call);
+    ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # the input-side interpolation matrix stays fp32: quantising it would blur the features
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser warns once per tensor it leaves in fp32 (hundreds of lines)
@@ -571,6 +571,12 @@ def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.nd
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude or []))
     finally:
         root.setLevel(level)
+
+
+def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.ndarray, t_emb: np.ndarray, threads: int,
+              exclude: list[str] | None = None) -> dict:
+    # the input-side interpolation matrix stays fp32: quantising it would blur the features
+    quantise_dynamic_int8(fp32_path, int8_path, exclude)
     _check(int8_path)
     s = _ort_session(int8_path, threads)
     a8 = s.run(None, {"input_features": feats})[0]
