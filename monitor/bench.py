@@ -28,9 +28,11 @@ dominate it).
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -84,8 +86,6 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
     multiply-add = 2 operations). ``int8``: the same product dynamically quantised exactly as
     ``export --int8`` quantises the encoder (int8 weights, activations quantised per call),
     which is what bounds the int8 encoder."""
-    import tempfile as _tempfile
-
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -100,7 +100,7 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
     if int8:
         from monitor.clap.export import quantise_dynamic_int8
 
-        with _tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"
             onnx.save(model, str(src))
             quantise_dynamic_int8(src, dst)
@@ -127,13 +127,10 @@ def graph_gflop(onnx_path: Path, input_shape: Sequence[int], threads: int = 2) -
 
     ``input_shape`` is the encoder input for one window; random input of that shape is run.
     """
-    import json as _json
-    import tempfile as _tempfile
-
     import onnxruntime as ort
 
     try:
-        with _tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -143,7 +140,7 @@ def graph_gflop(onnx_path: Path, input_shape: Sequence[int], threads: int = 2) -
             inp = sess.get_inputs()[0]
             x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)
             sess.run(None, {inp.name: x})
-            events = _json.loads(Path(sess.end_profiling()).read_text())
+            events = json.loads(Path(sess.end_profiling()).read_text())
     except Exception:  # noqa: BLE001 - a figure we can do without
         return None
     flop = 0.0
