@@ -224,7 +224,8 @@ class ClapBackend:
         return l2_normalise(np.concatenate(out, axis=0))
 
     def _larger_than_usual(self, n: int) -> bool:
-        """Is a call of ``n`` windows larger than the most frequent size of recent calls?"""
+        """Is a call of ``n`` windows larger than the most frequent size of recent calls? Also
+        records ``n`` as the newest of those calls (so ask once per call)."""
         recent = self._recent_batches
         usual = Counter(recent).most_common(1)[0][0] if recent else 1
         recent.append(n)
