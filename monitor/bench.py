@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from monitor.clap.export import RESIZE_MATMUL_PREFIX  # export imports torch lazily: light here
+from monitor.clap.graph import RESIZE_MATMUL_PREFIX
 from monitor.errors import UserError
 
 LABELS = ("dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep")
@@ -98,7 +98,7 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if int8:
-        from monitor.clap.export import quantise_dynamic_int8
+        from monitor.clap.graph import quantise_dynamic_int8
 
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"

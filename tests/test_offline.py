@@ -95,35 +95,52 @@ def test_fetch_is_a_noop_when_complete(offline_model_dir):
     assert (offline_model_dir / "yamnet.onnx").stat().st_mtime == before
 
 
-def test_select_auto_three_situations(tmp_path, tiny_clap_export, offline_model_dir, monkeypatch):
+def test_select_auto_four_situations(tmp_path, tiny_clap_export, offline_model_dir, monkeypatch):
     import shutil
 
-    from monitor.offline import select
+    from monitor import model_select as select
 
     monkeypatch.setenv("SOUND_MONITOR_OFFLINE_DIR", str(offline_model_dir))
-    # 1. an export present -> CLAP
+    # 1. a CLAP present -> CLAP, the hub is not even asked
     models = tmp_path / "models"
     shutil.copytree(tiny_clap_export, models / "clap")
-    sel = select.select_auto(ModelConfig(models_dir=str(models)), hub_check=lambda: False)
-    assert "exported CLAP" in sel.reason and sel.backend.sample_rate_hz == 48000
-    # 2. none, hub reachable and exporter available -> export is attempted
-    called = []
+    shutil.copytree(tiny_clap_export, models / ".aaa.fetching")  # an unfinished fetch is never taken
+    sel = select.select_auto(ModelConfig(models_dir=str(models)), hub_check=lambda: 1 / 0)
+    assert sel.reason == f"auto: using the CLAP in {models / 'clap'}" and sel.backend.sample_rate_hz == 48000
+    # 2. none, hub reachable -> the pre-exported CLAP is fetched (before any export)
+    fetched, exported = [], []
+
+    def fake_fetch(cfg):
+        fetched.append(cfg.hub.repo)
+        out = Path(cfg.models_dir) / "clap-htsat-unfused"
+        shutil.copytree(tiny_clap_export, out)
+        return out
 
     def fake_export(src, out, **kw):
-        called.append(src)
+        exported.append(src)
         shutil.copytree(tiny_clap_export, out)
 
     import monitor.clap.export as ex
 
     monkeypatch.setattr(ex, "export_clap", fake_export)
-    empty = tmp_path / "empty"
-    sel = select.select_auto(ModelConfig(models_dir=str(empty)), hub_check=lambda: True, exporter_available=lambda: True)
-    assert called == ["laion/clap-htsat-unfused"] and "exported laion/clap-htsat-unfused" in sel.reason
-    # 3. none and hub unreachable -> offline, and the banner says why
+    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "a")), hub_check=lambda: True,
+                             exporter_available=lambda: True, fetcher=fake_fetch)
+    assert fetched == ["Xenova/clap-htsat-unfused"] and not exported and "fetched CLAP" in sel.reason
+    # 3. the fetch fails, torch is installed -> export, and the reason keeps the fetch failure
+    def failing_fetch(cfg):
+        raise ModelError("revision abc of Xenova/clap-htsat-unfused not found")
+
+    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "b")), hub_check=lambda: True,
+                             exporter_available=lambda: True, fetcher=failing_fetch)
+    assert exported == ["laion/clap-htsat-unfused"] and "exported laion/clap-htsat-unfused" in sel.reason
+    # 4. none and hub unreachable -> offline, and the banner says why
     sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "none")), hub_check=lambda: False,
-                             exporter_available=lambda: True)
+                             exporter_available=lambda: True, fetcher=lambda c: 1 / 0)
     assert sel.backend.name == "offline-yamnet-minilm"
     assert "not reachable" in sel.reason and "offline" in sel.reason
+    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "c")), hub_check=lambda: True,
+                             exporter_available=lambda: False, fetcher=failing_fetch)
+    assert sel.backend.name == "offline-yamnet-minilm" and "fetching CLAP failed (revision abc" in sel.reason
 
 
 def test_classify_cli_with_offline_model(offline_model_dir, tmp_path):

@@ -1,6 +1,7 @@
-"""The CLAP backend on onnxruntime: the only runtime module that imports onnxruntime.
+"""The CLAP backend on onnxruntime.
 
-``ClapBackend.from_dir(DIR)`` loads a directory written by ``sound-monitor export``:
+``ClapBackend.from_dir(DIR)`` loads a directory written by ``sound-monitor export`` or
+``sound-monitor models fetch clap``:
 manifest.json is read, and every ONNX/tokenizer file is checked against its sha256 before
 use (a corrupt or replaced file is a ModelError, not a wrong answer). The text encoder is
 loaded lazily, on the first ``embed_text`` call: with the label cache warm, a restart never
@@ -85,7 +86,8 @@ class ClapBackend:
         if int8:
             audio_file = audio.get("int8_file")
             if not audio_file:
-                raise ModelError(f"{path} has no int8 audio encoder: re-run `sound-monitor export ... --int8`")
+                raise ModelError(f"{path} has no int8 audio encoder: re-run `sound-monitor export ... --int8` "
+                                 "or `sound-monitor models fetch clap --variant int8`")
         else:
             audio_file = audio["file"]
         # export also saves the graph already optimised by onnxruntime: loads faster
@@ -94,6 +96,9 @@ class ClapBackend:
             audio_file = optimised
         self._audio_file = audio_file
         self._audio_input = audio.get("input", "input_features")
+        # fetched graphs have more outputs than the embedding (transformers.js: last_hidden_state)
+        self._audio_output = [audio.get("output", "audio_embeds")]
+        self._text_output = [text.get("output", "text_embeds")]
         self._text_file = text["file"]
         self._tokenizer_file = text.get("tokenizer", "tokenizer.json")
         self._pad_id = int(text.get("pad_token_id", 1))
@@ -106,7 +111,7 @@ class ClapBackend:
         key_src = "|".join(["clap", files[audio_file], files[self._text_file], files[self._tokenizer_file]])
         self.cache_key = hashlib.sha256(key_src.encode()).hexdigest()
         base = str(manifest.get("name") or path.name)
-        self.name = f"{base}{'-int8' if int8 else ''}@{self.cache_key[:8]}"
+        self.name = f"{base}{'-int8' if int8 and not base.endswith('-int8') else ''}@{self.cache_key[:8]}"
         self._n_frames = self.frontend.n_frames
         self._n_mels = self.frontend.params.n_mels
         self._audio = self._session(audio_file)
@@ -114,6 +119,7 @@ class ClapBackend:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._recent_batches: deque[int] = deque(maxlen=USUAL_BATCH_CALLS)
         self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
+        self._check_output(self._audio, audio_file, self._audio_output[0])
         self._text = None
         self._tokenizer: PromptTokenizer | None = None
         self._text_lock = threading.Lock()
@@ -185,12 +191,19 @@ class ClapBackend:
         if problem:
             raise ModelError(f"{self.path / name} does not fit manifest.json ({problem}): re-run `sound-monitor export`")
 
+    def _check_output(self, session, name: str, output: str) -> None:
+        outs = {o.name: o.shape for o in session.get_outputs()}
+        if output not in outs or len(outs[output]) != 2:
+            raise ModelError(f"{self.path / name} does not fit manifest.json (no [batch, dim] output {output!r}; "
+                             f"outputs {sorted(outs)}): re-export or re-fetch the model")
+
     def _text_parts(self):
         with self._text_lock:
             if self._text is None:
                 self._tokenizer = PromptTokenizer(self._verify(self._tokenizer_file), self._pad_id, self._max_tokens)
                 text = self._session(self._text_file)
                 self._check_inputs(text, self._text_file, {"input_ids": [None, None], "attention_mask": [None, None]})
+                self._check_output(text, self._text_file, self._text_output[0])
                 self._text = text
             return self._tokenizer, self._text
 
@@ -220,7 +233,7 @@ class ClapBackend:
         for i in range(0, x.shape[0], AUDIO_BATCH):
             part = x[i : i + AUDIO_BATCH]
             run_options = self._shrink if self._larger_than_usual(part.shape[0]) else None
-            out.append(self._audio.run(None, {self._audio_input: part}, run_options)[0])
+            out.append(self._audio.run(self._audio_output, {self._audio_input: part}, run_options)[0])
         return l2_normalise(np.concatenate(out, axis=0))
 
     def _larger_than_usual(self, n: int) -> bool:
@@ -283,7 +296,7 @@ class ClapBackend:
         out = []
         for i in range(0, len(prompts), TEXT_BATCH):
             tb = tokenizer(prompts[i : i + TEXT_BATCH])
-            out.append(session.run(None, {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask})[0])
+            out.append(session.run(self._text_output, {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask})[0])
         return l2_normalise(np.concatenate(out, axis=0))
 
     def __repr__(self) -> str:

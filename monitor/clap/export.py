@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.clap.frontend import FrontendParams
+from monitor.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
 from monitor.errors import ModelError, UserError
 from monitor.files import sha256_file  # noqa: F401 - also imported from here by tests
 
@@ -191,6 +192,8 @@ def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("logit_scale"):
+                # not the init value 1/0.07: a reader that ignored the checkpoint would be caught
+                p.fill_(float(np.log(12.0 + 24.0 * np.random.default_rng(seed + len(name)).random())))
                 continue
             if "relative_position_bias_table" in name:
                 p.normal_(0.0, 0.5)
@@ -202,6 +205,80 @@ def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed:
     model.save_pretrained(out)
     fe = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad", frequency_min=50, frequency_max=14000)
     ClapProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+JS_ROOT_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def make_transformersjs_layout(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, quantized: bool = True) -> Path:
+    """Lay a Hugging Face CLAP checkpoint out as the transformers.js conversion does
+    (``Xenova/clap-htsat-unfused``): ``onnx/audio_model.onnx`` (``input_features`` ->
+    ``audio_embeds`` + ``last_hidden_state``, not normalised), ``onnx/text_model.onnx``
+    (``input_ids``, ``attention_mask`` -> ``text_embeds`` + ``last_hidden_state``), their
+    ``*_quantized.onnx`` forms (dynamic uint8 weights), and the tokenizer / config /
+    preprocessor files at the root. For tests and benchmarks of ``models fetch clap``: the
+    hub is not reachable from the build machines, so this stands in for the real repository.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    src, out = Path(ckpt_dir), Path(out_dir)
+    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    model = ClapModel.from_pretrained(str(src)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+
+    class Audio(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_features):
+            o = self.m.audio_model(input_features=input_features)
+            return self.m.audio_projection(o.pooler_output), o.last_hidden_state
+
+    class Text(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            o = self.m.text_model(input_ids=input_ids, attention_mask=attention_mask)
+            return self.m.text_projection(o.pooler_output), o.last_hidden_state
+
+    fe = ClapFeatureExtractor.from_pretrained(str(src))
+    n_frames = int(fe.max_length_s * fe.sampling_rate) // fe.hop_length + 1
+    feats = torch.randn(2, 1, n_frames, int(fe.feature_size))
+    enc = tokenizer(["This is a sound of a dog.", "rain"], padding=True, return_tensors="pt")
+    _onnx_export(Audio(model).eval(), (feats,), out / "onnx" / "audio_model.onnx", ["input_features"],
+                 ["audio_embeds", "last_hidden_state"],
+                 {"input_features": {0: "batch_size"}, "audio_embeds": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
+    _onnx_export(Text(model).eval(), (enc["input_ids"], enc["attention_mask"]), out / "onnx" / "text_model.onnx",
+                 ["input_ids", "attention_mask"], ["text_embeds", "last_hidden_state"],
+                 {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: "sequence_length"},
+                  "text_embeds": {0: "batch_size"}, "last_hidden_state": {0: "batch_size", 1: "sequence_length"}})
+    if quantized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            for name in ("audio_model", "text_model"):
+                quantize_dynamic(str(out / "onnx" / f"{name}.onnx"), str(out / "onnx" / f"{name}_quantized.onnx"),
+                                 weight_type=QuantType.QUInt8)
+        finally:
+            root.setLevel(level)
+    model.config.to_json_file(str(out / "config.json"))
+    fe.to_json_file(str(out / "preprocessor_config.json"))
+    tokenizer.save_pretrained(str(out / ".tok"))
+    for name in JS_ROOT_FILES[2:]:
+        if (out / ".tok" / name).is_file():
+            shutil.copy(out / ".tok" / name, out / name)
+    shutil.rmtree(out / ".tok")
     return out
 
 
@@ -258,104 +335,6 @@ def _onnx_export(module, args: tuple, path: Path, input_names, output_names, dyn
             external_data=False,
         )
     return f"torch.onnx.export(dynamo=False) torch {torch.__version__} opset {OPSET}"
-
-
-def _ort_session(path: Path, threads: int = 2):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _save_optimised(src: Path, dst: Path, feats: np.ndarray, expected: np.ndarray, threads: int, say) -> bool:
-    """Save onnxruntime's optimised form of an audio encoder next to it (faster loading).
-
-    Level EXTENDED: its fusions are portable across CPUs (ENABLE_ALL's layout changes are
-    not, so they stay a load-time step). The saved graph must give the same embeddings.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    got = _ort_session(dst, threads).run(None, {"input_features": feats})[0]
-    diff = float(np.abs(got - expected).max())
-    if diff > 1e-4:
-        say(f"optimised graph {dst.name} differs by {diff:.2e}: not used")
-        dst.unlink(missing_ok=True)
-        return False
-    return True
-
-
-RESIZE_MATMUL_PREFIX = "sound_monitor_resize_as_matmul"
-
-
-def _resize_as_matmul(path: Path, feats: np.ndarray, threads: int) -> list[str]:
-    """Rewrite Resize nodes that only stretch the time axis as a MatMul by a constant matrix.
-
-    HTSAT stretches the 1001 mel frames to 1024 with a bicubic Resize, which onnxruntime
-    runs in ~10 ms (8 % of the encoder); the same linear map as a [1024, 1001] MatMul costs
-    under 1 ms. The matrix is read off onnxruntime's own Resize (applied to an identity),
-    so the rewrite is the same map; the export's onnx-vs-torch check then covers it.
-    Returns the names of the new MatMul nodes (kept in fp32 by the int8 quantiser).
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(path))
-    g = model.graph
-    resizes = [n for n in g.node if n.op_type == "Resize" and len(n.input) >= 4 and n.input[3]]
-    if not resizes:
-        return []
-    # the shapes each Resize actually sees: expose its input/output and run the graph once
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = [t for n in resizes for t in (n.input[0], n.output[0])]
-    probe.graph.output.extend([onnx.ValueInfoProto(name=t) for t in names])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {g.input[0].name: feats[:1]})))
-    done = []
-    for i, node in enumerate(resizes):
-        xin, xout = values[node.input[0]].shape, values[node.output[0]].shape
-        if len(xin) != 4 or xin[:2] != xout[:2] or xin[3] != xout[3] or xin[2] == xout[2]:
-            continue  # not a time-axis-only stretch
-        h_in, h_out = int(xin[2]), int(xout[2])
-        one = helper.make_graph(
-            [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **{a.name: helper.get_attribute_value(a) for a in node.attribute})],
-            "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, h_in, h_in])],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, h_out, h_in])],
-            [numpy_helper.from_array(np.array([1, 1, h_out, h_in], dtype=np.int64), "sizes")],
-        )
-        m = ort.InferenceSession(
-            helper.make_model(one, opset_imports=model.opset_import).SerializeToString(), providers=["CPUExecutionProvider"]
-        ).run(None, {"x": np.eye(h_in, dtype=np.float32)[None, None]})[0][0, 0]  # [h_out, h_in]
-        name = f"{RESIZE_MATMUL_PREFIX}_{i}"
-        g.initializer.append(numpy_helper.from_array(m.astype(np.float32), f"{name}_matrix"))
-        pos = list(g.node).index(node)
-        g.node.remove(node)
-        g.node.insert(pos, helper.make_node("MatMul", [f"{name}_matrix", node.input[0]], [node.output[0]], name=name))
-        done.append(name)
-    if done:
-        onnx.save(model, str(path))
-    return done
-
-
-def _check(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"onnx.checker rejected {path.name}: {e}") from None
 
 
 def _test_inputs(fe_params: FrontendParams, tokenizer, seed: int = 0):
@@ -449,7 +428,7 @@ def export_clap(
         ["audio_embeds"],
         {"input_features": {0: "batch"}, "audio_embeds": {0: "batch"}},
     )
-    rewritten = _resize_as_matmul(audio_path, feats, threads)
+    rewritten = resize_as_matmul(audio_path, feats, threads)
     if rewritten:
         say(f"time-axis Resize rewritten as a constant MatMul ({len(rewritten)} node)")
     say("exporting the text encoder ...")
@@ -463,8 +442,8 @@ def export_clap(
         {"input_ids": {0: "prompts", 1: "tokens"}, "attention_mask": {0: "prompts", 1: "tokens"}, "text_embeds": {0: "prompts"}},
     )
     say("checking (onnx.checker, onnxruntime vs torch) ...")
-    _check(audio_path)
-    _check(text_path)
+    check_model(audio_path)
+    check_model(text_path)
 
     with torch.no_grad():
         a_ref = audio(torch.from_numpy(feats)).numpy()
@@ -472,8 +451,8 @@ def export_clap(
         # a batch of one and a shorter token sequence exercise the dynamic axes
         a1_ref = audio(torch.from_numpy(feats[1:])).numpy()
         t1_ref = text(torch.from_numpy(ids[2:, :4]), torch.from_numpy(mask[2:, :4])).numpy()
-    sa = _ort_session(audio_path, threads)
-    st = _ort_session(text_path, threads)
+    sa = ort_session(audio_path, threads)
+    st = ort_session(text_path, threads)
     a_onnx = sa.run(None, {"input_features": feats})[0]
     a1_onnx = sa.run(None, {"input_features": feats[1:]})[0]
     t_onnx = st.run(None, {"input_ids": ids, "attention_mask": mask})[0]
@@ -501,11 +480,11 @@ def export_clap(
 
     say("saving the onnxruntime-optimised audio graph(s) ...")
     optimised = {}
-    if _save_optimised(audio_path, out / AUDIO_OPT_FILE, feats, a_onnx, threads, say):
+    if save_optimised(audio_path, out / AUDIO_OPT_FILE, feats, a_onnx, threads, say) is not None:
         optimised[AUDIO_FILE] = AUDIO_OPT_FILE
     if int8:
-        a8 = _ort_session(out / AUDIO_INT8_FILE, threads).run(None, {"input_features": feats})[0]
-        if _save_optimised(out / AUDIO_INT8_FILE, out / AUDIO_INT8_OPT_FILE, feats, a8, threads, say):
+        a8 = ort_session(out / AUDIO_INT8_FILE, threads).run(None, {"input_features": feats})[0]
+        if save_optimised(out / AUDIO_INT8_FILE, out / AUDIO_INT8_OPT_FILE, feats, a8, threads, say) is not None:
             optimised[AUDIO_INT8_FILE] = AUDIO_INT8_OPT_FILE
 
     logit_scale = float(model.logit_scale_a.exp().item())
@@ -559,26 +538,12 @@ def export_clap(
     return manifest
 
 
-def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] | None = None) -> None:
-    """The int8 quantisation of ``export --int8`` (int8 weights, activations quantised per call);
-    ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser warns once per tensor it leaves in fp32 (hundreds of lines)
-    try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude or []))
-    finally:
-        root.setLevel(level)
-
-
 def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.ndarray, t_emb: np.ndarray, threads: int,
               exclude: list[str] | None = None) -> dict:
     # the input-side interpolation matrix stays fp32: quantising it would blur the features
     quantise_dynamic_int8(fp32_path, int8_path, exclude)
-    _check(int8_path)
-    s = _ort_session(int8_path, threads)
+    check_model(int8_path)
+    s = ort_session(int8_path, threads)
     a8 = s.run(None, {"input_features": feats})[0]
     cos = np.sum(a8 * a_fp32, axis=1) / (np.linalg.norm(a8, axis=1) * np.linalg.norm(a_fp32, axis=1))
     # do the test prompts rank the same for each clip?

