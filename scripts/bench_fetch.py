@@ -10,7 +10,8 @@ machine would fetch the real one. Random weights cost exactly what real ones cos
 Prints JSON figure lines (DESIGN.md's format):
 - ``encoder_ms_<model>``: audio encoder ms per window (batch 1), models measured round-robin
   in one process so that machine drift hits all alike: the project's export (fp32, int8),
-  the fetched fp32 and int8 (after the graph rewrite), and the fetched fp32 as downloaded;
+  the fetched fp32 and int8 (after the graph rewrite), the fetched fp32 quantised here
+  (``--int8``), and the fetched fp32 as downloaded;
 - ``text_peak_rss_mb_<variant>``: peak RSS of a fresh process that loads the fetched model
   and embeds 10 labels x the background prompts (label cache cold), fp32 and int8 text model;
 - ``download_mb_<variant>``: what the fetch downloaded for this architecture.
@@ -79,7 +80,7 @@ def main() -> int:
         os.environ["HF_ENDPOINT"] = stub.url
         for variant in ("fp32", "int8"):  # (a no-op once fetched: delete <base>/fetched to fetch again)
             out = args.base / "fetched" / f"clap-{variant}"
-            m = fetch.fetch_clap(out, fetch.HubSource(variant=variant), say=say)
+            m = fetch.fetch_clap(out, fetch.HubSource(variant=variant), say=say, int8=variant == "fp32")
             fetched[variant] = out
             mb = sum(f["size"] for f in m["fetched"]["files"].values()) / 1e6
             print(json.dumps(figure(f"download_mb_{variant}", "MB", [mb], digits=1)), flush=True)
@@ -94,6 +95,7 @@ def main() -> int:
         "own_int8": ClapBackend.from_dir(own, threads=2, int8=True),
         "fetched_fp32": ClapBackend.from_dir(fetched["fp32"], threads=2),
         "fetched_int8": ClapBackend.from_dir(fetched["int8"], threads=2, int8=True),
+        "fetched_fp32_local_int8": ClapBackend.from_dir(fetched["fp32"], threads=2, int8=True),
     }
     # the fetched fp32 graph exactly as downloaded (no rewrite, no saved optimised graph)
     with tempfile.TemporaryDirectory() as tmp:

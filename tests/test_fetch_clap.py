@@ -22,6 +22,7 @@ import pytest
 
 from hub_stub import HubStub
 from monitor.clap import fetch
+from monitor.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "monitor" / "demo"
@@ -194,6 +195,19 @@ def test_int8_variant_and_rewrite_kept_only_when_equal(hub, tmp_path, monkeypatc
     assert out.name == "clap-htsat-unfused-int8" and m["audio"]["file"] == "audio_model_quantized.onnx"
     assert m["text"]["file"] == "text_model_quantized.onnx" and m["audio"]["quantized"]
     assert ClapBackend.from_dir(out, threads=1, int8=True).name.startswith("clap-htsat-unfused-int8@")
+    # --int8 on an fp32 fetch: the project's own int8 quantisation, added in place
+    out32 = fetch.default_out(tmp_path / "models")
+    fetch.fetch_clap(out32, say=None)
+    n = len(hub.requests)
+    m8 = fetch.fetch_clap(out32, say=None, int8=True)
+    assert len(hub.requests) == n  # nothing downloaded again
+    assert m8["audio"]["int8_file"] == "audio_model.int8.onnx" and m8["int8"]["min_cosine"] > 0.95
+    b32, b8 = ClapBackend.from_dir(out32, threads=1), ClapBackend.from_dir(out32, threads=1, int8=True)
+    x = 0.1 * np.random.default_rng(1).standard_normal((2, 48000 * 5)).astype(np.float32)
+    e32, e8 = b32.embed_audio(x), b8.embed_audio(x)
+    assert np.sum(e32 * e8, axis=1).min() > 0.95 and np.abs(e32 - e8).max() > 0  # a different graph, close
+    with pytest.raises(UserError, match="already int8"):
+        fetch.fetch_clap(out, fetch.HubSource(variant="int8"), say=None, int8=True)
     # a rewrite / optimised graph that does not reproduce the download is not used
     monkeypatch.setattr(fetch, "GRAPH_TOL", -1.0)
     out2 = tmp_path / "strict"

@@ -235,14 +235,21 @@ def _test_features(fe: ClapFrontend, seed: int = 0) -> np.ndarray:
 # the fetch
 # --------------------------------------------------------------------------------------
 def fetch_clap(out: str | os.PathLike, source: HubSource = HubSource(), say: Say | None = _say_stderr,
-               threads: int = 2) -> dict:
-    """Fetch ``source`` into ``out`` (no-op when already complete); returns the manifest."""
+               threads: int = 2, int8: bool = False) -> dict:
+    """Fetch ``source`` into ``out`` (no-op when already complete); returns the manifest.
+
+    ``int8`` (fp32 variant): also quantise the audio encoder here with the project's own
+    int8 quantisation (``export --int8``'s), for ``model.int8: true``."""
     say = say or (lambda _m: None)
     out = Path(out).expanduser()
+    if int8 and source.variant != "fp32":
+        raise UserError("--int8 quantises the fp32 audio encoder locally; with --variant int8 it is already int8")
     done = present(out, source)
-    if done is not None:
+    if done is not None and (not int8 or done["audio"].get("int8_file")):
         say(f"{source.repo} ({source.variant}) already in {out}")
         return done
+    if done is not None:  # fetched without --int8 before: add the local int8 encoder in place
+        return _add_int8(out, done, say, threads)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a fetch of {source.repo}@{source.revision[:12]} ({source.variant}); "
                         "remove it or choose another --out")
@@ -256,10 +263,54 @@ def fetch_clap(out: str | os.PathLike, source: HubSource = HubSource(), say: Say
     except OSError as e:
         raise UserError(f"cannot create {stage}: {e.strerror or e}") from None
     try:
-        return _fetch(out, stage, source, say, threads)
+        m = _fetch(out, stage, source, say, threads)
     finally:
         if stage.is_dir() and not any(stage.iterdir()):
             stage.rmdir()  # nothing to resume: leave nothing behind
+    return _add_int8(out, m, say, threads) if int8 else m
+
+
+def _add_int8(out: Path, m: dict, say: Say, threads: int) -> dict:
+    """Quantise the fetched fp32 audio encoder to int8 as ``export --int8`` does (int8 weights,
+    the Resize matrix kept fp32), check it against fp32 and list it in the manifest."""
+    from monitor.clap import graph
+
+    audio = m["audio"]
+    src = out / audio["file"]
+    dst = out / "audio_model.int8.onnx"
+    a_in, a_out = audio["input"], audio["output"]
+    fe = ClapFrontend(FrontendParams.from_dict(m["frontend"]))
+    feats = _test_features(fe)
+    say("quantising the audio encoder to int8 here (the project's dynamic int8) ...")
+    tmp = out / ".audio_model.rewritten.onnx"
+    try:
+        base = src
+        if audio.get("graph_rewrites"):
+            graph.resize_as_matmul(src, feats, threads, dst=tmp)
+            base = tmp
+        graph.quantise_dynamic_int8(base, dst, exclude=audio.get("graph_rewrites") or [])
+    except OSError as e:
+        dst.unlink(missing_ok=True)
+        raise ModelError(f"cannot write {dst}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    graph.check_model(dst)
+    a32 = graph.embeddings(graph.ort_session(src, threads), feats, a_in, a_out)
+    a8 = graph.embeddings(graph.ort_session(dst, threads), feats, a_in, a_out)
+    cos = float(np.sum(a8 * a32, axis=1).min())
+    if not cos > 0.95:
+        dst.unlink(missing_ok=True)
+        raise ModelError(f"the int8 audio encoder disagrees with fp32 (cosine {cos:.4f}); not used")
+    say(f"int8 vs fp32: min cosine {cos:.4f}")
+    audio["int8_file"] = dst.name
+    m["int8"] = {"file": dst.name, "method": "onnxruntime.quantization.quantize_dynamic QInt8 (local)",
+                 "min_cosine": cos, "max_abs_diff": float(np.abs(a8 - a32).max())}
+    m["files"][dst.name] = sha256_file(dst)
+    m["sizes"][dst.name] = dst.stat().st_size
+    tmpm = out / "manifest.json.tmp"
+    tmpm.write_text(json.dumps(m, indent=2) + "\n")
+    os.replace(tmpm, out / "manifest.json")
+    return m
 
 
 def _fetch(out: Path, stage: Path, source: HubSource, say: Say, threads: int) -> dict:

@@ -28,6 +28,8 @@ def add_arguments(parser) -> None:
     f.add_argument("--checkpoint-repo", default=_HUB.checkpoint_repo,
                    help=f"clap: the original checkpoint whose logit scale is read (default {_HUB.checkpoint_repo})")
     f.add_argument("--checkpoint-revision", default=_HUB.checkpoint_revision)
+    f.add_argument("--int8", action="store_true",
+                   help="clap fp32: also quantise the audio encoder here with the project's int8 (for model.int8: true)")
     f.add_argument("--threads", type=int, default=2, help="CPU threads for the graph checks")
     lst = sub.add_parser("list", help="list the models present")
     lst.add_argument("--models-dir", default="models")
@@ -52,7 +54,7 @@ def run(args) -> int:
 
         source = HubSource(args.repo, args.revision, args.checkpoint_repo, args.checkpoint_revision, args.variant)
         target = Path(args.out) if args.out else default_out(args.models_dir, args.variant)
-        m = fetch_clap(target, source, say=_say, threads=max(1, args.threads))
+        m = fetch_clap(target, source, say=_say, threads=max(1, args.threads), int8=args.int8)
         print(target)
         _say(f"embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}; "
              f"use it with --model {target} (or model: auto finds it in {target.parent})")
