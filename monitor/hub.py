@@ -165,10 +165,10 @@ def verify(path: Path, f: RemoteFile) -> str:
 
     sha256 = sha256_file(path)
     etag = (f.etag or "").strip('"').lower()
-    if f.size is not None and path.stat().st_size != f.size:
+    got = path.stat().st_size
+    if f.size is not None and got != f.size:
         path.unlink(missing_ok=True)
-        raise ModelError(f"{f.label}: got {path.stat().st_size if path.exists() else 'a different number of'} bytes, "
-                         f"the hub says {f.size}; the download was deleted, fetch again")
+        raise ModelError(f"{f.label}: got {got} bytes, the hub says {f.size}; the download was deleted, fetch again")
     if len(etag) == 64:
         ok, kind = sha256 == etag, "sha256"
     elif len(etag) == 40:

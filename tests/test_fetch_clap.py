@@ -370,3 +370,16 @@ def test_models_list_and_check_config_show_hub_settings(hub, tmp_path):
     assert r.returncode == 0, r.stderr
     assert fetch.DEFAULT_REVISION in r.stdout and fetch.CHECKPOINT_REVISION in r.stdout
     assert math.isfinite(json.loads((models / "clap-htsat-unfused" / "manifest.json").read_text())["logit_scale"])
+
+
+def test_fetched_model_works_with_bench_and_enroll(hub, tmp_path):
+    out = fetch.default_out(tmp_path / "models")
+    fetch.fetch_clap(out, say=None, int8=True)
+    env = _env(hub, tmp_path)
+    r = _cli(sys.executable, "bench", "--model", str(out), "--repeats", "3", "--cpu-seconds", "4", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = {json.loads(x)["metric"] for x in r.stdout.splitlines() if x.strip()}
+    assert {"encoder_fp32_ms_per_window", "encoder_int8_ms_per_window"} <= metrics, sorted(metrics)
+    r = _cli(sys.executable, "enroll", "rooster call", str(DEMO / "rooster.mp3"), "--model", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list((tmp_path / "state" / "prototypes").glob("*"))
