@@ -34,6 +34,18 @@ def atomic_savez(path: Path, prefix: str, **arrays: np.ndarray) -> None:
         raise
 
 
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write ``obj`` as indented JSON to ``path`` through a temp file and a rename (readers see
+    the old file or the new one, never half of one). Raises OSError like any write."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def manifest_lists(target: Path, names: Iterable[str]) -> bool:
     """True when ``target/manifest.json`` is readable, lists every name and every file exists."""
     m = Path(target) / "manifest.json"

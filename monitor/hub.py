@@ -261,12 +261,8 @@ def _stream(f: RemoteFile, part: Path, have: int, say: Say, every_s: float) -> N
     except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
         raise ModelError(f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}: "
                          f"{getattr(e, 'reason', e)}); fetch again to resume") from None
-    except OSError as e:
-        if is_disk_full(e):
-            raise
-        if isinstance(e, (ConnectionError, TimeoutError)) or "IncompleteRead" in type(e).__name__:
-            raise ModelError(f"downloading {f.label} stopped after {_fmt_mb(have + got)}; fetch again to resume") from None
-        raise
+    except OSError:
+        raise  # writing the .part file (a full disk among others): download() reports it
     except Exception as e:  # http.client.IncompleteRead and friends: a server that went away
         if type(e).__module__.startswith("http"):
             raise ModelError(f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}); "

@@ -91,11 +91,10 @@ def _hub_reachable() -> bool:
 
 
 def _fetch(cfg: ModelConfig) -> Path:
-    from monitor.clap.fetch import HubSource, default_out, fetch_clap
+    from monitor.clap.fetch import default_out, fetch_clap
 
-    h = cfg.hub
-    out = default_out(cfg.models_dir, h.variant)
-    fetch_clap(out, HubSource(h.repo, h.revision, h.checkpoint_repo, h.checkpoint_revision, h.variant), threads=cfg.threads)
+    out = default_out(cfg.models_dir, cfg.hub.variant)
+    fetch_clap(out, cfg.hub, threads=cfg.threads)
     return out
 
 

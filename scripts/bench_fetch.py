@@ -40,6 +40,7 @@ from bench_model import DEFAULT_DIR, ensure_bench_model  # noqa: E402
 from hub_stub import HubStub  # noqa: E402
 from monitor.bench import figure  # noqa: E402
 from monitor.clap import fetch  # noqa: E402
+from monitor.config import HubConfig  # noqa: E402
 
 LABELS = ["dog barking", "smoke alarm", "glass breaking", "baby crying", "door knock", "speech", "music",
           "rooster crowing", "cat meowing", "rain"]
@@ -80,7 +81,7 @@ def main() -> int:
         os.environ["HF_ENDPOINT"] = stub.url
         for variant in ("fp32", "int8"):  # (a no-op once fetched: delete <base>/fetched to fetch again)
             out = args.base / "fetched" / f"clap-{variant}"
-            m = fetch.fetch_clap(out, fetch.HubSource(variant=variant), say=say, int8=variant == "fp32")
+            m = fetch.fetch_clap(out, HubConfig(variant=variant), say=say, int8=variant == "fp32")
             fetched[variant] = out
             mb = sum(f["size"] for f in m["fetched"]["files"].values()) / 1e6
             print(json.dumps(figure(f"download_mb_{variant}", "MB", [mb], digits=1)), flush=True)

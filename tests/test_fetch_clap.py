@@ -22,6 +22,7 @@ import pytest
 
 from hub_stub import HubStub
 from monitor.clap import fetch
+from monitor.config import HubConfig
 from monitor.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def runtime_python(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_fetch_and_classify_without_torch_equal_the_pipeline(runtime_python, js_layout, tiny_clap_dir, demo_clips_48k,
                                                             tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency: the reference must run, not be skipped
     probe = subprocess.run([runtime_python, "-c", "import importlib.util as u; "
                             "print([m for m in ('torch', 'transformers') if u.find_spec(m)])"],
                            capture_output=True, text=True, check=True)
@@ -191,7 +192,7 @@ def test_int8_variant_and_rewrite_kept_only_when_equal(hub, tmp_path, monkeypatc
     from monitor.clap.encoder import ClapBackend
 
     out = fetch.default_out(tmp_path / "models", "int8")
-    m = fetch.fetch_clap(out, fetch.HubSource(variant="int8"), say=None)
+    m = fetch.fetch_clap(out, HubConfig(variant="int8"), say=None)
     assert out.name == "clap-htsat-unfused-int8" and m["audio"]["file"] == "audio_model_quantized.onnx"
     assert m["text"]["file"] == "text_model_quantized.onnx" and m["audio"]["quantized"]
     assert ClapBackend.from_dir(out, threads=1, int8=True).name.startswith("clap-htsat-unfused-int8@")
@@ -207,7 +208,7 @@ def test_int8_variant_and_rewrite_kept_only_when_equal(hub, tmp_path, monkeypatc
     e32, e8 = b32.embed_audio(x), b8.embed_audio(x)
     assert np.sum(e32 * e8, axis=1).min() > 0.95 and np.abs(e32 - e8).max() > 0  # a different graph, close
     with pytest.raises(UserError, match="already int8"):
-        fetch.fetch_clap(out, fetch.HubSource(variant="int8"), say=None, int8=True)
+        fetch.fetch_clap(out, HubConfig(variant="int8"), say=None, int8=True)
     # a rewrite / optimised graph that does not reproduce the download is not used
     monkeypatch.setattr(fetch, "GRAPH_TOL", -1.0)
     out2 = tmp_path / "strict"

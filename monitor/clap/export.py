@@ -22,7 +22,6 @@ reachable on the build machines.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 from monitor.clap.frontend import FrontendParams
 from monitor.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file  # noqa: F401 - also imported from here by tests
+from monitor.files import sha256_file, write_json_atomic  # noqa: F401 - sha256_file is also imported from here by tests
 
 log = logging.getLogger(__name__)
 
@@ -261,17 +260,9 @@ def make_transformersjs_layout(ckpt_dir: str | os.PathLike, out_dir: str | os.Pa
                  {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: "sequence_length"},
                   "text_embeds": {0: "batch_size"}, "last_hidden_state": {0: "batch_size", 1: "sequence_length"}})
     if quantized:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            for name in ("audio_model", "text_model"):
-                quantize_dynamic(str(out / "onnx" / f"{name}.onnx"), str(out / "onnx" / f"{name}_quantized.onnx"),
-                                 weight_type=QuantType.QUInt8)
-        finally:
-            root.setLevel(level)
+        for name in ("audio_model", "text_model"):
+            quantise_dynamic_int8(out / "onnx" / f"{name}.onnx", out / "onnx" / f"{name}_quantized.onnx",
+                                  unsigned_weights=True)
     model.config.to_json_file(str(out / "config.json"))
     fe.to_json_file(str(out / "preprocessor_config.json"))
     tokenizer.save_pretrained(str(out / ".tok"))
@@ -531,9 +522,7 @@ def export_clap(
         "exporter": exporter,
         "files": {name: sha256_file(out / name) for name in files},
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     say(f"wrote {out} ({len(files)} files + manifest.json)")
     return manifest
 

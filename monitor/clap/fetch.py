@@ -32,7 +32,6 @@ import shutil
 import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +41,7 @@ from monitor import hub
 from monitor.clap.frontend import ClapFrontend, FrontendParams
 from monitor.config import HubConfig
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file
+from monitor.files import sha256_file, write_json_atomic
 
 _PINNED = HubConfig()  # the pinned repositories and commits live in the config's defaults
 DEFAULT_REPO = _PINNED.repo
@@ -67,22 +66,6 @@ def _say_stderr(msg: str) -> None:
     print(f"[fetch] {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class HubSource:
-    repo: str = DEFAULT_REPO
-    revision: str = DEFAULT_REVISION
-    checkpoint_repo: str = CHECKPOINT_REPO
-    checkpoint_revision: str = CHECKPOINT_REVISION
-    variant: str = "fp32"
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        for r in (self.repo, self.checkpoint_repo):
-            if r.count("/") != 1 or any(not part for part in r.split("/")):
-                raise UserError(f"{r!r} is not a Hugging Face repository id (owner/name)")
-
-
 def default_out(models_dir: str | os.PathLike, variant: str = "fp32") -> Path:
     name = "clap-htsat-unfused" + ("" if variant == "fp32" else f"-{variant}")
     return Path(models_dir).expanduser() / name
@@ -92,7 +75,7 @@ def staging_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.fetching"
 
 
-def present(out: Path, source: HubSource) -> dict | None:
+def present(out: Path, source: HubConfig) -> dict | None:
     """The manifest of a complete fetch of ``source`` in ``out`` (every file hashed), else None."""
     try:
         m = json.loads((out / "manifest.json").read_text())
@@ -133,7 +116,7 @@ def read_safetensors_scalars(f: hub.RemoteFile, names: tuple[str, ...]) -> dict[
     return out
 
 
-def logit_scales(source: HubSource, say: Say) -> dict:
+def logit_scales(source: HubConfig, say: Say) -> dict:
     f = hub.file_info(source.checkpoint_repo, source.checkpoint_revision, CHECKPOINT_FILE)
     say(f"reading the logit scale from {source.checkpoint_repo}/{CHECKPOINT_FILE} "
         f"({(f.size or 0) / 1e6:.0f} MB file; a few kB by ranged reads)")
@@ -234,7 +217,7 @@ def _test_features(fe: ClapFrontend, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # the fetch
 # --------------------------------------------------------------------------------------
-def fetch_clap(out: str | os.PathLike, source: HubSource = HubSource(), say: Say | None = _say_stderr,
+def fetch_clap(out: str | os.PathLike, source: HubConfig = _PINNED, say: Say | None = _say_stderr,
                threads: int = 2, int8: bool = False) -> dict:
     """Fetch ``source`` into ``out`` (no-op when already complete); returns the manifest.
 
@@ -307,13 +290,11 @@ def _add_int8(out: Path, m: dict, say: Say, threads: int) -> dict:
                  "min_cosine": cos, "max_abs_diff": float(np.abs(a8 - a32).max())}
     m["files"][dst.name] = sha256_file(dst)
     m["sizes"][dst.name] = dst.stat().st_size
-    tmpm = out / "manifest.json.tmp"
-    tmpm.write_text(json.dumps(m, indent=2) + "\n")
-    os.replace(tmpm, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", m)
     return m
 
 
-def _fetch(out: Path, stage: Path, source: HubSource, say: Say, threads: int) -> dict:
+def _fetch(out: Path, stage: Path, source: HubConfig, say: Say, threads: int) -> dict:
     t0 = time.monotonic()
     audio_path, text_path = VARIANTS[source.variant]
     wanted = [audio_path, text_path, *ROOT_FILES]
@@ -357,13 +338,11 @@ def _fetch(out: Path, stage: Path, source: HubSource, say: Say, threads: int) ->
 
     manifest = _build(stage, source, commit, local, downloads, scales, threads, say)
     try:
-        (stage / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(stage / "manifest.json.tmp", stage / "manifest.json")
+        write_json_atomic(stage / "manifest.json", manifest)
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.replace(stage, out)  # the model appears whole, or not at all
     except OSError as e:
-        (stage / "manifest.json.tmp").unlink(missing_ok=True)
         (stage / "manifest.json").unlink(missing_ok=True)
         raise ModelError(f"cannot finish {out}: {e.strerror or e}") from None
     say(f"CLAP ({source.variant}) ready in {out} ({time.monotonic() - t0:.0f} s)")
@@ -382,7 +361,7 @@ def _json(path: Path | None) -> dict | None:
     return d
 
 
-def _build(stage: Path, source: HubSource, commit: str, local: dict[str, Path], downloads: dict, scales: dict,
+def _build(stage: Path, source: HubConfig, commit: str, local: dict[str, Path], downloads: dict, scales: dict,
            threads: int, say: Say) -> dict:
     from monitor.clap import graph
     from monitor.clap.text import PromptTokenizer

@@ -142,15 +142,19 @@ def check_model(path: Path) -> None:
         raise ModelError(f"onnx.checker rejected {path.name}: {str(e).splitlines()[0][:200]}") from None
 
 
-def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] | None = None) -> None:
+def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] | None = None,
+                          unsigned_weights: bool = False) -> None:
     """The int8 quantisation of ``export --int8`` (int8 weights, activations quantised per call);
-    ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx."""
+    ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx.
+    ``unsigned_weights``: uint8 weights instead (how the test stand-in of the transformers.js
+    ``*_quantized.onnx`` graphs is made)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser warns once per tensor it leaves in fp32 (hundreds of lines)
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude or []))
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
+                         nodes_to_exclude=list(exclude or []))
     finally:
         root.setLevel(level)

@@ -50,9 +50,17 @@ def run(args) -> int:
         print(target)
         return 0
     if args.models_cmd == "fetch":
-        from monitor.clap.fetch import HubSource, default_out, fetch_clap
+        from pydantic import ValidationError
 
-        source = HubSource(args.repo, args.revision, args.checkpoint_repo, args.checkpoint_revision, args.variant)
+        from monitor.clap.fetch import default_out, fetch_clap
+        from monitor.config import format_validation_error
+        from monitor.errors import UserError
+
+        try:  # the flags are validated as the config's model.hub section is
+            source = HubConfig(repo=args.repo, revision=args.revision, checkpoint_repo=args.checkpoint_repo,
+                               checkpoint_revision=args.checkpoint_revision, variant=args.variant)
+        except ValidationError as e:
+            raise UserError(format_validation_error(e, "models fetch clap")) from None
         target = Path(args.out) if args.out else default_out(args.models_dir, args.variant)
         m = fetch_clap(target, source, say=_say, threads=max(1, args.threads), int8=args.int8)
         print(target)
