@@ -143,6 +143,7 @@ class Pipeline:
         self._swap_lock = threading.Lock()
         self._swap: tuple | None = None
         self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
+        self._failed_score_sinks: set[str] = set()
 
     # -- source status ---------------------------------------------------------------------
     def _buffer_put(self, block: np.ndarray):
@@ -404,7 +405,12 @@ class Pipeline:
         st.last_scores = sc.as_dict()
         with self._out:
             for s in self.sinks:
-                s.on_scores(sc)
+                try:
+                    s.on_scores(sc)
+                except Exception as e:  # noqa: BLE001 - a failing sink must not stop monitoring
+                    if s.name not in self._failed_score_sinks:
+                        log.error("sink %s failed on scores (reported once): %s", s.name, e)
+                        self._failed_score_sinks.add(s.name)
             for ev in self.tracker.update(sc):
                 self._publish(ev)
         if self.cfg.idle_hop_s > 0:

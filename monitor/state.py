@@ -1,28 +1,134 @@
-"""Small persisted state: the per-device event sequence number survives restarts."""
+"""Small persisted state in the state dir: the per-device event sequence number, a lock
+that keeps a second monitor of the same device out, and the journal of open events.
+
+Everything here degrades instead of crashing: a state dir that fills up mid-run costs
+durability across restarts (loudly reported), never the events of this run.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable, Iterable
+
+from monitor.errors import UserError
+from monitor.events import utc_now_iso
+from monitor.sinks.base import Sink
+from monitor.topics import device_slug
+from monitor.types import Event
+
+log = logging.getLogger(__name__)
+
+
+def state_file(state_dir: str | os.PathLike, stem: str, device_id: str, suffix: str) -> Path:
+    """``<state_dir>/<stem>-<device slug><suffix>``: one name rule for every per-device file."""
+    return Path(state_dir).expanduser() / f"{stem}-{device_slug(device_id)}{suffix}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temp file + rename; the temp file never outlives a failure. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state_dir>/lock-<dev>`` held for the whole run.
+
+    A second monitor with the same device id and state dir would reuse ``seq`` numbers and
+    share the outbox; it is refused with one line naming the running one's pid.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, device_id: str):
+        import fcntl
+
+        self.path = state_file(state_dir, "lock", device_id, "")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"the state dir {self.path.parent} is not writable ({e.strerror}): "
+                            "fix its permissions or set state_dir / SOUND_MONITOR_STATE") from None
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise UserError(f"cannot lock {self.path}: {e.strerror}") from None
+            self._f.seek(0)
+            pid = self._f.read().strip() or "?"
+            self._f.close()
+            raise UserError(f"another sound-monitor (pid {pid}) is already running for device "
+                            f"{device_id!r} with the state dir {self.path.parent}: stop it, or give "
+                            "this one another device_id or state_dir") from None
+        try:
+            self._f.seek(0)
+            self._f.truncate()
+            self._f.write(f"{os.getpid()}\n")
+            self._f.flush()
+        except OSError:
+            pass  # a full disk: the lock holds without the pid in it
+
+    def release(self) -> None:
+        try:
+            self._f.close()  # closing the descriptor drops the flock
+        except OSError:
+            pass
 
 
 class SeqCounter:
-    """Monotonic ``seq`` stored in ``<state_dir>/seq-<device>.json`` (atomic writes)."""
+    """Monotonic ``seq`` stored in ``<state_dir>/seq-<device>.json`` (atomic writes).
 
-    def __init__(self, state_dir: str | os.PathLike, device_id: str):
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_id) or "device"
-        self.path = Path(state_dir).expanduser() / f"seq-{safe}.json"
+    It starts after the highest of the file's value and ``floor`` (the highest seq the
+    outbox or the events file has seen), so a lost or corrupt file never makes numbers
+    repeat. A file that cannot be saved is reported once; numbering goes on in memory.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, device_id: str, floor: int = 0):
+        self.path = state_file(state_dir, "seq", device_id, ".json")
+        self._legacy_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_id) or "device"
         self._lock = threading.Lock()
-        self._last = self._load()
+        self._save_failed = False
+        stored = self._load()
+        if stored is not None and floor > stored:
+            log.warning("%s says seq %d but seq %d was already used: continuing after %d",
+                        self.path, stored, floor, floor)
+        self._last = max(stored or 0, floor)
 
-    def _load(self) -> int:
+    def _load(self) -> int | None:
         try:
-            return int(json.loads(self.path.read_text())["last_seq"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            legacy = self.path.with_name(f"seq-{self._legacy_name}.json")  # before device slugs
+            if legacy == self.path or not legacy.is_file():
+                return None
+            try:
+                text = legacy.read_text(encoding="utf-8")
+            except OSError:
+                return None
+        except OSError as e:
+            log.warning("cannot read %s (%s): seq continues from what the outbox and events file saw",
+                        self.path, e.strerror)
+            return None
+        try:
+            value = int(json.loads(text)["last_seq"])
+            if value < 0:
+                raise ValueError(value)
+            return value
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is corrupt (%r): seq continues from what the outbox and events file saw",
+                        self.path, text[:40])
+            return None
 
     @property
     def last(self) -> int:
@@ -36,10 +142,88 @@ class SeqCounter:
 
     def _save(self, value: int) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".seq-")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"last_seq": value}, f)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # the sequence still increases within this run
+            _write_atomic(self.path, json.dumps({"last_seq": value}))
+        except OSError as e:
+            if not self._save_failed:
+                log.error("cannot save the event sequence number to %s (%s): numbering continues in "
+                          "memory, a restart continues after the outbox's highest seq", self.path, e.strerror)
+            self._save_failed = True
+            return
+        if self._save_failed:
+            log.warning("saving the event sequence number to %s works again", self.path)
+            self._save_failed = False
+
+
+class OpenEventsJournal(Sink):
+    """Remembers the events that are open (a ``start`` without its ``end``) in
+    ``<state_dir>/open-<dev>.json``, so that after a crash or ``kill -9`` the next start can
+    end them (``"reason": "restart"``) instead of leaving them open forever."""
+
+    name = "journal"
+
+    def __init__(self, state_dir: str | os.PathLike, device_id: str):
+        self.path = state_file(state_dir, "open", device_id, ".json")
+        self._lock = threading.Lock()
+        self._failed = False
+        self._open: dict[str, dict] = self._load()
+        self._left = dict(self._open)  # what the previous run left open
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("cannot read the open-events journal %s (%s): events a crash left open "
+                        "cannot be ended", self.path, e)
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict) and v.get("type") == "start"}
+
+    def close_left_open(self, next_seq: Callable[[], int]) -> list[Event]:
+        """``end`` events (reason ``restart``) for what the previous run left open; they
+        are forgotten here, the caller hands them to the sinks."""
+        ends = []
+        for event_id, d in sorted(self._left.items(), key=lambda kv: kv[1].get("seq", 0)):
+            try:
+                start = Event.from_dict(d)
+            except TypeError:
+                continue
+            ends.append(Event(type="end", event_id=event_id, seq=next_seq(), label=start.label,
+                              score=start.score, peak_score=start.peak_score, start_s=start.start_s,
+                              end_s=None, duration_s=None, wall_time=utc_now_iso(),
+                              device_id=start.device_id, source=start.source, model=start.model,
+                              reason="restart"))
+        with self._lock:
+            for event_id in self._left:
+                self._open.pop(event_id, None)
+            self._left = {}
+        self._save()
+        return ends
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            if event.type == "start":
+                self._open[event.event_id] = event.to_dict()
+            else:
+                self._open.pop(event.event_id, None)
+        self._save()
+
+    def _save(self) -> None:
+        with self._lock:
+            text = json.dumps(self._open)
+        try:
+            _write_atomic(self.path, text)
+        except OSError as e:
+            if not self._failed:
+                log.error("cannot save the open-events journal %s (%s): a crash now could leave "
+                          "events without an end", self.path, e.strerror)
+            self._failed = True
+            return
+        self._failed = False
+
+
+def highest_seq(sinks: Iterable[Sink]) -> int:
+    """The highest ``seq`` any sink has on record (outbox, events file)."""
+    return max((s.last_seq() for s in sinks), default=0)

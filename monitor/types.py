@@ -87,10 +87,15 @@ class Event:
     source: str
     model: str
     schema: int = field(default=EVENT_SCHEMA)
+    # only on some ``end`` events: "restart" = ended on the next start after a crash (the
+    # run that opened it never ended it; end_s and duration_s are then null)
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         ordered = {"schema": d.pop("schema")}
+        if d["reason"] is None:
+            del d["reason"]  # a compatible addition: absent unless there is one
         ordered.update(d)
         return ordered
 

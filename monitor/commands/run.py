@@ -173,6 +173,20 @@ def with_default_labels(cfg, say):
 
 
 def run(args) -> int:
+    from monitor.state import StateLock
+
+    def say(msg: str) -> None:
+        print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+
+    cfg = with_default_labels(load_effective_config(args), say)
+    lock = StateLock(cfg.state_path, cfg.device)  # one monitor per device and state dir
+    try:
+        return _run(args, cfg, say)
+    finally:
+        lock.release()
+
+
+def _run(args, cfg, say) -> int:
     from monitor.encode import SharedEncoder
     from monitor.events import EventTracker, rules_for
     from monitor.model_select import select_backend
@@ -180,12 +194,8 @@ def run(args) -> int:
     from monitor.reload import ConfigReloader
     from monitor.scoring import Scorer
     from monitor.sinks.terminal import ViewState
-    from monitor.state import SeqCounter
+    from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
 
-    def say(msg: str) -> None:
-        print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
-
-    cfg = with_default_labels(load_effective_config(args), say)
     inputs = cfg.source.inputs
     several = len(inputs) > 1
     made = [make_source(cfg, say, spec, several) for spec in inputs]
@@ -207,7 +217,6 @@ def run(args) -> int:
     cache_dir = cfg.state_path / "label-cache"
     scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=cache_dir)
     rules = rules_for(cfg.labels, cfg.events)
-    seq = SeqCounter(cfg.state_path, cfg.device)
 
     live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
     view = ViewState(
@@ -221,9 +230,22 @@ def run(args) -> int:
     if several:  # a column per source in the live view from the start
         view.by_source = {n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names}
     sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
+    journal = OpenEventsJournal(cfg.state_path, cfg.device)
+    sinks.insert(0, journal)
     all_sinks = sinks + [x for name in names for x in own_sinks[name]]
     for s in all_sinks:
         s.set_labels(list(scorer.labels))
+    # numbering continues after the highest seq anything has on record (never repeats)
+    seq = SeqCounter(cfg.state_path, cfg.device, floor=highest_seq(all_sinks))
+    restart_ends = journal.close_left_open(seq.next)
+    if restart_ends:
+        say(f"ending {len(restart_ends)} event(s) that the previous run left open (reason: restart)")
+    for ev in restart_ends:
+        for s in sinks:
+            try:
+                s.publish(ev)
+            except Exception as e:  # noqa: BLE001
+                log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
 
     stop = threading.Event()
     # one encoder (one model in memory) for every source; windows are batched across them

@@ -30,6 +30,11 @@ class Sink:
     def set_labels(self, labels: Sequence[str]) -> None:
         """The active label names changed (start-up, hot reload)."""
 
+    def last_seq(self) -> int:
+        """The highest event ``seq`` this sink holds from earlier runs (outbox, events file),
+        so that numbering never repeats one; 0 when it keeps none."""
+        return 0
+
     def status(self) -> dict:
         """Short status for the live view and logs, e.g. {"state": "connected", "backlog": 0}."""
         return {"state": "ok"}

@@ -259,9 +259,14 @@ class MqttSink(Sink):
                 self.client.publish(self.topics.state(s), b"", qos=1, retain=True)
             self._publish_labels(self.client)
 
+    def last_seq(self) -> int:
+        return self.outbox.high_seq
+
     def status(self) -> dict:
         with self._lock:
             state = self._state
+        if self.outbox.in_memory:
+            state += f"; outbox not writable, {self.outbox.in_memory} event(s) in memory"
         return {"state": state, "backlog": self.outbox.size(), "backlog_age_s": round(self.outbox.oldest_age_s(), 1)}
 
     def close(self, timeout_s: float = 5.0) -> None:
