@@ -223,8 +223,22 @@ class MQTTConfig(_Section):
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     scores_interval_s: float | None = Field(None, gt=0)
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=86400)
+    # "5": a broker's refusal of a publish (PUBACK reason code) is seen and reported;
+    # "3.1.1" for old brokers: a denied publish then looks delivered
+    protocol: Literal["5", "3.1.1"] = "5"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v):
+        return {5: "5", 5.0: "5", 3.1: "3.1.1", 311: "3.1.1"}.get(v, v) if not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "MQTTConfig":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
 
     @field_validator("prefix", "discovery_prefix")
     @classmethod

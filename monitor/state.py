@@ -30,7 +30,7 @@ def state_file(state_dir: str | os.PathLike, stem: str, device_id: str, suffix: 
     return Path(state_dir).expanduser() / f"{stem}-{device_slug(device_id)}{suffix}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Temp file + rename; the temp file never outlives a failure. Raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
@@ -142,7 +142,7 @@ class SeqCounter:
 
     def _save(self, value: int) -> None:
         try:
-            _write_atomic(self.path, json.dumps({"last_seq": value}))
+            write_text_atomic(self.path, json.dumps({"last_seq": value}))
         except OSError as e:
             if not self._save_failed:
                 log.error("cannot save the event sequence number to %s (%s): numbering continues in "
@@ -214,7 +214,7 @@ class OpenEventsJournal(Sink):
         with self._lock:
             text = json.dumps(self._open)
         try:
-            _write_atomic(self.path, text)
+            write_text_atomic(self.path, text)
         except OSError as e:
             if not self._failed:
                 log.error("cannot save the open-events journal %s (%s): a crash now could leave "

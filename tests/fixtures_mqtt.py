@@ -23,8 +23,9 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, workdir: Path, port: int | None = None, users: dict | None = None, tls: dict | None = None,
-                 persistence: bool = False):
+                 persistence: bool = False, acl: str | None = None):
         self.dir = workdir
+        self.acl = acl  # mosquitto acl_file text (with users)
         self.port = port or free_port()
         self.users = users
         self.tls = tls
@@ -49,6 +50,10 @@ class Broker:
             for u, p in self.users.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(pw), u, p], check=True, capture_output=True)
             lines += ["allow_anonymous false", f"password_file {pw}"]
+            if self.acl is not None:
+                acl = self.dir / f"acl-{self.port}"
+                acl.write_text(self.acl)
+                lines.append(f"acl_file {acl}")
         else:
             lines.append("allow_anonymous true")
         if self.tls:
@@ -68,6 +73,9 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start: " + (self.dir / "mosquitto.log").read_text()[-500:])
+
+    def log_text(self) -> str:
+        return (self.dir / "mosquitto.log").read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -159,7 +159,8 @@ def test_credentials(mosquitto, tmp_path, monkeypatch):
     good.close()
 
 
-def make_certs(d):
+def make_certs(d, server_names=None):
+    """A test CA and a server certificate for 127.0.0.1/localhost (or ``server_names``, DNS names)."""
     import datetime
 
     from cryptography import x509
@@ -184,8 +185,9 @@ def make_certs(d):
     cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in server_names] if server_names else
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -229,7 +231,7 @@ def test_parse_mqtt_url():
 def test_slugs_are_safe_and_distinct():
     s = label_slugs(["dog/barking", "dog+barking", "dog#barking", "Dog Barking", "café", "+", "#/"])
     assert len(set(s.values())) == 7
-    assert s["café"] == "cafe"
+    assert s["café"].startswith("cafe_")
     for v in s.values():
         assert all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in v)
 
@@ -239,9 +241,11 @@ def test_slugs_are_safe_and_distinct():
 def test_slug_property(labels):
     s = label_slugs(labels)
     assert len(set(s.values())) == len(labels)
-    for v in s.values():
+    for lab, v in s.items():
         assert v and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in v)
         assert slugify(v) == v or "_" in v
+        assert label_slugs(labels[::-1])[lab] == v
+        assert label_slugs(["x", lab, "label"])[lab] == v  # a slug depends on its label alone
 
 
 def test_cli_run_publishes_exactly_the_jsonl_events(mosquitto, tmp_path, tiny_clap_export):
@@ -263,7 +267,9 @@ def test_cli_run_publishes_exactly_the_jsonl_events(mosquitto, tmp_path, tiny_cl
     assert sub.wait_for(lambda s: len(s.on(topic)) == 6)
     assert [json.loads(p) for p in sub.on(topic)] == logged
     # safe, distinct topics for the awkward labels, final state OFF after the closing events
-    for slug in ("owl", "dog_cat", "alarm"):
+    from monitor.topics import label_slug
+
+    for slug in ("owl", label_slug("dog/cat"), label_slug("+alarm#")):
         assert sub.on(f"sound-monitor/{device_slug(dev)}/label/{slug}/state")[-1] == b"OFF"
         assert sub.on(f"homeassistant/binary_sensor/{device_slug(dev)}/{slug}/config")
     assert sub.wait_for(lambda s: s.on(f"sound-monitor/{device_slug(dev)}/availability")[-1:] == [b"offline"])

@@ -4,8 +4,16 @@ Every event goes to the SQLite outbox first; a pump thread publishes outbox entr
 ``seq`` order (QoS 1) while connected, and an entry leaves the outbox only on its PUBACK.
 paho itself re-sends messages that were in flight when a connection dropped, so after a
 reconnect the pump simply continues after the last entry it handed to paho; after a
-restart it starts from the oldest entry. Reconnects use exponential backoff with jitter.
-A refused connection (bad credentials, not authorised) is reported as such.
+restart it starts from the oldest entry. Reconnects use paho's exponential backoff (reset
+only by a successful CONNACK) plus a random delay of up to a quarter of it (jitter).
+Every change of the connection state is logged once, at WARNING, with its reason (name
+not resolved, refused, TLS verification, bad credentials, dropped).
+
+MQTT v5 by default: a PUBACK with a failure reason code (e.g. an ACL that denies the topic)
+leaves the event in the outbox and is reported; an MQTT 3.1.1 broker acknowledges a denied
+publish like a delivered one, so with ``mqtt.protocol: "3.1.1"`` such a loss cannot be seen.
+Discovery topics this device published are remembered in the state dir; on connect the
+ones whose labels are gone are cleared (also after a run that ended during an outage).
 
 Passwords come from an environment variable or a file, never from the config text, and
 are never logged. paho is imported only here.
@@ -17,19 +25,21 @@ import json
 import logging
 import os
 import random
+import socket
 import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from monitor import __version__
 from monitor.config import MQTTConfig
 from monitor.errors import UserError
 from monitor.outbox import Outbox
 from monitor.sinks.base import Sink
-from monitor.topics import Topics, label_slugs
+from monitor.state import state_file, write_text_atomic
+from monitor.topics import Topics, label_slugs, slugify
 from monitor.types import Event, Scores
 
 log = logging.getLogger(__name__)
@@ -52,7 +62,7 @@ def parse_mqtt_url(url: str) -> dict:
     tls = u.scheme == "mqtts"
     ov = {"mqtt.host": u.hostname, "mqtt.port": port or (8883 if tls else 1883), "mqtt.tls.enabled": tls}
     if u.username:
-        ov["mqtt.username"] = u.username
+        ov["mqtt.username"] = unquote(u.username)  # user%40example.com -> user@example.com
     return ov
 
 
@@ -68,6 +78,36 @@ def read_password(cfg: MQTTConfig) -> str | None:
     return None
 
 
+def diagnose(host: str, port: int, tls: ssl.SSLContext | None, timeout_s: float = 5.0) -> str:
+    """Why a connection attempt fails: paho's connect-failure callback carries no reason,
+    so the same steps (name, TCP, TLS handshake with the same context) are tried once more."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"cannot resolve the host name {host!r} ({e.strerror})"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (no broker listening there?)"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout_s:.0f} s"
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({e.strerror or e})"
+    try:
+        if tls is not None:
+            try:
+                tls.wrap_socket(sock, server_hostname=host).close()
+            except ssl.SSLCertVerificationError as e:
+                return f"TLS certificate verification failed ({e.verify_message})"
+            except ssl.SSLError as e:
+                return f"TLS handshake failed ({e.reason or e})"
+            except OSError as e:
+                return f"TLS handshake failed ({e.strerror or e})"
+    finally:
+        sock.close()
+    return f"the connection to {host}:{port} failed (the broker closed it)"
+
+
 class MqttSink(Sink):
     name = "mqtt"
 
@@ -79,13 +119,16 @@ class MqttSink(Sink):
         self.topics = Topics(cfg.prefix, device_id, cfg.discovery_prefix)
         self.model_name = model_name
         self.source_name = source_name
-        self.outbox = Outbox(Path(state_dir) / f"outbox-{self.topics.dev}.sqlite3")
+        self.outbox = Outbox(state_file(state_dir, "outbox", device_id, ".sqlite3"))
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._connected = False
         self._state = "connecting"
         self._closing = False
-        self._mid_to_seq: dict[int, int] = {}
+        # what each mid is (("seq", n) | ("topic", t)); PUBACKs that beat the registration wait in _early
+        self._mid_lock = threading.Lock()
+        self._mids: dict[int, tuple[str, object]] = {}
+        self._early: dict[int, object] = {}
         self._last_handed = 0  # highest seq handed to paho in this connection's lifetime
         self._labels: list[str] = []
         self._slugs: dict[str, str] = {}
@@ -93,27 +136,44 @@ class MqttSink(Sink):
         # any source has it open, OFF only when the last one ends
         self._open: dict[str, set[str]] = {}
         self._last_scores_t = 0.0
-        self._refused_logged = False
+        self._logged = ""  # the connection state last written to the log
+        self._failures = 0  # attempts in a row without a successful CONNACK
+        self._attempts = 0
+        self._down_since: float | None = None
+        self._net_stop = threading.Event()
+        self._rejected_logged: set[str] = set()
+        self.rejected = 0  # events the broker refused (MQTT v5 PUBACK reason code)
+        self._known_path = state_file(state_dir, "discovery", device_id, ".json")
 
         client_id = cfg.client_id or f"sound-monitor-{self.topics.dev}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        if cfg.protocol == "5":
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                                      protocol=mqtt.MQTTv311)
         self.client.max_inflight_messages_set(20)
         self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         if cfg.username:
             self.client.username_pw_set(cfg.username, read_password(cfg))
+        self._tls: ssl.SSLContext | None = None
         if cfg.tls.enabled:
             try:
-                self.client.tls_set(
-                    ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
-                    cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
-                )
+                ctx = ssl.create_default_context(cafile=cfg.tls.ca_file)
+                if cfg.tls.cert_file:
+                    ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
             except (OSError, ssl.SSLError, ValueError) as e:
                 raise UserError(f"MQTT TLS setup failed: {e}") from None
             if cfg.tls.insecure:
                 log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure): the broker is not authenticated")
-                self.client.tls_insecure_set(True)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._tls = ctx
+            self.client.tls_set_context(ctx)
+        # paho doubles the wait from min to max and resets it only on a successful CONNACK
         self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
@@ -135,53 +195,135 @@ class MqttSink(Sink):
         return cls(mqtt_cfg, device_id=device_id, labels=labels, state_dir=state_dir,
                    model_name=model_name, source_name=source_name)
 
+    # -- connection state (logged once per change) ------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _log_state(self, key: str, msg: str, *args, level: int = logging.WARNING) -> None:
+        if key != self._logged:
+            log.log(level, msg, *args)
+            self._logged = key
+
+    def _backoff_s(self) -> float:
+        return min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** max(0, self._failures - 1))
+
     # -- paho callbacks (network thread) -------------------------------------------------------
+    def _on_pre_connect(self, client, userdata):
+        # jitter on every reconnect: many devices must not hit a restarted broker together
+        if self._attempts:
+            self._net_stop.wait(random.uniform(0.0, 0.25 * self._backoff_s()))
+        self._attempts += 1
+
+    def _on_connect_fail(self, client, userdata):
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        reason = diagnose(self.cfg.host, self.cfg.port, self._tls)
+        with self._lock:
+            self._state = f"unreachable: {reason}"
+        self._log_state("fail:" + reason, "MQTT cannot connect to %s: %s (retrying, waits double up to %g s)",
+                        self._where, reason, self.cfg.reconnect_max_s)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
+            self._failures += 1
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             with self._lock:
                 self._connected = False
                 self._state = f"refused: {reason_code}"
-            if not self._refused_logged:
-                log.error("MQTT broker %s:%s refused the connection: %s (check username/password and ACL)",
-                          self.cfg.host, self.cfg.port, reason_code)
-                self._refused_logged = True
+            self._log_state(f"refused:{reason_code}", "MQTT broker %s refused the connection: %s (check username, "
+                            "password and ACL; retrying, waits double up to %g s)", self._where, reason_code,
+                            self.cfg.reconnect_max_s)
             return
-        self._refused_logged = False
-        client.publish(self.topics.availability, "online", qos=1, retain=True)
+        self._pub(self.topics.availability, "online", retain=True)
         if self.cfg.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
-        self._publish_labels(client)
+        self._publish_labels()
+        self._clear_stale()
         with self._lock:
             self._connected = True
             self._state = "connected"
             self._wake.notify_all()
-        log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
+        failures, since = self._failures, self._down_since
+        self._failures, self._down_since = 0, None
+        if since is not None:
+            self._log_state("connected", "MQTT connected to %s again after %.0f s (%d failed attempt(s)); "
+                            "%d event(s) in the outbox go out now", self._where, time.monotonic() - since, failures,
+                            self.outbox.size())
+        else:
+            self._log_state("connected", "MQTT connected to %s", self._where, level=logging.INFO)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._lock:
             self._connected = False
-            if not self._state.startswith("refused"):
-                self._state = "disconnected (retrying)"
-        if not self._closing:
-            log.warning("MQTT disconnected (%s); %d event(s) waiting in the outbox", reason_code, self.outbox.size())
-            # jitter: spread the reconnects of many devices after a broker restart
-            lo = self.cfg.reconnect_min_s
-            client.reconnect_delay_set(lo * (1.0 + random.random()), self.cfg.reconnect_max_s)
+            refused = self._state.startswith("refused")
+            if not refused:
+                self._state = f"disconnected ({reason_code}), retrying"
+        if self._closing or refused:
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._log_state("disconnected", "MQTT connection to %s lost (%s); %d event(s) wait in the outbox",
+                        self._where, reason_code, self.outbox.size())
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
-        with self._lock:
-            seq = self._mid_to_seq.pop(mid, None)
-        if seq is not None and not getattr(reason_code, "is_failure", False):
-            self.outbox.remove(seq)
-            with self._lock:
-                self._wake.notify_all()
+        with self._mid_lock:
+            what = self._mids.pop(mid, None)
+            if what is None:
+                self._early[mid] = reason_code
+                return
+        self._acked(what, reason_code)
+
+    def _acked(self, what: tuple[str, object], reason_code) -> None:
+        failed = bool(getattr(reason_code, "is_failure", False))
+        kind, value = what
+        if kind == "seq":
+            if not failed:
+                self.outbox.remove(int(value))  # type: ignore[arg-type]
+                with self._lock:
+                    self._wake.notify_all()
+                return
+            self.rejected += 1
+            key = f"events:{reason_code}"
+            if key not in self._rejected_logged:
+                self._rejected_logged.add(key)
+                log.error("MQTT broker %s rejected event seq %s on %s: %s (an ACL that denies the topic?); it "
+                          "stays in the outbox and is sent again after the next start", self._where, value,
+                          self.topics.events, reason_code)
+        elif failed and value not in self._rejected_logged:
+            self._rejected_logged.add(str(value))
+            log.error("MQTT broker %s rejected the publish to %s: %s", self._where, value, reason_code)
 
     def _on_message(self, client, userdata, msg):
         if msg.topic == self.topics.ha_status and msg.payload == b"online":
-            self._publish_labels(client, states=False)
+            self._publish_labels(states=False)
 
     # -- publishing ----------------------------------------------------------------------------
-    def _publish_labels(self, client, states: bool = True) -> None:
+    def _pub(self, topic: str, payload, *, retain: bool, seq: int | None = None, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            with self._mid_lock:
+                self._early.pop(info.mid, None)
+            return
+        what = ("seq", seq) if seq is not None else ("topic", topic)
+        with self._mid_lock:
+            early = self._early.pop(info.mid, None) if info.mid in self._early else None
+            if early is None:
+                self._mids[info.mid] = what
+        if early is not None:
+            self._acked(what, early)
+
+    def _label_topics(self, slugs) -> set[str]:
+        out = set()
+        for s in slugs:
+            out.add(self.topics.state(s))
+            if self.cfg.discovery:
+                out.add(self.topics.discovery(s))
+        return out
+
+    def _publish_labels(self, states: bool = True) -> None:
         with self._lock:
             labels = list(self._labels)
             slugs = dict(self._slugs)
@@ -190,9 +332,36 @@ class MqttSink(Sink):
             s = slugs[lab]
             if self.cfg.discovery:
                 payload = self.topics.discovery_payload(lab, s, self.model_name, __version__)
-                client.publish(self.topics.discovery(s), json.dumps(payload), qos=1, retain=True)
+                self._pub(self.topics.discovery(s), json.dumps(payload), retain=True)
             if states:
-                client.publish(self.topics.state(s), "ON" if on.get(lab) else "OFF", qos=1, retain=True)
+                self._pub(self.topics.state(s), "ON" if on.get(lab) else "OFF", retain=True)
+
+    def _known_topics(self) -> set[str] | None:
+        try:
+            data = json.loads(self._known_path.read_text(encoding="utf-8"))
+            return {t for t in data.get("topics", []) if isinstance(t, str)}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("cannot read %s (%s): retained topics of removed labels may stay on the broker",
+                        self._known_path, e)
+            return None
+
+    def _clear_stale(self) -> None:
+        """Clear the retained topics of labels this device published before and no longer has
+        (remembered in the state dir; on the first start, the slugs of the older slug rule)."""
+        with self._lock:
+            current = self._label_topics(self._slugs.values())
+            legacy = {slugify(lab) for lab in self._labels}
+        known = self._known_topics()
+        if known is None:
+            known = self._label_topics(legacy) | {self.topics.discovery(s) for s in legacy}
+        for topic in sorted(known - current):
+            self._pub(topic, b"", retain=True)
+        try:
+            write_text_atomic(self._known_path, json.dumps({"topics": sorted(current)}))
+        except OSError as e:
+            log.warning("cannot save %s (%s)", self._known_path, e.strerror)
 
     def _pump(self) -> None:
         while True:
@@ -214,10 +383,9 @@ class MqttSink(Sink):
                         return
                 continue
             for seq, topic, payload in rows:
-                info = self.client.publish(topic, payload, qos=1, retain=False)
                 with self._lock:
-                    self._mid_to_seq[info.mid] = seq
                     self._last_handed = seq
+                self._pub(topic, payload, retain=False, seq=seq)
 
     def publish(self, event: Event) -> None:
         self.outbox.add(event.seq, self.topics.events, event.to_json())
@@ -234,7 +402,7 @@ class MqttSink(Sink):
             connected = self._connected
             self._wake.notify_all()
         if slug and connected:
-            self.client.publish(self.topics.state(slug), "ON" if on else "OFF", qos=1, retain=True)
+            self._pub(self.topics.state(slug), "ON" if on else "OFF", retain=True)
 
     def on_scores(self, scores: Scores) -> None:
         if not self.cfg.scores_interval_s or scores.gated:
@@ -244,20 +412,18 @@ class MqttSink(Sink):
             return
         self._last_scores_t = now
         if self._connected:
-            self.client.publish(self.topics.scores, json.dumps({"t_s": scores.start_s, "scores": scores.as_dict()}), qos=0)
+            self._pub(self.topics.scores, json.dumps({"t_s": scores.start_s, "scores": scores.as_dict()}),
+                      retain=False, qos=0)
 
     def set_labels(self, labels: Sequence[str]) -> None:
         with self._lock:
-            removed = [self._slugs[l] for l in self._labels if l not in labels]
             self._labels = list(labels)
             self._slugs = label_slugs(self._labels)
             self._open = {l: self._open.get(l, set()) for l in self._labels}
             connected = self._connected
         if connected:
-            for s in removed:
-                self.client.publish(self.topics.discovery(s), b"", qos=1, retain=True)
-                self.client.publish(self.topics.state(s), b"", qos=1, retain=True)
-            self._publish_labels(self.client)
+            self._publish_labels()
+            self._clear_stale()
 
     def last_seq(self) -> int:
         return self.outbox.high_seq
@@ -267,11 +433,14 @@ class MqttSink(Sink):
             state = self._state
         if self.outbox.in_memory:
             state += f"; outbox not writable, {self.outbox.in_memory} event(s) in memory"
-        return {"state": state, "backlog": self.outbox.size(), "backlog_age_s": round(self.outbox.oldest_age_s(), 1)}
+        if self.rejected:
+            state += f"; {self.rejected} event(s) rejected by the broker"
+        return {"state": state, "backlog": self.outbox.size(), "backlog_age_s": round(self.outbox.oldest_age_s(), 1),
+                "rejected": self.rejected}
 
     def close(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.outbox.size() and self._connected and time.monotonic() < deadline:
+        while self.outbox.size() > self.rejected and self._connected and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self.outbox.size()
         if left:
@@ -279,6 +448,7 @@ class MqttSink(Sink):
         with self._lock:
             self._closing = True
             self._wake.notify_all()
+        self._net_stop.set()
         try:
             if self._connected:
                 info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
