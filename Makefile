@@ -29,11 +29,11 @@ run: install
 test: system-deps install-test
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# Export the real CLAP (needs the Hugging Face Hub) into models/
+# Export the real CLAP (needs the Hugging Face Hub) into ~/.local/share/sound-monitor/models
 export: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[export]'
-	$(BIN)/sound-monitor export --model laion/clap-htsat-unfused --out models/clap-htsat-unfused
+	$(BIN)/sound-monitor export --model laion/clap-htsat-unfused
 
 fetch-offline: install
 	$(BIN)/sound-monitor models fetch offline

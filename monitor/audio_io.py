@@ -58,6 +58,40 @@ def resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     )
 
 
+class quiet_stderr:
+    """Context: file descriptor 2 goes to /dev/null (libmpg123 inside libsndfile prints its
+    warnings there directly, bypassing Python). Only around a decoder's open and first read,
+    so that no other thread's log line is lost for long."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        return False
+
+
+def decode_error(p: Path, e: Exception) -> str:
+    """One line for a file libsndfile cannot read (its own text can mislead: a garbage file
+    that exists is reported as "File does not exist or is not a regular file")."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "does not exist" in msg or "unknown format" in msg.lower() or "not recognised" in msg.lower():
+        msg = "not a valid audio file of a supported format (wav, flac, mp3, ogg)"
+    return f"cannot decode audio file {p}: {msg}"
+
+
 def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Audio:
     """Read an audio file as float32 mono, resampled to ``sample_rate_hz`` when given."""
     import soundfile as sf
@@ -70,10 +104,10 @@ def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Au
     if p.stat().st_size == 0:
         raise AudioError(f"audio file is empty (0 bytes): {p}")
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+        with quiet_stderr():
+            data, rate = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(f"cannot decode audio file {p}: {msg}") from None
+        raise AudioError(decode_error(p, e)) from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file has no samples: {p}")
     channels = int(data.shape[1])

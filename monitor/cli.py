@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
@@ -37,21 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sound-monitor {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    # -v also after the subcommand (`sound-monitor run -v`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(_module=module)
         mod = importlib.import_module(module)
         mod.add_arguments(p)
     return parser
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * min(verbosity, 2)
-    level = int(os.environ.get("SOUND_MONITOR_LOG_LEVEL", level)) if os.environ.get(
-        "SOUND_MONITOR_LOG_LEVEL", ""
-    ).isdigit() else level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
-    _setup_logging(args.verbose)
+    from monitor import logs
+
+    logs.setup(args.verbose)
     mod = importlib.import_module(args._module)
     try:
         return int(mod.run(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # one plain line: the whole story
         return 2
     except KeyboardInterrupt:
         return 130

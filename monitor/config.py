@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import string
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -61,11 +62,23 @@ class HubConfig(_Section):
         return v
 
 
+def default_models_dir() -> Path:
+    """One fixed place for downloaded and exported models, whatever the working directory:
+    ``$SOUND_MONITOR_MODELS``, else ``$XDG_DATA_HOME/sound-monitor/models`` (default
+    ``~/.local/share/sound-monitor/models``)."""
+    env = os.environ.get("SOUND_MONITOR_MODELS")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "sound-monitor" / "models"
+
+
 class ModelConfig(_Section):
     # auto | offline | a directory with an exported CLAP (manifest.json)
     spec: str = "auto"
-    # where `auto` looks for exports and where `models fetch` puts downloads
-    models_dir: str = "models"
+    # where `auto` looks for exports and where `models fetch` puts downloads (None: the
+    # fixed default, see default_models_dir)
+    models_dir: str | None = None
     threads: int = Field(2, ge=1, le=64)
     int8: bool = False
     # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
@@ -73,6 +86,10 @@ class ModelConfig(_Section):
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
     adapter: str | None = None
     hub: HubConfig = HubConfig()
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).expanduser() if self.models_dir else default_models_dir()
 
 
 class SourceConfig(_Section):
@@ -144,9 +161,21 @@ class ScoringConfig(_Section):
         if not v:
             raise ValueError("at least one template is needed")
         for t in v:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}'")
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+            except ValueError as e:  # a lone { or }
+                raise ValueError(f"template {t!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+            if fields != [""]:
+                raise ValueError(f"template {t!r} must contain exactly one '{{}}' and no other {{field}} "
+                                 "(write {{ and }} for literal braces)")
         return v
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one background prompt is needed (vs-background scores labels against them)")
+        return tuple(clean_label(b) for b in v)
 
 
 def clean_label(text: str) -> str:
@@ -293,6 +322,19 @@ class Config(_Section):
             seen[key] = lab.name
         return self
 
+    @model_validator(mode="after")
+    def _events_can_end(self) -> "Config":
+        for i, lab in enumerate(self.labels):
+            thr = self.events.threshold if lab.threshold is None else lab.threshold
+            hyst = self.events.hysteresis if lab.hysteresis is None else lab.hysteresis
+            # threshold 0 marks every window (a diagnostic setting); otherwise an event must
+            # be able to end: its off level (threshold - hysteresis) must be above 0
+            if thr > 0 and hyst >= thr:
+                where = f"labels[{i}]" if lab.hysteresis is not None or lab.threshold is not None else "events"
+                raise ValueError(f"{where}: hysteresis ({hyst}) must be below the threshold ({thr}) of "
+                                 f"{lab.name!r}, or its events never end")
+        return self
+
     # --- derived values -------------------------------------------------------------
     @property
     def device(self) -> str:
@@ -342,6 +384,27 @@ def parse_config(data: Any, where: str = "config") -> Config:
         raise UserError(format_validation_error(e, where)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark)
+        except TypeError:
+            continue  # an unhashable key: SafeLoader reports it
+        seen[key] = True
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def load_config(path: str | os.PathLike | None) -> Config:
     """Load and validate a YAML config file; ``None`` gives the defaults."""
     if path is None:
@@ -354,7 +417,7 @@ def load_config(path: str | os.PathLike | None) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read config file {p}: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -379,5 +442,41 @@ def with_overrides(cfg: Config, overrides: dict[str, Any], where: str = "command
     return parse_config(data, where=where)
 
 
-def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_config(cfg: Config, effective: bool = False) -> str:
+    """YAML of ``cfg``; ``effective`` fills in what unset values resolve to on this machine
+    (device id from the host name, state and models dirs)."""
+    data = cfg.model_dump(mode="json")
+    if effective:
+        data["device_id"] = cfg.device
+        data["state_dir"] = str(cfg.state_path)
+        data["model"]["models_dir"] = str(cfg.model.models_path)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def missing_files(cfg: Config) -> list[str]:
+    """``<yaml path>: <file>`` for every file or folder the config names that is not there."""
+    out: list[str] = []
+
+    def need(where: str, path: str | None, kind: str = "file") -> None:
+        if not path:
+            return
+        p = Path(path).expanduser()
+        ok = p.is_dir() if kind == "folder" else p.is_file()
+        if not ok:
+            out.append(f"{where}: {kind} not found: {p}")
+
+    for i, src in enumerate(cfg.source.inputs):
+        if src not in ("mic", "-") and not src.startswith("mic:"):
+            need("source.input" + (f"[{i}]" if len(cfg.source.inputs) > 1 else ""), src)
+    if cfg.model.spec not in ("auto", "offline"):
+        need("model.spec", cfg.model.spec, "folder")
+        if Path(cfg.model.spec).expanduser().is_dir():
+            need("model.spec", str(Path(cfg.model.spec).expanduser() / "manifest.json"))
+    need("model.adapter", cfg.model.adapter)
+    for i, lab in enumerate(cfg.labels):
+        for j, ex in enumerate(lab.examples):
+            need(f"labels[{i}].examples[{j}]", ex)
+    need("mqtt.password_file", cfg.mqtt.password_file)
+    for key in ("ca_file", "cert_file", "key_file"):
+        need(f"mqtt.tls.{key}", getattr(cfg.mqtt.tls, key))
+    return out

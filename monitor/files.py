@@ -46,6 +46,37 @@ def write_json_atomic(path: Path, obj: object) -> None:
         raise
 
 
+def read_manifest(path: str | os.PathLike, hint: str = "") -> dict:
+    """``manifest.json`` as a mapping; anything else (missing, unreadable, not JSON, not an
+    object, no ``files`` mapping) is a ModelError whose message ends with ``hint``."""
+    from monitor.errors import ModelError
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{p} is missing{hint}") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{p} is unreadable ({e}){hint}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+        raise ModelError(f"{p} is not a model manifest (a JSON object with a files mapping){hint}")
+    return data
+
+
+def verify_listed(folder: str | os.PathLike, manifest: dict) -> list[str]:
+    """Problems with the files ``manifest["files"]`` lists ({name: sha256}): missing or not
+    matching their sha256. Empty when every one is intact."""
+    folder = Path(folder)
+    bad = []
+    for name, digest in sorted((manifest.get("files") or {}).items()):
+        p = folder / name
+        if not p.is_file():
+            bad.append(f"{name} is missing")
+        elif sha256_file(p) != digest:
+            bad.append(f"{name} does not match its sha256")
+    return bad
+
+
 def manifest_lists(target: Path, names: Iterable[str]) -> bool:
     """True when ``target/manifest.json`` is readable, lists every name and every file exists."""
     m = Path(target) / "manifest.json"

@@ -57,13 +57,20 @@ class TextEmbeddingCache:
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 texts, vectors = z["texts"], z["vectors"]
-            self._vectors = {str(t): v for t, v in zip(texts, vectors)}
+            if texts.ndim != 1 or vectors.ndim != 2 or len(texts) != len(vectors) or vectors.shape[1] == 0:
+                raise ValueError(f"shape {vectors.shape} for {texts.shape} texts")
+            if not np.isfinite(vectors).all():
+                raise ValueError("non-finite vectors")
+            self._vectors = {str(t): v.astype(np.float32) for t, v in zip(texts, vectors)}
         except Exception as e:  # noqa: BLE001 - any unreadable cache is just a miss
             log.warning("ignoring unreadable label cache %s: %s", self.path, e)
             self._vectors = {}
 
     def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return {t: self._vectors[t] for t in texts if t in self._vectors}
+
+    def discard(self) -> None:
+        self._vectors = {}
 
     def put(self, new: dict[str, np.ndarray]) -> None:
         if not new:
@@ -82,6 +89,13 @@ def embed_texts(backend: Backend, texts: Sequence[str], cache_dir: str | os.Path
     unique = list(dict.fromkeys(texts))
     cache = TextEmbeddingCache(cache_dir, backend.cache_key) if cache_dir is not None else None
     found = cache.get(unique) if cache else {}
+    if cache and found:
+        dim = next(iter(found.values())).shape[-1]
+        if dim != backend.embedding_dim:  # text vectors live in the audio embedding space
+            log.warning("label cache %s holds %d-d vectors, the model's are %d-d: embedding every text afresh",
+                        cache.path, dim, backend.embedding_dim)
+            cache.discard()
+            found = {}
     missing = [t for t in unique if t not in found]
     if missing:
         vecs = backend.embed_text(missing)

@@ -21,6 +21,7 @@ from typing import Callable
 from monitor.backend import Backend
 from monitor.config import ModelConfig
 from monitor.errors import ModelError
+from monitor.files import read_manifest
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 
@@ -38,10 +39,7 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     manifest = path / "manifest.json"
     if not manifest.is_file():
         raise ModelError(f"{path} has no manifest.json: not an exported model (run `sound-monitor export --model SRC --out {path}`)")
-    try:
-        kind = json.loads(manifest.read_text()).get("kind", "clap")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelError(f"{manifest} is unreadable: {e}") from None
+    kind = read_manifest(manifest).get("kind", "clap")
     if kind == "offline":
         from monitor.offline.backend import OfflineBackend
 
@@ -56,7 +54,7 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
     if spec == "offline":
         from monitor.offline.backend import OfflineBackend
 
-        return Selected(OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_dir), "offline backend requested")
+        return Selected(OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path), "offline backend requested")
     if spec == "auto":
         return select_auto(cfg)
     return Selected(load_dir(Path(spec), cfg), f"exported model from {spec}")
@@ -93,19 +91,21 @@ def _hub_reachable() -> bool:
 def _fetch(cfg: ModelConfig) -> Path:
     from monitor.clap.fetch import default_out, fetch_clap
 
-    out = default_out(cfg.models_dir, cfg.hub.variant)
+    out = default_out(cfg.models_path, cfg.hub.variant)
     fetch_clap(out, cfg.hub, threads=cfg.threads)
     return out
 
 
 def _say(msg: str) -> None:
-    print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+    from monitor.logs import say as _say
+
+    _say(msg)
 
 
 def select_auto(cfg: ModelConfig, *, hub_check: Callable[[], bool] = _hub_reachable,
                 exporter_available: Callable[[], bool] = can_export,
                 fetcher: Callable[[ModelConfig], Path] = _fetch) -> Selected:
-    models_dir = Path(cfg.models_dir).expanduser()
+    models_dir = cfg.models_path
     found = find_clap_export(models_dir)
     if found is not None:
         return Selected(load_dir(found, cfg), f"auto: using the CLAP in {found}")
@@ -136,5 +136,5 @@ def select_auto(cfg: ModelConfig, *, hub_check: Callable[[], bool] = _hub_reacha
         why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
     from monitor.offline.backend import OfflineBackend
 
-    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_dir)
+    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path)
     return Selected(backend, f"auto: {why} -> offline YAMNet+MiniLM backend (zero-shot via AudioSet classes)")

@@ -49,7 +49,8 @@ class Stats:
     dropped_windows: int = 0
     dropped_frames: int = 0
     nonfinite_samples: int = 0
-    events: int = 0
+    events: int = 0  # start and end messages
+    events_started: int = 0
     inference_ms: float = 0.0
     level_dbfs: float = -150.0
     stream_s: float = 0.0
@@ -434,6 +435,8 @@ class Pipeline:
 
     def _publish(self, ev) -> None:
         self.stats.events += 1
+        if ev.type == "start":
+            self.stats.events_started += 1
         for s in self.sinks:
             try:
                 s.publish(ev)

@@ -103,6 +103,23 @@ class MicSource:
                     raise AudioError("the microphone stream stopped (device lost?)")
 
 
+class AbsentSource:
+    """A microphone that is not there (yet): its ``run`` fails at once, so the supervisor
+    reports it ``lost`` and reopens the real one with backoff until it appears (a USB
+    microphone that is not ready at boot). It never produces audio."""
+
+    def __init__(self, description: str, sample_rate_hz: int, channels: int, reason: str):
+        self.description = description
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.channels = int(channels)
+        self.reason = reason
+        self.realtime = True
+        self.never_block = True
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        raise AudioError(self.reason)
+
+
 class FileSource:
     """An audio file in blocks; real-time pace unless ``realtime=False`` (``--fast``)."""
 
@@ -114,10 +131,17 @@ class FileSource:
             raise AudioError(f"audio file not found: {p}")
         if p.stat().st_size == 0:
             raise AudioError(f"audio file is empty (0 bytes): {p}")
+        from monitor.audio_io import decode_error, quiet_stderr
+
         try:
-            info = sf.info(str(p))
+            with quiet_stderr():
+                info = sf.info(str(p))
+                with sf.SoundFile(str(p)) as f:  # a header without samples (empty, truncated)
+                    first = f.read(min(1024, max(1, block_frames)), dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001
-            raise AudioError(f"cannot decode audio file {p}: {str(e).splitlines()[0] if str(e) else e}") from None
+            raise AudioError(decode_error(p, e)) from None
+        if len(first) == 0:
+            raise AudioError(f"audio file has no samples: {p}")
         self.path = p
         self.sample_rate_hz = int(info.samplerate)
         self.channels = int(info.channels)

@@ -7,6 +7,7 @@ Units are in the names: ``*_s`` seconds of stream time (since the source began),
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -59,7 +60,8 @@ class Scores:
         d = {
             "t_s": round(self.start_s, 6),
             "level_dbfs": round(self.level_dbfs, 2),
-            "scores": {k: round(v, 6) for k, v in self.as_dict().items()},
+            # a non-finite score (a broken model) is null: a line is always valid JSON
+            "scores": {k: (round(v, 6) if math.isfinite(v) else None) for k, v in self.as_dict().items()},
         }
         if with_source:
             d["source"] = self.source

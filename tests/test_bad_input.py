@@ -192,8 +192,8 @@ def test_empty_zero_frame_and_truncated_files(tmp_path):
     sf.write(zero, np.zeros((0, 1), np.float32), 16000)
     with pytest.raises(AudioError, match="no samples"):
         read_audio(zero)
-    st_, c = run_file(zero)  # a stream with no samples ends cleanly with no windows
-    assert st_.windows == 0 and c.closed and st_.source_error is None
+    with pytest.raises(AudioError, match="no samples"):  # run says what classify says (issue 15 item 19)
+        FileSource(zero)
     full = tmp_path / "full.wav"
     sf.write(full, tone(16000, 8.0), 16000, subtype="PCM_16")
     data = full.read_bytes()

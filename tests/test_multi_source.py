@@ -271,7 +271,7 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
     with open(err_path, "wb") as err_f:
         p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--model",
                               str(tiny_clap_export), "--no-tui"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=err_f, cwd=ROOT, env=env)
+                             stderr=err_f, cwd=ROOT, env=env, start_new_session=True)  # detached: SIGHUP reloads
     feed = Feeder(p, burst_s=6.0, rate_x=2.0)
     feed.start()
     srcs = {"file:room.wav", "stdin:s16le@16000"}

@@ -283,3 +283,54 @@ def test_read_only_state_dir_is_one_line(tiny_clap_export, tmp_path, tmpfs):
     assert r.returncode == 2, r.stderr
     no_traceback(r)
     assert len(r.stderr.strip().splitlines()) == 1 and "not writable" in r.stderr and str(state) in r.stderr
+
+
+# -- item 16: the terminal closing is not a reload
+
+
+def test_terminal_hangup_stops_a_monitor_started_from_a_terminal(tiny_clap_export, tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    slave_name = os.ttyname(slave)
+    os.close(slave)
+
+    def take_terminal():  # a new session whose controlling terminal is the pty (a shell's child)
+        os.setsid()
+        fd = os.open(slave_name, os.O_RDWR)
+        os.close(fd)
+
+    env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
+    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--source", "-", "--rate", "16000", "--no-tui",
+                          "--model", str(tiny_clap_export), "--labels", LABELS, "--events", str(tmp_path / "e.jsonl")],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err.txt", "wb"),
+                         env=env, cwd=ROOT, preexec_fn=take_terminal)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and "labels:" not in (tmp_path / "err.txt").read_text():
+            time.sleep(0.1)
+        p.stdin.write(np.zeros(16000 * 2, "<i2").tobytes())
+        p.stdin.flush()
+        time.sleep(1.0)
+        os.close(master)  # the terminal goes away: the kernel sends SIGHUP to the session
+        rc = p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = (tmp_path / "err.txt").read_text()
+    assert rc == 0, err
+    assert "terminal closed" in err and "reload" not in err.lower()
+
+
+# -- item 17: one models folder, whatever the working directory
+
+
+def test_models_dir_does_not_depend_on_the_working_directory(tiny_clap_export, tmp_path):
+    data = tmp_path / "xdg"
+    shutil.copytree(tiny_clap_export, data / "sound-monitor" / "models" / "clap-tiny")
+    for cwd in (tmp_path, ROOT / "monitor"):
+        r = cli("run", "--source", OWL, "--fast", "--no-tui", "--model", "auto", "--labels", LABELS,
+                state=tmp_path / "state", env_extra={"XDG_DATA_HOME": str(data), "HF_ENDPOINT": "http://127.0.0.1:9"},
+                cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        assert str(data / "sound-monitor" / "models" / "clap-tiny") in r.stderr, r.stderr

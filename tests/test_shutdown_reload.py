@@ -26,7 +26,8 @@ def start_monitor(tmp_path, cfg_text, *extra):
     err = open(tmp_path / "stderr.txt", "wb")
     p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--source", "-",
                           "--rate", "16000", "--model", "offline", "--no-tui", *extra],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env)
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env,
+                         start_new_session=True)  # detached, as under systemd: SIGHUP reloads
     return p, cfg
 
 

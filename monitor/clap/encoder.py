@@ -23,7 +23,7 @@ from monitor.backend import l2_normalise
 from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
-from monitor.files import sha256_file
+from monitor.files import read_manifest, sha256_file
 
 # windows per onnxruntime call: windows pending after a stall, or of several sources, go
 # through together (on 2-core x86 machines not consistently cheaper per window than one by
@@ -131,14 +131,10 @@ class ClapBackend:
         if not p.is_dir():
             raise ModelError(f"model directory not found: {p}")
         mpath = p / "manifest.json"
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelError(f"{p} has no manifest.json: not an exported model (run `sound-monitor export --out {p}`)") from None
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{mpath} is unreadable: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("kind", "clap") != "clap":
-            raise ModelError(f"{mpath} does not describe a CLAP export (kind={manifest.get('kind') if isinstance(manifest, dict) else None!r})")
+        manifest = read_manifest(mpath, f" (run `sound-monitor models fetch clap --out {p}` or `sound-monitor "
+                                        f"export --out {p}`)")
+        if manifest.get("kind", "clap") != "clap":
+            raise ModelError(f"{mpath} does not describe a CLAP export (kind={manifest.get('kind')!r})")
         return cls(p, manifest, threads=threads, int8=int8, spinning=spinning)
 
     def _verify(self, name: str) -> Path:

@@ -22,6 +22,7 @@ reachable on the build machines.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -371,6 +372,36 @@ def frontend_params_from(src_dir: Path) -> FrontendParams:
     )
 
 
+def _clear_earlier_export(out: Path, say: Progress, remove: bool = True) -> None:
+    """``out`` must be new, empty, or an earlier export (whose files are removed, so that the
+    manifest hashes exactly what this export writes, never unrelated files)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    mpath = out / "manifest.json"
+    try:
+        old = json.loads(mpath.read_text()) if mpath.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("kind", "clap") != "clap":
+        raise UserError(f"--out {out} is not empty and holds no earlier export: choose a new or empty folder "
+                        "(nothing was written)")
+    listed = set(old.get("files") or {}) | {"manifest.json"}
+    unknown = sorted(p.name for p in entries if p.name not in listed)
+    if unknown:
+        raise UserError(f"--out {out} holds files that are not part of its earlier export ({', '.join(unknown[:3])}): "
+                        "choose a new or empty folder (nothing was written)")
+    if not remove:
+        return
+    say(f"replacing the earlier export in {out}")
+    for p in entries:
+        p.unlink()
+
+
 def export_clap(
     src: str = DEFAULT_SOURCE,
     out_dir: str | os.PathLike = "models/clap-htsat-unfused",
@@ -381,8 +412,10 @@ def export_clap(
     """Export ``src`` (hub id or local HF dir) into ``out_dir``; returns the manifest."""
     _need_export_deps()
     say = progress or (lambda _m: None)
-    src_dir, revision = resolve_source(src)
     out = Path(out_dir).expanduser()
+    _clear_earlier_export(out, say, remove=False)  # refuse a folder of other files before anything else
+    src_dir, revision = resolve_source(src)
+    _clear_earlier_export(out, say)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

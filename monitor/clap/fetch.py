@@ -41,7 +41,7 @@ from monitor import hub
 from monitor.clap.frontend import ClapFrontend, FrontendParams
 from monitor.config import HubConfig
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file, write_json_atomic
+from monitor.files import sha256_file, verify_listed, write_json_atomic
 
 _PINNED = HubConfig()  # the pinned repositories and commits live in the config's defaults
 DEFAULT_REPO = _PINNED.repo
@@ -89,7 +89,9 @@ def present(out: Path, source: HubConfig) -> dict | None:
     files = m.get("files") or {}
     if not all((out / n).is_file() and (out / n).stat().st_size == s for n, s in (m.get("sizes") or {}).items()):
         return None
-    return m if files else None
+    if not files or verify_listed(out, m):  # every file hashed again: a damaged copy is no copy
+        return None
+    return m
 
 
 # --------------------------------------------------------------------------------------
@@ -234,6 +236,13 @@ def fetch_clap(out: str | os.PathLike, source: HubConfig = _PINNED, say: Say | N
     if done is not None:  # fetched without --int8 before: add the local int8 encoder in place
         return _add_int8(out, done, say, threads)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        try:
+            old = json.loads((out / "manifest.json").read_text())
+            problems = verify_listed(out, old) if isinstance(old, dict) else []
+        except (OSError, ValueError):
+            problems = []
+        if problems:
+            raise UserError(f"{out} is damaged ({'; '.join(problems[:3])}): remove it and fetch again")
         raise UserError(f"{out} exists and is not a fetch of {source.repo}@{source.revision[:12]} ({source.variant}); "
                         "remove it or choose another --out")
     if not hub.reachable():

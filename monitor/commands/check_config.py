@@ -1,4 +1,6 @@
-"""`sound-monitor check-config [PATH]`: validate a config file and print the effective config."""
+"""`sound-monitor check-config [PATH]`: validate a config file, check that the files it names
+exist, and print the effective config (with the device id, state and models dirs that unset
+values resolve to on this machine)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from monitor.config import dump_config, load_config
+    from monitor.config import dump_config, load_config, missing_files
+    from monitor.errors import UserError
 
     path = args.path
     if path is None and Path("config.yaml").exists():
         path = "config.yaml"
     cfg = load_config(path)
-    sys.stdout.write(f"# effective config from {path or 'built-in defaults'}: valid\n")
-    sys.stdout.write(dump_config(cfg))
+    where = path or "built-in defaults"
+    missing = missing_files(cfg)
+    if missing:
+        raise UserError(f"{where}: " + "; ".join(missing))
+    sys.stdout.write(f"# effective config from {where}: valid\n")
+    sys.stdout.write(dump_config(cfg, effective=True))
     return 0

@@ -102,11 +102,23 @@ def run(args: argparse.Namespace) -> int:
         clips.append(audio)
 
     cache_dir = None if args.no_label_cache else Config().state_path / "label-cache"
-    label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
+    one = len(labels) == 1
+    if one:
+        # a softmax over one label is always 1.0: score it against the background prompts,
+        # as `run` does by default (scoring vs-background)
+        from monitor.config import LabelConfig, ScoringConfig
+        from monitor.scoring import Scorer
+
+        scorer = Scorer(backend, [LabelConfig(name=labels[0])], ScoringConfig(templates=tuple(templates)),
+                        cache_dir=cache_dir)
+        print(f"note: one label: its score is its share against {len(scorer.background_emb)} background prompts "
+              "(vs-background), not a softmax over labels", file=sys.stderr)
+    else:
+        label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
     results = []
     for f, audio in zip(args.files, clips):
         emb = backend.embed_audio(audio.samples[None, :])
-        scores = softmax_scores(emb, label_vecs, backend.logit_scale)[0]
+        scores = scorer.score(emb)[0] if one else softmax_scores(emb, label_vecs, backend.logit_scale)[0]
         order = np.argsort(-scores, kind="stable")
         results.append(
             {

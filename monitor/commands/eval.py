@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(msg: str) -> None:
-    print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+    from monitor.logs import say as _say
+
+    _say(msg)
 
 
 def run(args: argparse.Namespace) -> int:

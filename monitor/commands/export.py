@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SRC",
         help=f"Hugging Face id or local Hugging Face directory (default {DEFAULT_SOURCE})",
     )
-    parser.add_argument("--out", metavar="DIR", help="output directory (default models/<name of SRC>)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default ~/.local/share/sound-monitor/models/<name of SRC>, where "
+                             "model: auto finds it)")
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 audio encoder")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for export checks (default 2)")
 
@@ -28,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from monitor.clap.export import export_clap
 
     src = args.model
-    out = Path(args.out) if args.out else Path("models") / Path(src.rstrip("/")).name
+    from monitor.config import default_models_dir
+
+    out = Path(args.out) if args.out else default_models_dir() / Path(src.rstrip("/")).name
     m = export_clap(src, out, int8=args.int8, threads=max(1, args.threads))
     line = (
         f"exported {src} -> {out}: embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}, "

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     f.add_argument("which", choices=["offline", "clap"], help="the model to fetch")
     f.add_argument("--out", "--dir", dest="out", metavar="DIR",
                    help="target folder (default: <models-dir>/clap-htsat-unfused[-int8], or <models-dir>/offline)")
-    f.add_argument("--models-dir", default="models")
+    f.add_argument("--models-dir", default=None, help="default: model.models_dir, ~/.local/share/sound-monitor/models")
     f.add_argument("--variant", choices=["fp32", "int8"], default=_HUB.variant,
                    help="clap: fp32 (about 620 MB) or int8 (about 161 MB, quantised audio and text encoders)")
     f.add_argument("--repo", default=_HUB.repo, help=f"clap: the ONNX repository (default {_HUB.repo})")
@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
                    help="clap fp32: also quantise the audio encoder here with the project's int8 (for model.int8: true)")
     f.add_argument("--threads", type=int, default=2, help="CPU threads for the graph checks")
     lst = sub.add_parser("list", help="list the models present")
-    lst.add_argument("--models-dir", default="models")
+    lst.add_argument("--models-dir", default=None, help="default: ~/.local/share/sound-monitor/models")
 
 
 def _say(msg: str) -> None:
@@ -42,7 +42,12 @@ def _say(msg: str) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from monitor.config import default_models_dir
+    from monitor.errors import UserError
     from monitor.offline.fetch import default_dir, fetch_offline, is_complete
+
+    if args.models_dir is None:
+        args.models_dir = str(default_models_dir())
 
     if args.models_cmd == "fetch" and args.which == "offline":
         target = Path(args.out) if args.out else default_dir(args.models_dir)
@@ -69,8 +74,20 @@ def run(args) -> int:
         return 0
     from monitor.model_select import find_clap_export
 
+    from monitor.files import read_manifest, verify_listed
+
+    def checked(folder: Path) -> str:
+        """`folder (ok: N files verified)` or what is wrong (every file is hashed)."""
+        try:
+            problems = verify_listed(folder, read_manifest(folder / "manifest.json"))
+        except UserError as e:
+            problems = [str(e)]
+        if problems:
+            return f"{folder} (DAMAGED: {'; '.join(problems[:3])}; remove it and fetch again)"
+        return f"{folder} (ok: every file matches its sha256)"
+
     clap = find_clap_export(Path(args.models_dir))
     off = default_dir(args.models_dir)
-    print(f"clap:    {clap or 'none (sound-monitor models fetch clap)'}")
-    print(f"offline: {off if is_complete(off) else 'not fetched (sound-monitor models fetch offline)'}")
+    print(f"clap:    {checked(clap) if clap else 'none (sound-monitor models fetch clap)'}")
+    print(f"offline: {checked(off) if is_complete(off) else 'not fetched (sound-monitor models fetch offline)'}")
     return 0

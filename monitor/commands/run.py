@@ -27,14 +27,16 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", help='comma-separated labels, e.g. "dog barking,smoke alarm"')
     p.add_argument("--scoring", choices=["softmax", "vs-background"])
     p.add_argument("--template", help='prompt template, e.g. "This is a sound of {}."')
-    p.add_argument("--threshold", type=float, help="event threshold for every label (0..1)")
+    p.add_argument("--threshold", type=float,
+                   help="event threshold for every label (0..1); overrides per-label thresholds in the config")
     p.add_argument("--mqtt", help="mqtt://[user@]host[:port] or mqtts://... (password: env/file only)")
     p.add_argument("--rate", type=int, help="stdin/mic sample rate in Hz")
     p.add_argument("--channels", type=int, help="stdin/mic channel count")
     p.add_argument("--format", choices=["s16le", "f32le"], help="stdin sample format")
     p.add_argument("--hop", type=float, help="seconds between windows (default 1.0)")
     p.add_argument("--watch-config", action="store_true",
-                   help="reload the config file when it changes (SIGHUP always reloads it)")
+                   help="reload the config file when it changes (SIGHUP reloads it when the monitor runs "
+                        "detached, e.g. under systemd; from a terminal SIGHUP stops it)")
 
 
 def _overrides(args) -> dict:
@@ -73,7 +75,13 @@ def load_effective_config(args):
     if path is None and Path("config.yaml").is_file():
         path = "config.yaml"
     cfg = load_config(path)
-    return with_overrides(cfg, _overrides(args), where=f"{path or 'defaults'} + command line")
+    # a bare start (no source on the command line or in the file) may fall back to the demo
+    args.source_explicit = bool(args.source) or "input" in cfg.source.model_fields_set
+    ov = _overrides(args)
+    if args.threshold is not None and cfg.labels and ov.get("labels") is None:
+        # --threshold means every label: per-label thresholds in the file give way
+        ov["labels"] = [lab.model_dump(mode="python") | {"threshold": None} for lab in cfg.labels]
+    return with_overrides(cfg, ov, where=f"{path or 'defaults'} + command line")
 
 
 def _device(text: str):
@@ -81,9 +89,13 @@ def _device(text: str):
     return int(text) if text.isdigit() else text
 
 
-def make_source(cfg, say, spec: str | None = None, several: bool = False):
+def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_ok: bool = False):
     """One source of ``cfg.source.inputs`` (default: the first) -> (source, is_demo, reopen):
-    ``reopen`` rebuilds a lost microphone (None: not restartable)."""
+    ``reopen`` rebuilds a lost microphone (None: not restartable).
+
+    A microphone that is not there is waited for (reported ``lost``, reopened with backoff);
+    only a bare start (``demo_ok``: no source and no MQTT configured) plays the bundled demo
+    recording instead, so a configured monitor never publishes demo audio."""
     from monitor.errors import UserError
     from monitor import sources
 
@@ -91,22 +103,41 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False):
     spec = sc.inputs[0] if spec is None else spec
     if spec == "mic" or spec.startswith("mic:"):
         device = sc.device if spec == "mic" else _device(spec[4:])
-        if not sources.has_input_device():
-            if several:
-                raise UserError(f"no audio input device found for source {spec!r} (see `sound-monitor devices`)")
-            say("no audio input device found: running on the bundled DEMO recording instead "
-                "(animal sounds; use --source PATH or - for other audio)")
-            return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
 
         def reopen():
             return sources.MicSource(device, sc.sample_rate_hz, sc.channels, sc.block_frames)
 
-        return reopen(), False, reopen
+        present = sources.has_input_device()
+        if not present and demo_ok and not several:
+            say("no audio input device found: running on the bundled DEMO recording instead "
+                "(animal sounds; use --source PATH or - for other audio)")
+            return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
+        try:
+            if present:
+                return reopen(), False, reopen
+            reason = "no audio input device found"
+        except UserError as e:
+            reason = str(e)
+        name = f"mic:{device}" if device is not None else "mic"
+        say(f"{reason}: waiting for {name} (reported lost, retried with backoff; see `sound-monitor devices`)")
+        return sources.AbsentSource(name, sc.sample_rate_hz or 48000, sc.channels, reason), False, reopen
     if spec == "-":
         if not sc.sample_rate_hz:
             raise UserError("stdin needs its sample rate: --rate HZ (and --channels, --format if not 1, s16le)")
         return sources.StdinSource(sc.sample_rate_hz, sc.channels, sc.format, sc.block_frames), False, None
     return sources.FileSource(spec, sc.block_frames, realtime=sc.realtime), False, None
+
+
+def _has_terminal() -> bool:
+    """True when this process has a controlling terminal (started from a shell)."""
+    import os
+
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def source_names(srcs) -> list[str]:
@@ -176,8 +207,14 @@ def run(args) -> int:
     from monitor.state import StateLock
 
     def say(msg: str) -> None:
-        print(f"sound-monitor: {msg}", file=sys.stderr, flush=True)
+        from monitor.logs import say as _say
 
+        _say(msg)
+
+    if args.config is None and Path("config.yaml").is_file():
+        # the implicit ./config.yaml is fixed at start: if it is deleted later, a reload
+        # fails (and the running config stays) instead of falling back to the defaults
+        args.config = "config.yaml"
     cfg = with_default_labels(load_effective_config(args), say)
     lock = StateLock(cfg.state_path, cfg.device)  # one monitor per device and state dir
     try:
@@ -198,7 +235,8 @@ def _run(args, cfg, say) -> int:
 
     inputs = cfg.source.inputs
     several = len(inputs) > 1
-    made = [make_source(cfg, say, spec, several) for spec in inputs]
+    demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
+    made = [make_source(cfg, say, spec, several, demo_ok) for spec in inputs]
     srcs = [m[0] for m in made]
     names = source_names(srcs)
     demo = any(m[1] for m in made)
@@ -275,7 +313,7 @@ def _run(args, cfg, say) -> int:
         for pipe in pipes:
             pipe.swap_live(new_scorer, new_rules)
 
-    config_path = args.config or ("config.yaml" if Path("config.yaml").is_file() else None)
+    config_path = args.config
     reloader = ConfigReloader(lambda: with_default_labels(load_effective_config(args), say), apply_live, cfg, stop,
                               watch_path=config_path if args.watch_config else None, say=say)
 
@@ -283,8 +321,14 @@ def _run(args, cfg, say) -> int:
         say("stopping (closing open events, flushing outputs)")
         stop_all()
 
+    attached = _has_terminal()
+
     def _on_hup(signum, frame):  # noqa: ARG001
-        reloader.request()
+        if attached:  # the terminal went away: a monitor must not live on, orphaned
+            say("the terminal closed (SIGHUP): stopping")
+            stop_all()
+        else:  # detached (systemd, nohup, setsid): SIGHUP means reload the config
+            reloader.request()
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -317,7 +361,16 @@ def _run(args, cfg, say) -> int:
     def refresh(state):
         state.dropped_windows = sum(p.stats.dropped_windows for p in pipes)
         state.dropped_frames = sum(p.stats.dropped_frames for p in pipes)
-        state.sinks = {s.name: s.status().get("state", "ok") for s in all_sinks if s is not term}
+        sinks_status = {}
+        for s in all_sinks:
+            if s is term or s is journal:
+                continue
+            st = s.status()
+            text = st.get("state", "ok")
+            if "backlog" in st:  # the MQTT outbox: what waits for the broker, and for how long
+                text += f", backlog {st['backlog']}" + (f" ({st['backlog_age_s']:.0f} s)" if st["backlog"] else "")
+            sinks_status[s.name] = text
+        state.sinks = sinks_status
         status = [p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in pipes]
         state.source_status = status[0] if not several else ", ".join(f"{p.name}: {st}" for p, st in zip(pipes, status))
 
@@ -343,7 +396,8 @@ def _run(args, cfg, say) -> int:
         if st is None:
             continue
         who = f"{pipe.name}: " if several else ""
-        say(f"{who}finished: {st.windows} windows ({st.gated} below the gate), {st.events} events, "
+        say(f"{who}finished: {st.windows} windows ({st.gated} below the gate), "
+            f"{st.events_started} event(s) ({st.events} start/end messages), "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
             + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
             + (f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "

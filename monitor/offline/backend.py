@@ -24,8 +24,10 @@ import numpy as np
 
 from monitor.backend import l2_normalise
 from monitor.errors import ModelError
+from monitor.files import read_manifest
 from monitor.offline import features
 from monitor.offline.fetch import FILES, default_dir, fetch_offline, is_complete, sha256_file
+from monitor.logs import say as _say
 
 TOP_K = 5
 TEMPERATURE = 0.03
@@ -58,10 +60,9 @@ class OfflineBackend:
     def __init__(self, directory: Path, threads: int = 2):
         self.dir = Path(directory)
         mpath = self.dir / "manifest.json"
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{mpath} is missing or unreadable ({e}); run `sound-monitor models fetch offline`") from None
+        manifest = read_manifest(mpath, "; run `sound-monitor models fetch offline`")
+        if not isinstance(manifest.get("files"), dict):
+            raise ModelError(f"{mpath} lists no files; run `sound-monitor models fetch offline`")
         for f in FILES:
             p = self.dir / f
             if not p.is_file():
@@ -85,12 +86,12 @@ class OfflineBackend:
         return cls(Path(path), threads)
 
     @classmethod
-    def load(cls, threads: int = 2, cache_dir=None, models_dir="models", fetch: bool = True) -> "OfflineBackend":
+    def load(cls, threads: int = 2, cache_dir=None, models_dir=None, fetch: bool = True) -> "OfflineBackend":
         target = Path(cache_dir) if cache_dir else default_dir(models_dir)
         if not is_complete(target):
             if not fetch:
                 raise ModelError(f"the offline model is not in {target}; run `sound-monitor models fetch offline`")
-            fetch_offline(target, say=lambda m: print(f"sound-monitor: {m}", file=sys.stderr, flush=True))
+            fetch_offline(target, say=_say)
         return cls(target, threads)
 
     # -- audio ---------------------------------------------------------------------------------

@@ -45,11 +45,15 @@ FILES = ("yamnet.onnx", "yamnet_class_map.csv", "minilm.onnx", "tokenizer.json")
 EMBEDDING_TENSOR = "/model/Reshape_output_0"  # YAMNet's 1024-d pooled embedding
 
 
-def default_dir(models_dir: str | os.PathLike = "models") -> Path:
+def default_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """``<models_dir>/offline`` when writable, else ``~/.cache/sound-monitor/offline``."""
     env = os.environ.get("SOUND_MONITOR_OFFLINE_DIR")
     if env:
         return Path(env).expanduser()
+    if models_dir is None:
+        from monitor.config import default_models_dir
+
+        models_dir = default_models_dir()
     p = Path(models_dir).expanduser() / "offline"
     if (p / "manifest.json").is_file():
         return p

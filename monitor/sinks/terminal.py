@@ -1,17 +1,22 @@
 """Terminal output: a rich live view on a TTY, plain log lines otherwise.
 
 The view is drawn from a ``ViewState`` snapshot, so ``render(state)`` can be printed to a
-recording Console in tests. rich is imported only here.
+recording Console in tests. rich is imported only here. Plain lines (events, a status line
+every few seconds) go through the ``sound-monitor`` logger, in the one log format; under the
+live view every log line is printed above it (monitor/logs.py), so nothing breaks it. With
+more labels than the terminal has rows, the view shows the highest-scoring ones (active
+first) and says how many are left out.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from monitor.logs import NAME, under_live
 from monitor.sinks.base import Sink
 from monitor.types import Event, Scores
 
@@ -48,7 +53,10 @@ def _bar(value: float, threshold: float, width: int = 30) -> str:
     return "".join(cells)
 
 
-def render(state: ViewState):
+FIXED_ROWS = 12  # panel border, title, header, level/status lines, recent-events heading
+
+
+def render(state: ViewState, height: int | None = None):
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -63,7 +71,24 @@ def render(state: ViewState):
         t.add_column(name[:24], justify="right")
     t.add_column("bar (| = threshold)")
     t.add_column("")
-    for lab in state.labels:
+    n_recent = 5
+    labels = list(state.labels)
+    hidden = 0
+    if height is not None:
+        room = max(1, height - FIXED_ROWS - n_recent - (len(state.by_source) if several else 0))
+        if len(labels) > room:
+            n_recent = max(1, min(n_recent, height - FIXED_ROWS - 4))
+            room = max(1, height - FIXED_ROWS - n_recent - 1 - (len(state.by_source) if several else 0))
+
+            def score(lab):
+                if several:
+                    return max(float(state.by_source[n]["scores"].get(lab, 0.0)) for n in names)
+                return float(state.scores.get(lab, 0.0))
+
+            keep = set(sorted(labels, key=lambda lab: (lab not in state.active, -score(lab)))[:room])
+            hidden = len(labels) - len(keep)
+            labels = [lab for lab in labels if lab in keep]
+    for lab in labels:
         if several:
             per = [float(state.by_source[n]["scores"].get(lab, 0.0)) for n in names]
             s = max(per)
@@ -78,6 +103,8 @@ def render(state: ViewState):
         if on and several and state.active_sources.get(lab):
             mark += " (" + ", ".join(sorted(state.active_sources[lab])) + ")"
         t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), Text(mark, style="bold red") if on else "")
+    if hidden:
+        t.add_row(Text(f"… {hidden} more label(s) below these scores", style="dim"))
     if several:
         lines = []
         for n in names:
@@ -97,15 +124,17 @@ def render(state: ViewState):
         + f"source: {state.source_status}  "
         + "sinks: " + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
     )
-    recent = Text("\n".join(state.recent[-5:]) or "no events yet")
+    recent = Text("\n".join(state.recent[-n_recent:]) or "no events yet")
     return Panel(Group(t, info, Text("recent events:", style="bold"), recent), title=title)
 
 
 def format_event(ev: Event) -> str:
     if ev.type == "start":
-        return f"[{ev.wall_time}] START {ev.label!r} at {ev.start_s:.1f} s (score {ev.score:.2f})"
+        return f"START {ev.label!r} at {ev.start_s:.1f} s (score {ev.score:.2f})"
+    if ev.end_s is None:  # ended on the next start after a crash
+        return f"END   {ev.label!r} from {ev.start_s:.1f} s ({ev.reason or 'ended'}; peak {ev.peak_score:.2f})"
     return (
-        f"[{ev.wall_time}] END   {ev.label!r} {ev.start_s:.1f}–{ev.end_s:.1f} s "
+        f"END   {ev.label!r} {ev.start_s:.1f}–{ev.end_s:.1f} s "
         f"({ev.duration_s:.1f} s, peak {ev.peak_score:.2f})"
     )
 
@@ -116,9 +145,12 @@ class TerminalSink(Sink):
     name = "terminal"
 
     def __init__(self, state: ViewState, *, live: bool, status_every_s: float = 10.0, stream=None):
+        import sys
+
         self.state = state
         self.live = live
-        self._stream = stream or sys.stderr
+        self._stream = stream or sys.stderr  # the live view's terminal
+        self._log = logging.getLogger(NAME)
         self._every = status_every_s
         self._last_status: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -141,10 +173,10 @@ class TerminalSink(Sink):
             else:
                 self.state.active.discard(event.label)
             self.state.active_sources[event.label] = set(ids.values())
-            self.state.recent.append(line)
+            self.state.recent.append(f"{event.wall_time[11:19]}Z {line}")
             del self.state.recent[:-20]
         if not self.live:
-            print(line, file=self._stream, flush=True)
+            self._log.info("%s", line)
 
     def on_scores(self, scores: Scores) -> None:
         with self._lock:
@@ -164,22 +196,21 @@ class TerminalSink(Sink):
             top = sorted(self.state.scores.items(), key=lambda kv: -kv[1])[:3]
             tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
             who = f"[{scores.source}] " if len(self.state.by_source) > 1 else ""
-            print(
-                f"{who}t={scores.end_s:.1f}s level {scores.level_dbfs:.1f} dBFS"
-                f"{' (gated)' if scores.gated else ''} top: {tops}",
-                file=self._stream,
-                flush=True,
-            )
+            self._log.info("%st=%.1fs level %.1f dBFS%s top: %s", who, scores.end_s, scores.level_dbfs,
+                           " (gated)" if scores.gated else "", tops)
 
     def run_live(self, refresh: Callable[[ViewState], None], done: threading.Event) -> None:
         """Draw the live view until ``done`` is set (called on the main thread)."""
         from rich.console import Console
         from rich.live import Live
 
-        with Live(render(self.state), console=Console(file=self._stream), refresh_per_second=4, transient=False) as live:
+        console = Console(file=self._stream)
+        with Live(render(self.state, console.size.height), console=console, refresh_per_second=4,
+                  transient=False) as live, under_live(live.console):
             while not done.wait(0.25):
                 refresh(self.state)
                 with self._lock:
-                    live.update(render(self.state))
+                    live.update(render(self.state, live.console.size.height))
             refresh(self.state)
-            live.update(render(self.state))
+            with self._lock:
+                live.update(render(self.state, live.console.size.height))

@@ -1,0 +1,87 @@
+"""One format for everything the monitor writes to stderr: UTC time, level, who, message.
+
+``2026-12-01T18:49:09.123Z INFO sound-monitor: model clap-htsat-unfused: ...`` -- banner
+lines (``say``), events and status lines in plain mode, and every library warning share
+it. Under the live view the same lines are printed above the view by rich (they never
+break it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+NAME = "sound-monitor"  # the logger of what the monitor says to its user (banner, events)
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UTCFormatter(logging.Formatter):
+    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def setup(verbosity: int = 0, stream=None) -> None:
+    """stderr handler with the UTC format; the user's lines at INFO, the modules' at WARNING
+    (-v: INFO, -vv: DEBUG); SOUND_MONITOR_LOG_LEVEL (a number) overrides the modules' level."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(UTCFormatter(FORMAT))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    level = logging.WARNING - 10 * min(verbosity, 2)
+    env = os.environ.get("SOUND_MONITOR_LOG_LEVEL", "")
+    if env.isdigit():
+        level = int(env)
+    root.setLevel(level)
+    logging.getLogger(NAME).setLevel(min(level, logging.INFO))
+
+
+def say(msg: str) -> None:
+    """A line for the user (banner, progress): INFO of the ``sound-monitor`` logger; printed
+    in the common format when logging is not set up (library use)."""
+    logger = logging.getLogger(NAME)
+    if logging.getLogger().handlers:
+        logger.info("%s", msg)
+    else:
+        print(f"{UTCFormatter().formatTime(logging.makeLogRecord({}))} INFO {NAME}: {msg}", file=sys.stderr, flush=True)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records printed through a rich Console (above a Live view, not through it)."""
+
+    def __init__(self, console):
+        super().__init__()
+        self.console = console
+        self.setFormatter(UTCFormatter(FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class under_live:
+    """Context: while a Live view draws on ``console``, log lines go through it."""
+
+    def __init__(self, console):
+        self.handler = ConsoleHandler(console)
+        self._saved: list[logging.Handler] = []
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self._saved = list(root.handlers)
+        for h in self._saved:
+            root.removeHandler(h)
+        root.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        for h in self._saved:
+            root.addHandler(h)
+        return False
