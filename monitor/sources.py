@@ -88,15 +88,18 @@ class MicSource:
         self._put(indata.copy())
 
     def run(self, put: Put, stop: threading.Event) -> None:
+        from monitor.audio_io import quiet_stderr
+
         self._put = put
-        stream = self._sd.InputStream(
-            device=self.device,
-            samplerate=self.sample_rate_hz,
-            channels=self.channels,
-            blocksize=self.block_frames,
-            dtype="float32",
-            callback=self.callback,
-        )
+        with quiet_stderr():  # ALSA and PortAudio print their own failure lines on fd 2
+            stream = self._sd.InputStream(
+                device=self.device,
+                samplerate=self.sample_rate_hz,
+                channels=self.channels,
+                blocksize=self.block_frames,
+                dtype="float32",
+                callback=self.callback,
+            )
         with stream:
             while not stop.wait(0.2):
                 if not stream.active:

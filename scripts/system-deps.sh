@@ -1,11 +1,17 @@
 #!/bin/sh
 # Debian packages the tests need: mosquitto (a real broker on 127.0.0.1), PortAudio (the
-# sounddevice library), openssl (test certificates). Installs only what is missing.
+# sounddevice library), openssl (test certificates), PulseAudio with its ALSA plugin (a real
+# capture device: a null sink's monitor, tests/test_pulse_capture.py). Installs only what
+# is missing.
 set -e
 need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need="$need libportaudio2"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v pulseaudio >/dev/null 2>&1 || need="$need pulseaudio"
+command -v pactl >/dev/null 2>&1 || need="$need pulseaudio-utils"
+[ -e /usr/lib/x86_64-linux-gnu/alsa-lib/libasound_module_pcm_pulse.so ] || \
+  [ -n "$(find /usr/lib -name libasound_module_pcm_pulse.so 2>/dev/null | head -1)" ] || need="$need libasound2-plugins"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
   echo "system-deps: please install:$need (apt-get install -y$need)" >&2; exit 1; fi
