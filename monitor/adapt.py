@@ -386,6 +386,7 @@ class AdaptedBackend:
         self.name = f"{base.name}+{adapter.kind}"
         self.sample_rate_hz = base.sample_rate_hz
         self.window_s = base.window_s
+        self.crop_s = base.crop_s
         self.embedding_dim = adapter.d_a
         self.logit_scale = float(meta.get("logit_scale", 1.0))
         self.label_norm = float(meta.get("label_norm", 1.0))

@@ -117,6 +117,45 @@ def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Au
     return Audio(mono, out_rate, int(rate), channels, n_bad)
 
 
+def stream_audio(path: str | os.PathLike, sample_rate_hz: int, block_s: float = 2.0):
+    """Decode a file block by block -> (info, generator of float32 mono blocks at
+    ``sample_rate_hz``), resampled as one stream (soxr VHQ, the quality of ``read_audio``):
+    memory stays at a few blocks whatever the file's length. The generator's return value
+    (``StopIteration.value``) is the number of NaN/Inf samples replaced by 0."""
+    import soundfile as sf
+
+    from monitor.resample import StreamResampler
+
+    p = Path(path)
+    try:
+        with quiet_stderr():
+            info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError, EOFError) as e:
+        raise AudioError(decode_error(p, e)) from None
+
+    def blocks():
+        rs = StreamResampler(int(info.samplerate), int(sample_rate_hz), quality="VHQ")
+        bad = 0
+        frames = max(1, int(block_s * info.samplerate))
+        try:
+            with sf.SoundFile(str(p)) as f:
+                while True:
+                    data = f.read(frames, dtype="float32", always_2d=True)
+                    last = len(data) < frames
+                    mono, n_bad = sanitise(downmix(data))
+                    bad += n_bad
+                    out = rs.process(mono, last=last)
+                    if out.size:
+                        yield out
+                    if last:
+                        break
+        except sf.LibsndfileError as e:
+            raise AudioError(f"error while decoding {p}: {e}") from None
+        return bad
+
+    return info, blocks()
+
+
 def list_audio_files(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())

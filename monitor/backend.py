@@ -26,6 +26,10 @@ class Backend(Protocol):
     embedding_dim: int
     logit_scale: float
     cache_key: str  # changes whenever the weights change (e.g. sha256 of the ONNX files)
+    # clips longer than this are embedded as the mean of consecutive crops of this length
+    # (the last one ending at the clip's end; see monitor.clap.frontend.crop_starts), so a
+    # long file can be embedded crop by crop; None: the whole clip at once
+    crop_s: float | None
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray: ...
 

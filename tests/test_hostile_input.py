@@ -256,3 +256,32 @@ def test_models_list_verifies_hashes(tiny_clap_export, tmp_path):
         f.write(b"\x00\x01\x02")
     r = cli("models", "list", "--models-dir", models, state=tmp_path / "s")
     assert "DAMAGED" in r.stdout and victim.name in r.stdout, r.stdout
+
+
+# -- item 10: classify streams long files (same scores, memory of a few crops)
+
+
+def test_long_file_classify_streams_crop_by_crop(tiny_clap_export, tmp_path):
+    import soundfile as sf
+
+    from monitor.audio_io import read_audio
+    from monitor.clap.encoder import ClapBackend
+    from monitor.commands import classify
+
+    parts = [read_audio(p, 44100).samples for p in sorted((ROOT / "monitor" / "demo").glob("*.mp3"))]
+    x = np.concatenate(parts * 3)[: int(75.3 * 44100)]
+    f = tmp_path / "long.wav"
+    sf.write(f, np.stack([x, 0.5 * x], 1), 44100)
+    b = ClapBackend.from_dir(tiny_clap_export, threads=1)
+    whole = b.embed_audio(read_audio(f, b.sample_rate_hz).samples[None, :])
+    streamed, duration = classify.embed_streamed(f, b)
+    assert duration == pytest.approx(75.3, abs=1e-3)
+    np.testing.assert_allclose(streamed, whole, atol=1e-6)
+    assert 75.3 > classify.STREAM_S
+    r = cli("classify", f, "--model", tiny_clap_export, "--labels", "owl,dog", "--json", state=tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)[0]["scores"]
+    from monitor.labels import label_embeddings, softmax_scores
+
+    want = softmax_scores(whole, label_embeddings(b, ["owl", "dog"]), b.logit_scale)[0]
+    assert {s["label"]: s["score"] for s in top} == pytest.approx({"owl": want[0], "dog": want[1]}, abs=1e-5)

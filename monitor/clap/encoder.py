@@ -78,6 +78,7 @@ class ClapBackend:
             self.embedding_dim = int(manifest["embedding_dim"])
             self.logit_scale = float(manifest["logit_scale"])
             self.window_s = float(manifest.get("window_s", 5.0))
+            self.crop_s: float | None = self.frontend.max_samples / self.frontend.params.sample_rate_hz
             files: dict[str, str] = dict(manifest["files"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"{path / 'manifest.json'} is incomplete or invalid ({type(e).__name__}: {e})") from None

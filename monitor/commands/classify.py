@@ -4,8 +4,10 @@ For clips of at most 10 s at 48 kHz the scores equal
 ``transformers.pipeline("zero-shot-audio-classification")`` on the same checkpoint (softmax
 over the labels of ``logit_scale * cos``). Other rates are resampled (soxr); longer files
 are scored deterministically: the embeddings of consecutive 10 s crops (the last one
-ending at the end of the file) are averaged, then scored. Nothing heavy is imported at
-module level.
+ending at the end of the file) are averaged, then scored. Files longer than ``STREAM_S``
+are decoded and embedded crop by crop (same result, memory of a few crops whatever the
+length) when the backend embeds long clips by crops (``crop_s``). Nothing heavy is
+imported at module level.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from monitor.config import DEFAULT_TEMPLATE, clean_label
 from monitor.errors import ModelError, UserError
 
 log = logging.getLogger(__name__)
+
+STREAM_S = 60.0  # longer files are streamed (decoded and embedded crop by crop)
+CROP_BATCH = 4  # crops per model call while streaming
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,12 +99,24 @@ def run(args: argparse.Namespace) -> int:
         backend = maybe_adapt(backend, args.adapter)
     log.info("model: %s (%s)", backend.name, selected.reason)
 
-    clips = []
-    for f in args.files:
+    def embed_file(f):
+        """-> (embedding [1, D], duration_s)"""
+        import soundfile as sf
+
+        from monitor.audio_io import quiet_stderr
+
+        try:
+            with quiet_stderr():
+                info = sf.info(str(f))
+            long = backend.crop_s is not None and info.duration > STREAM_S
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+            long = False  # read_audio reports what is wrong with it
+        if long:
+            return embed_streamed(f, backend)
         audio = read_audio(f, backend.sample_rate_hz)
         if audio.nonfinite:
             print(f"warning: {f}: {audio.nonfinite} NaN/Inf samples replaced by 0", file=sys.stderr)
-        clips.append(audio)
+        return backend.embed_audio(audio.samples[None, :]), len(audio.samples) / audio.sample_rate_hz
 
     cache_dir = None if args.no_label_cache else Config().state_path / "label-cache"
     one = len(labels) == 1
@@ -116,14 +133,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
     results = []
-    for f, audio in zip(args.files, clips):
-        emb = backend.embed_audio(audio.samples[None, :])
+    for f in args.files:
+        emb, duration_s = embed_file(f)
         scores = scorer.score(emb)[0] if one else softmax_scores(emb, label_vecs, backend.logit_scale)[0]
         order = np.argsort(-scores, kind="stable")
         results.append(
             {
                 "file": str(f),
-                "duration_s": len(audio.samples) / audio.sample_rate_hz,
+                "duration_s": duration_s,
                 "scores": [{"label": labels[i], "score": float(scores[i])} for i in order],
             }
         )
@@ -139,3 +156,61 @@ def run(args: argparse.Namespace) -> int:
                 bar = "#" * int(round(s["score"] * 30))
                 print(f"  {s['score']:7.4f}  {s['label']:<{width}}  {bar}")
     return 0
+
+
+def embed_streamed(path, backend):
+    """A long file crop by crop: the consecutive ``crop_s`` crops that are not the last and
+    the final crop ending at the file's end (``crop_starts``), embedded ``CROP_BATCH`` at a
+    time and averaged -- what ``backend.embed_audio`` gives on the whole file, without
+    holding it. -> (embedding [1, D], duration_s)"""
+    import numpy as np
+
+    from monitor.audio_io import stream_audio
+    from monitor.backend import l2_normalise
+    from monitor.errors import AudioError
+
+    rate = backend.sample_rate_hz
+    L = int(round(backend.crop_s * rate))
+    _, blocks = stream_audio(path, rate)
+    buf = np.zeros(0, np.float32)  # samples from buf_start on
+    buf_start = 0
+    total = 0
+    next_start = 0
+    pending: list[np.ndarray] = []
+    acc = None
+    count = 0
+
+    def flush():
+        nonlocal acc, count, pending
+        if pending:
+            e = backend.embed_audio(np.stack(pending)).sum(axis=0)
+            acc = e if acc is None else acc + e
+            count += len(pending)
+            pending = []
+
+    bad = 0
+    try:
+        while True:
+            block = next(blocks)
+            buf = np.concatenate([buf, block])
+            total += block.size
+            while total > next_start + L:  # a crop with more audio after it is not the last
+                pending.append(buf[next_start - buf_start: next_start - buf_start + L].copy())
+                next_start += L
+                if len(pending) >= CROP_BATCH:
+                    flush()
+            keep_from = min(next_start, total - L) if total > L else 0  # the last L samples stay for the final crop
+            if keep_from > buf_start:
+                buf = buf[keep_from - buf_start:]
+                buf_start = keep_from
+    except StopIteration as stop:
+        bad = stop.value or 0
+    if total == 0:
+        raise AudioError(f"audio file has no samples: {path}")
+    if bad:
+        print(f"warning: {path}: {bad} NaN/Inf samples replaced by 0", file=sys.stderr)
+    if total <= L:
+        return backend.embed_audio(buf[None, :]), total / rate
+    pending.append(buf[total - L - buf_start:].copy())
+    flush()
+    return l2_normalise(acc / count)[None, :], total / rate

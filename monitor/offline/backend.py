@@ -55,6 +55,7 @@ class OfflineBackend:
     sample_rate_hz = features.SAMPLE_RATE_HZ
     window_s = 5.0
     embedding_dim = 521
+    crop_s = None  # class probabilities are averaged over every 0.96 s patch of the clip
     logit_scale = 10.0
 
     def __init__(self, directory: Path, threads: int = 2):
