@@ -35,7 +35,7 @@ class Selected:
 def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if not path.is_dir():
         raise ModelError(f"model directory not found: {path} (run `sound-monitor models fetch clap --out {path}` "
-                         "or `sound-monitor export --out {path}`, or use --model offline)")
+                         f"or `sound-monitor export --out {path}`, or use --model offline)")
     manifest = path / "manifest.json"
     if not manifest.is_file():
         raise ModelError(f"{path} has no manifest.json: not an exported model (run `sound-monitor export --model SRC --out {path}`)")
