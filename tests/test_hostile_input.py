@@ -285,3 +285,52 @@ def test_long_file_classify_streams_crop_by_crop(tiny_clap_export, tmp_path):
 
     want = softmax_scores(whole, label_embeddings(b, ["owl", "dog"]), b.logit_scale)[0]
     assert {s["label"]: s["score"] for s in top} == pytest.approx({"owl": want[0], "dog": want[1]}, abs=1e-5)
+
+
+# -- item 20: the live view stays whole: logs above it, rows fit the terminal, backlog shown
+
+
+def test_live_view_fits_and_shows_backlog():
+    from rich.console import Console
+
+    from monitor.sinks.terminal import ViewState, render
+
+    labels = tuple(f"label number {i}" for i in range(30))
+    st = ViewState(model="m", source="mic", labels=labels, thresholds={l: 0.5 for l in labels},
+                   scores={l: i / 30 for i, l in enumerate(labels)}, active={"label number 3"},
+                   sinks={"mqtt": "connected, backlog 12 (40 s)"}, source_status="ok")
+    con = Console(record=True, width=80, height=24, force_terminal=True)
+    con.print(render(st, 24))
+    text = con.export_text()
+    assert len(text.rstrip("\n").splitlines()) <= 24, text
+    assert "source: ok" in text and "backlog 12" in text
+    assert "label number 3 " in text and "label number 29" in text  # active first, then the highest
+    assert "more label(s)" in text
+
+
+def test_logs_go_through_the_live_console(tmp_path):
+    import io
+    import logging
+    import threading
+
+    from monitor import logs
+    from monitor.sinks.terminal import TerminalSink, ViewState
+
+    err = io.StringIO()
+    logs.setup(0, stream=err)
+    out = io.StringIO()
+    sink = TerminalSink(ViewState(labels=("a",)), live=True, stream=out)
+    done = threading.Event()
+    t = threading.Thread(target=sink.run_live, args=(lambda s: None, done))
+    t.start()
+    time.sleep(0.5)
+    logging.getLogger("monitor.test").warning("a warning during the live view")
+    time.sleep(0.5)
+    done.set()
+    t.join(10)
+    assert "a warning during the live view" in out.getvalue()
+    assert "a warning during the live view" not in err.getvalue()  # not written across the view
+    logging.getLogger("monitor.test").warning("after the view")
+    assert "after the view" in err.getvalue()  # the plain handler is back
+    line = [x for x in err.getvalue().splitlines() if "after the view" in x][0]
+    assert line[10] == "T" and line[23] == "Z" and "WARNING monitor.test: after the view" in line
