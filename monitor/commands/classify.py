@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
               "(vs-background), not a softmax over labels", file=sys.stderr)
     else:
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
+        release = getattr(backend, "release_text", None)  # as Scorer does: the text encoder is done
+        if release is not None:
+            release()
     results = []
     for f in args.files:
         emb, duration_s = embed_file(f)
