@@ -92,6 +92,30 @@ def decode_error(p: Path, e: Exception) -> str:
     return f"cannot decode audio file {p}: {msg}"
 
 
+def open_check(path: str | os.PathLike):
+    """A file that can be decoded and holds samples -> its soundfile info; else AudioError
+    with one line (not found, empty, not audio, no samples). Reads one block, not the file."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"audio file not found: {p}")
+    if p.is_dir():
+        raise AudioError(f"expected an audio file, got a directory: {p}")
+    if p.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {p}")
+    try:
+        with quiet_stderr():
+            info = sf.info(str(p))
+            with sf.SoundFile(str(p)) as f:  # a header without samples (empty, truncated)
+                first = f.read(1024, dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several kinds
+        raise AudioError(decode_error(p, e)) from None
+    if len(first) == 0:
+        raise AudioError(f"audio file has no samples: {p}")
+    return info
+
+
 def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Audio:
     """Read an audio file as float32 mono, resampled to ``sample_rate_hz`` when given."""
     import soundfile as sf

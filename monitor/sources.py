@@ -127,24 +127,10 @@ class FileSource:
     """An audio file in blocks; real-time pace unless ``realtime=False`` (``--fast``)."""
 
     def __init__(self, path: str | Path, block_frames: int = 1024, realtime: bool = True):
-        import soundfile as sf
+        from monitor.audio_io import open_check
 
         p = Path(path)
-        if not p.is_file():
-            raise AudioError(f"audio file not found: {p}")
-        if p.stat().st_size == 0:
-            raise AudioError(f"audio file is empty (0 bytes): {p}")
-        from monitor.audio_io import decode_error, quiet_stderr
-
-        try:
-            with quiet_stderr():
-                info = sf.info(str(p))
-                with sf.SoundFile(str(p)) as f:  # a header without samples (empty, truncated)
-                    first = f.read(min(1024, max(1, block_frames)), dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001
-            raise AudioError(decode_error(p, e)) from None
-        if len(first) == 0:
-            raise AudioError(f"audio file has no samples: {p}")
+        info = open_check(p)
         self.path = p
         self.sample_rate_hz = int(info.samplerate)
         self.channels = int(info.channels)

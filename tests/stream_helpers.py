@@ -16,6 +16,7 @@ class BandEnergyBackend:
     sample_rate_hz = 16000
     window_s = 5.0
     embedding_dim = 16
+    crop_s = None  # whole clips at once
     logit_scale = 10.0
     cache_key = "band-energy-test-v1"
 

@@ -108,6 +108,7 @@ class FakeBackend:
     sample_rate_hz = 16000
     window_s = 1.0
     embedding_dim = 8
+    crop_s = None  # whole clips at once
     logit_scale = 10.0
     cache_key = "fake-0"
 

@@ -16,6 +16,7 @@ class CountingBackend:
     sample_rate_hz = 48000
     window_s = 5.0
     embedding_dim = 8
+    crop_s = None  # whole clips at once
     logit_scale = 10.0
 
     def __init__(self, cache_key="k1"):

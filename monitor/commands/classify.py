@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     templates = parse_templates(args.template)
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
-    for f in args.files:
-        p = Path(f)
-        if not p.is_file():
-            raise UserError(f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}")
+    from monitor.audio_io import open_check
+
+    infos = [open_check(f) for f in args.files]  # every file decodes and holds samples, before any model work
 
     try:
         selected = select_backend(args.model, ModelConfig(threads=args.threads, int8=args.int8))
@@ -99,19 +98,9 @@ def run(args: argparse.Namespace) -> int:
         backend = maybe_adapt(backend, args.adapter)
     log.info("model: %s (%s)", backend.name, selected.reason)
 
-    def embed_file(f):
+    def embed_file(f, info):
         """-> (embedding [1, D], duration_s)"""
-        import soundfile as sf
-
-        from monitor.audio_io import quiet_stderr
-
-        try:
-            with quiet_stderr():
-                info = sf.info(str(f))
-            long = backend.crop_s is not None and info.duration > STREAM_S
-        except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
-            long = False  # read_audio reports what is wrong with it
-        if long:
+        if backend.crop_s is not None and info.duration > STREAM_S:
             return embed_streamed(f, backend)
         audio = read_audio(f, backend.sample_rate_hz)
         if audio.nonfinite:
@@ -136,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
         if release is not None:
             release()
     results = []
-    for f in args.files:
-        emb, duration_s = embed_file(f)
+    for f, info in zip(args.files, infos):
+        emb, duration_s = embed_file(f, info)
         scores = scorer.score(emb)[0] if one else softmax_scores(emb, label_vecs, backend.logit_scale)[0]
         order = np.argsort(-scores, kind="stable")
         results.append(
