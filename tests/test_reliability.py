@@ -334,3 +334,11 @@ def test_models_dir_does_not_depend_on_the_working_directory(tiny_clap_export, t
                 cwd=cwd)
         assert r.returncode == 0, r.stderr
         assert str(data / "sound-monitor" / "models" / "clap-tiny") in r.stderr, r.stderr
+
+
+def test_shipped_config_uses_the_fixed_models_dir_and_allows_the_demo():
+    from monitor.config import default_models_dir, load_config
+
+    cfg = load_config(ROOT / "config.yaml")
+    assert cfg.model.models_path == default_models_dir()
+    assert "input" not in cfg.source.model_fields_set and cfg.mqtt.host is None  # a bare `make run` may play the demo
