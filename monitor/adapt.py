@@ -36,9 +36,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -128,14 +128,20 @@ class Adapter:
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, kind=self.kind, format=FORMAT_VERSION, d_a=self.d_a, d_s=self.d_s)
         with open(p, "wb") as f:
-            np.savez(f, meta_json=np.array(json.dumps(meta)), **{k: np.asarray(v, np.float32) for k, v in self.params.items()})
+            np.savez(
+                f,
+                meta_json=np.array(json.dumps(meta)),
+                **{k: np.asarray(v, np.float32) for k, v in self.params.items()},
+            )
         return p
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Adapter":
+    def load(cls, path: str | os.PathLike) -> Adapter:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"adapter file not found: {p} (make one with `sound-monitor eval DATASET --adapter bilinear --save-adapter {p}`)")
+            raise UserError(
+                f"adapter file not found: {p} (make one with `sound-monitor eval DATASET --adapter bilinear --save-adapter {p}`)"
+            )
         try:
             with np.load(p, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta_json"]))
@@ -288,8 +294,17 @@ def fit(
     max_epochs = max_epochs or MAX_EPOCHS[kind]
     best = (-1.0, 0.0, max_epochs)
     for lam in lambdas:
-        _, curve = train(kind, theta_train, y_train, phi_train, lam, max_epochs, seed=seed,
-                         val=(theta_val, y_val, phi_val), center=center)
+        _, curve = train(
+            kind,
+            theta_train,
+            y_train,
+            phi_train,
+            lam,
+            max_epochs,
+            seed=seed,
+            val=(theta_val, y_val, phi_val),
+            center=center,
+        )
         for ep, m in curve:
             if m > best[0] + 1e-9:
                 best = (m, lam, ep)
@@ -329,8 +344,14 @@ def default_semantic(backend) -> str:
     return "minilm" if hasattr(backend, "embed_label_semantics") else "text"
 
 
-def semantic_embeddings(backend, names: Sequence[str], spec: str, templates: Sequence[str] = (), cache_dir=None,
-                        glove_dir: str | os.PathLike | None = None) -> np.ndarray:
+def semantic_embeddings(
+    backend,
+    names: Sequence[str],
+    spec: str,
+    templates: Sequence[str] = (),
+    cache_dir=None,
+    glove_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
     """φ for label names [C, d_s]: each source L2-normalised, concatenated, scaled to unit norm."""
     from monitor.config import DEFAULT_TEMPLATE
     from monitor.labels import label_embeddings
@@ -339,11 +360,15 @@ def semantic_embeddings(backend, names: Sequence[str], spec: str, templates: Seq
     sources = parse_semantic(spec)
     for src in sources:
         if src == "text":
-            parts.append(label_embeddings(backend, list(names), tuple(templates) or (DEFAULT_TEMPLATE,), cache_dir=cache_dir))
+            parts.append(
+                label_embeddings(backend, list(names), tuple(templates) or (DEFAULT_TEMPLATE,), cache_dir=cache_dir)
+            )
         elif src == "minilm":
             fn = getattr(backend, "embed_label_semantics", None)
             if fn is None:
-                raise UserError("--semantic minilm needs the offline backend (--model offline); use --semantic text with CLAP")
+                raise UserError(
+                    "--semantic minilm needs the offline backend (--model offline); use --semantic text with CLAP"
+                )
             parts.append(fn(list(names)))
         else:
             from monitor.offline.glove import Glove
@@ -428,7 +453,9 @@ class AdaptedBackend:
                 parts.append(Glove.load(self._glove_dir).embed([self._label_of(p) for p in prompts]))
         phi = np.concatenate([l2_normalise(p) for p in parts], axis=1) / np.sqrt(len(parts))
         if phi.shape[1] != self.adapter.d_s:
-            raise UserError(f"adapter expects {self.adapter.d_s}-d semantic vectors, {self.semantic} gives {phi.shape[1]}")
+            raise UserError(
+                f"adapter expects {self.adapter.d_s}-d semantic vectors, {self.semantic} gives {phi.shape[1]}"
+            )
         return self.adapter.label_vectors(phi)
 
     def release_text(self) -> None:

@@ -53,9 +53,7 @@ def resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)
     import soxr
 
-    return soxr.resample(np.asarray(x, dtype=np.float32), from_hz, to_hz, quality="VHQ").astype(
-        np.float32, copy=False
-    )
+    return soxr.resample(np.asarray(x, dtype=np.float32), from_hz, to_hz, quality="VHQ").astype(np.float32, copy=False)
 
 
 class quiet_stderr:

@@ -34,8 +34,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,8 +50,14 @@ DEFAULT_ENCODER_GFLOP = 11.8  # laion/clap-htsat-unfused audio encoder, when the
 # -- output ------------------------------------------------------------------------------------
 def figure(metric: str, unit: str, values: Sequence[float], digits: int = 3, **extra) -> dict:
     v = np.asarray(list(values), dtype=np.float64)
-    rec = {"metric": metric, "unit": unit, "median": round(float(np.median(v)), digits),
-           "min": round(float(v.min()), digits), "max": round(float(v.max()), digits), "n": int(v.size)}
+    rec = {
+        "metric": metric,
+        "unit": unit,
+        "median": round(float(np.median(v)), digits),
+        "min": round(float(v.min()), digits),
+        "max": round(float(v.max()), digits),
+        "n": int(v.size),
+    }
     rec.update(extra)
     return rec
 
@@ -80,8 +86,9 @@ def peak_rss_mb() -> float:
 
 
 # -- the machine and the model's floor ----------------------------------------------------------
-def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024, n: int = 1024,
-                  int8: bool = False) -> list[float]:
+def matmul_gflops(
+    threads: int, repeats: int = 10, m: int = 2048, k: int = 1024, n: int = 1024, int8: bool = False
+) -> list[float]:
     """MatMul rate of onnxruntime (MLAS) with ``threads`` intra-op threads, GFLOP/s (one
     multiply-add = 2 operations). ``int8``: the same product dynamically quantised exactly as
     ``export --int8`` quantises the encoder (int8 weights, activations quantised per call),
@@ -92,9 +99,11 @@ def matmul_gflops(threads: int, repeats: int = 10, m: int = 2048, k: int = 1024,
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if int8:
@@ -323,8 +332,10 @@ def reference_ms(src: str, windows, labels: Sequence[str], repeats: int, threads
     try:
         pipe = pipeline("zero-shot-audio-classification", model=src)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"cannot load the reference pipeline from {src}: {str(e).splitlines()[0][:200]} "
-                        "(pass --reference DIR with the checkpoint in Hugging Face format)") from None
+        raise UserError(
+            f"cannot load the reference pipeline from {src}: {str(e).splitlines()[0][:200]} "
+            "(pass --reference DIR with the checkpoint in Hugging Face format)"
+        ) from None
     clips = [w.samples for w in windows]
     i = iter(range(1 << 30))
     with torch.inference_mode():

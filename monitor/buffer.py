@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import threading
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +40,7 @@ class RingBuffer:
         with self._cond:
             self.received_frames += n
             if block_when_full:
-                ok = self._cond.wait_for(
-                    lambda: self._frames + n <= self.capacity_frames or self.closed, timeout
-                )
+                ok = self._cond.wait_for(lambda: self._frames + n <= self.capacity_frames or self.closed, timeout)
                 if not ok:
                     self.dropped_frames += n
                     return False

@@ -11,7 +11,7 @@ import socket
 import string
 import unicodedata
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,8 +95,8 @@ class ModelConfig(_Section):
 class SourceConfig(_Section):
     # "mic", a file path, or "-" for raw PCM on stdin; or a list of them (several sources
     # in one process, one model: "mic:DEVICE" picks an input device by index or name)
-    input: Union[str, tuple[str, ...]] = "mic"
-    device: Union[int, str, None] = None
+    input: str | tuple[str, ...] = "mic"
+    device: int | str | None = None
     sample_rate_hz: int | None = Field(None, ge=8000, le=384000)
     channels: int = Field(1, ge=1, le=32)
     format: Literal["s16le", "f32le"] = "s16le"  # stdin only
@@ -141,7 +141,7 @@ class StreamConfig(_Section):
     batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _hop_fits(self) -> "StreamConfig":
+    def _hop_fits(self) -> StreamConfig:
         if self.hop_s > self.window_s:
             raise ValueError("hop_s must not exceed window_s")
         if self.idle_hop_s and not (self.hop_s <= self.idle_hop_s <= self.window_s):
@@ -166,8 +166,10 @@ class ScoringConfig(_Section):
             except ValueError as e:  # a lone { or }
                 raise ValueError(f"template {t!r}: {e} (write {{{{ and }}}} for literal braces)") from None
             if fields != [""]:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' and no other {{field}} "
-                                 "(write {{ and }} for literal braces)")
+                raise ValueError(
+                    f"template {t!r} must contain exactly one '{{}}' and no other {{field}} "
+                    "(write {{ and }} for literal braces)"
+                )
         return v
 
     @field_validator("background")
@@ -261,10 +263,11 @@ class MQTTConfig(_Section):
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol(cls, v):
-        return {5: "5", 5.0: "5", 3.1: "3.1.1", 311: "3.1.1"}.get(v, v) if not isinstance(v, bool) else v
+        # YAML reads `protocol: 5` as a number and `3.1.1` as text
+        return {5: "5", 311: "3.1.1"}.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
-    def _backoff(self) -> "MQTTConfig":
+    def _backoff(self) -> MQTTConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must not be below reconnect_min_s")
         return self
@@ -313,7 +316,7 @@ class Config(_Section):
         return v
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> "Config":
+    def _unique_labels(self) -> Config:
         seen: dict[str, str] = {}
         for lab in self.labels:
             key = lab.name.casefold()
@@ -323,7 +326,7 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _events_can_end(self) -> "Config":
+    def _events_can_end(self) -> Config:
         for i, lab in enumerate(self.labels):
             thr = self.events.threshold if lab.threshold is None else lab.threshold
             hyst = self.events.hysteresis if lab.hysteresis is None else lab.hysteresis
@@ -331,8 +334,10 @@ class Config(_Section):
             # be able to end: its off level (threshold - hysteresis) must be above 0
             if thr > 0 and hyst >= thr:
                 where = f"labels[{i}]" if lab.hysteresis is not None or lab.threshold is not None else "events"
-                raise ValueError(f"{where}: hysteresis ({hyst}) must be below the threshold ({thr}) of "
-                                 f"{lab.name!r}, or its events never end")
+                raise ValueError(
+                    f"{where}: hysteresis ({hyst}) must be below the threshold ({thr}) of "
+                    f"{lab.name!r}, or its events never end"
+                )
         return self
 
     # --- derived values -------------------------------------------------------------
@@ -395,7 +400,8 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
         try:
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark)
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+                )
         except TypeError:
             continue  # an unhashable key: SafeLoader reports it
         seen[key] = True

@@ -31,9 +31,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -94,8 +94,13 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
                 target = int(r["target"])
             except (TypeError, ValueError):
                 raise UserError(f"{esc}:{i}: target {r.get('target')!r} is not an integer") from None
-            items.append((root / "audio" / r["filename"], r["category"].replace("_", " ").strip(),
-                          ESC50_CATEGORIES[target // 10] if 0 <= target < 50 else f"group {target // 10}"))
+            items.append(
+                (
+                    root / "audio" / r["filename"],
+                    r["category"].replace("_", " ").strip(),
+                    ESC50_CATEGORIES[target // 10] if 0 <= target < 50 else f"group {target // 10}",
+                )
+            )
         source = esc
     else:
         csv_path = root / "labels.csv"
@@ -104,7 +109,9 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
         rows = _read_csv(csv_path)
         cols = set(rows[0]) if rows else set()
         if rows and not {"path", "label"} <= cols:
-            raise UserError(f"{csv_path}: expected a header with columns path,label (got {','.join(sorted(c for c in cols if c)) or 'none'})")
+            raise UserError(
+                f"{csv_path}: expected a header with columns path,label (got {','.join(sorted(c for c in cols if c)) or 'none'})"
+            )
         has_cat = "category" in cols
         items = []
         for i, r in enumerate(rows, 2):
@@ -119,9 +126,13 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     if missing:
         raise UserError(f"{source}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
     cats = tuple(c for _, _, c in items)
-    ds = Dataset(root, tuple(p for p, _, _ in items), tuple(l for _, l, _ in items),
-                 None if any(c is None or c == "" for c in cats) else cats,
-                 tuple(sorted({l for _, l, _ in items})))
+    ds = Dataset(
+        root,
+        tuple(p for p, _, _ in items),
+        tuple(l for _, l, _ in items),
+        None if any(c is None or c == "" for c in cats) else cats,
+        tuple(sorted({l for _, l, _ in items})),
+    )
     if len(ds.classes) < 2:
         raise UserError(f"{source}: at least 2 classes are needed, found {len(ds.classes)}")
     return ds
@@ -140,8 +151,11 @@ def harmonic(n: int) -> float:
 
 
 def chance(n_classes: int) -> dict[str, float]:
-    return {"chance_top1": 1.0 / n_classes, "chance_top5": min(5, n_classes) / n_classes,
-            "chance_map": harmonic(n_classes) / n_classes}
+    return {
+        "chance_top1": 1.0 / n_classes,
+        "chance_top5": min(5, n_classes) / n_classes,
+        "chance_map": harmonic(n_classes) / n_classes,
+    }
 
 
 def metrics(scores: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -155,30 +169,48 @@ def metrics(scores: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> di
             per_class[name] = float(np.mean(r[sel] == 1))
     conf = np.zeros((c, c), dtype=np.int64)
     np.add.at(conf, (y, np.argmax(scores, axis=1)), 1)
-    return {"n_clips": int(len(y)), "n_classes": c, "top1": float(np.mean(r == 1)),
-            "top5": float(np.mean(r <= 5)), "map": float(np.mean(1.0 / r)), **chance(c),
-            "per_class": per_class, "confusion": conf}
+    return {
+        "n_clips": int(len(y)),
+        "n_classes": c,
+        "top1": float(np.mean(r == 1)),
+        "top5": float(np.mean(r <= 5)),
+        "map": float(np.mean(1.0 / r)),
+        **chance(c),
+        "per_class": per_class,
+        "confusion": conf,
+    }
 
 
 # -- class folds -------------------------------------------------------------------------------------
-def class_folds(classes: Sequence[str], n_folds: int, partition: str = "random", seed: int = 0,
-                categories: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+def class_folds(
+    classes: Sequence[str],
+    n_folds: int,
+    partition: str = "random",
+    seed: int = 0,
+    categories: dict[str, str] | None = None,
+) -> list[tuple[str, ...]]:
     """Disjoint folds of class names covering all classes; deterministic for a seed."""
     classes = sorted(classes)
     if partition == "category":
         if categories is None:
-            raise UserError("--partition category is unavailable: this dataset has no categories "
-                            "(ESC-50 layout, or a 'category' column in labels.csv); use --partition random")
+            raise UserError(
+                "--partition category is unavailable: this dataset has no categories "
+                "(ESC-50 layout, or a 'category' column in labels.csv); use --partition random"
+            )
         groups: dict[str, list[str]] = {}
         for c in classes:
             groups.setdefault(categories[c], []).append(c)
         if len(groups) < 3:
-            raise UserError(f"--partition category needs at least 3 categories (train/validation/test), found {len(groups)}")
+            raise UserError(
+                f"--partition category needs at least 3 categories (train/validation/test), found {len(groups)}"
+            )
         return [tuple(groups[k]) for k in sorted(groups)]
     if partition != "random":
         raise UserError(f"--partition {partition!r}: use random or category")
     if not 3 <= n_folds <= len(classes):
-        raise UserError(f"--folds {n_folds}: need 3..{len(classes)} folds (train, validation and test folds) for {len(classes)} classes")
+        raise UserError(
+            f"--folds {n_folds}: need 3..{len(classes)} folds (train, validation and test folds) for {len(classes)} classes"
+        )
     perm = np.random.default_rng(seed).permutation(len(classes))
     return [tuple(sorted(classes[i] for i in part)) for part in np.array_split(perm, n_folds)]
 
@@ -198,7 +230,9 @@ def loo_prototype_scores(emb: np.ndarray, y: np.ndarray, n_classes: int) -> np.n
     own_n = np.linalg.norm(own, axis=1)
     rows = np.arange(len(y))
     with np.errstate(invalid="ignore", divide="ignore"):
-        scores[rows, y] = np.where((counts[y] > 1) & (own_n > 1e-12), (e * own).sum(axis=1) / np.maximum(own_n, 1e-12), -np.inf)
+        scores[rows, y] = np.where(
+            (counts[y] > 1) & (own_n > 1e-12), (e * own).sum(axis=1) / np.maximum(own_n, 1e-12), -np.inf
+        )
     return scores
 
 
@@ -228,7 +262,9 @@ def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, la
         s = loo_prototype_scores(emb.audio[sel], y, len(test))
     else:
         val = [index[c] for c in folds[(fold + 1) % k]]
-        train = [i for f, names in enumerate(folds) if f not in (fold, (fold + 1) % k) for i in (index[c] for c in names)]
+        train = [
+            i for f, names in enumerate(folds) if f not in (fold, (fold + 1) % k) for i in (index[c] for c in names)
+        ]
 
         def part(classes):
             m = np.isin(y_all, classes)
@@ -242,8 +278,16 @@ def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, la
     return s, y, test, info
 
 
-def run_class_folds(ds: Dataset, emb: Embeddings, method: str, folds: list[tuple[str, ...]], label_vecs=None,
-                    phi=None, seed: int = 0, say=lambda m: None) -> dict:
+def run_class_folds(
+    ds: Dataset,
+    emb: Embeddings,
+    method: str,
+    folds: list[tuple[str, ...]],
+    label_vecs=None,
+    phi=None,
+    seed: int = 0,
+    say=lambda m: None,
+) -> dict:
     n_cls = len(ds.classes)
     conf = np.zeros((n_cls, n_cls), dtype=np.int64)
     per_class: dict[str, float] = {}
@@ -254,15 +298,35 @@ def run_class_folds(ds: Dataset, emb: Embeddings, method: str, folds: list[tuple
         pred = np.argmax(s, axis=1)
         np.add.at(conf, (np.array(test)[y], np.array(test)[pred]), 1)
         per_class.update(m["per_class"])
-        out_folds.append({"test_classes": list(folds[i]), "n_clips": m["n_clips"], "top1": m["top1"], "top5": m["top5"],
-                          "map": m["map"], "chance_top1": m["chance_top1"], "chance_top5": m["chance_top5"],
-                          "chance_map": m["chance_map"], **info})
-        say(f"fold {i}: {len(test)} classes, top-1 {m['top1']:.3f} mAP {m['map']:.3f} (chance {m['chance_map']:.3f})"
-            + (f", λ={info['lambda']:g} epochs={info['epochs']}" if info else ""))
-    mean = {k: float(np.mean([f[k] for f in out_folds])) for k in
-            ("top1", "top5", "map", "chance_top1", "chance_top5", "chance_map")}
-    return {"n_clips": len(ds.paths), "n_classes": n_cls, **mean, "per_class": {c: per_class[c] for c in ds.classes if c in per_class},
-            "folds": out_folds, "confusion": conf}
+        out_folds.append(
+            {
+                "test_classes": list(folds[i]),
+                "n_clips": m["n_clips"],
+                "top1": m["top1"],
+                "top5": m["top5"],
+                "map": m["map"],
+                "chance_top1": m["chance_top1"],
+                "chance_top5": m["chance_top5"],
+                "chance_map": m["chance_map"],
+                **info,
+            }
+        )
+        say(
+            f"fold {i}: {len(test)} classes, top-1 {m['top1']:.3f} mAP {m['map']:.3f} (chance {m['chance_map']:.3f})"
+            + (f", λ={info['lambda']:g} epochs={info['epochs']}" if info else "")
+        )
+    mean = {
+        k: float(np.mean([f[k] for f in out_folds]))
+        for k in ("top1", "top5", "map", "chance_top1", "chance_top5", "chance_map")
+    }
+    return {
+        "n_clips": len(ds.paths),
+        "n_classes": n_cls,
+        **mean,
+        "per_class": {c: per_class[c] for c in ds.classes if c in per_class},
+        "folds": out_folds,
+        "confusion": conf,
+    }
 
 
 def run_zero_shot(ds: Dataset, scores: np.ndarray) -> dict:
@@ -274,7 +338,9 @@ def run_zero_shot(ds: Dataset, scores: np.ndarray) -> dict:
 def json_result(result: dict, extra: dict) -> dict:
     """The contract object (n_clips, n_classes, top1, top5, map, chance_top1, chance_map,
     per_class[, folds]) plus extra keys."""
-    out = {k: result[k] for k in ("n_clips", "n_classes", "top1", "top5", "map", "chance_top1", "chance_map", "per_class")}
+    out = {
+        k: result[k] for k in ("n_clips", "n_classes", "top1", "top5", "map", "chance_top1", "chance_map", "per_class")
+    }
     if "folds" in result:
         out["folds"] = result["folds"]
     out["chance_top5"] = result["chance_top5"]
@@ -293,7 +359,9 @@ def write_report(out_dir: str | os.PathLike, result: dict, classes: Sequence[str
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("--report needs matplotlib: pip install 'sound-monitor[report]' (or: pip install matplotlib)") from None
+        raise UserError(
+            "--report needs matplotlib: pip install 'sound-monitor[report]' (or: pip install matplotlib)"
+        ) from None
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     conf = np.asarray(result["confusion"])
@@ -322,19 +390,38 @@ def write_report(out_dir: str | os.PathLike, result: dict, classes: Sequence[str
     fig.tight_layout()
     fig.savefig(out / "per_class.png", dpi=110)
     plt.close(fig)
-    lines = [f"# {title}", "", f"`{command}`", "", "| metric | value | chance |", "|---|---|---|",
-             f"| top-1 | {result['top1']:.3f} | {result['chance_top1']:.3f} |",
-             f"| top-5 | {result['top5']:.3f} | {result['chance_top5']:.3f} |",
-             f"| mAP | {result['map']:.3f} | {result['chance_map']:.3f} |", "",
-             f"{result['n_clips']} clips, {result['n_classes']} classes.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"`{command}`",
+        "",
+        "| metric | value | chance |",
+        "|---|---|---|",
+        f"| top-1 | {result['top1']:.3f} | {result['chance_top1']:.3f} |",
+        f"| top-5 | {result['top5']:.3f} | {result['chance_top5']:.3f} |",
+        f"| mAP | {result['map']:.3f} | {result['chance_map']:.3f} |",
+        "",
+        f"{result['n_clips']} clips, {result['n_classes']} classes.",
+        "",
+    ]
     if "folds" in result:
         lines += ["| fold | test classes | top-1 | mAP | chance mAP |", "|---|---|---|---|---|"]
         for i, f in enumerate(result["folds"]):
-            lines.append(f"| {i} | {', '.join(f['test_classes'])} | {f['top1']:.3f} | {f['map']:.3f} | {f['chance_map']:.3f} |")
+            lines.append(
+                f"| {i} | {', '.join(f['test_classes'])} | {f['top1']:.3f} | {f['map']:.3f} | {f['chance_map']:.3f} |"
+            )
         lines.append("")
-    lines += ["![confusion](confusion.png)", "", "![per-class top-1](per_class.png)", "",
-              "| class | top-1 |", "|---|---|"] + [f"| {c} | {per[c]:.2f} |" for c in sorted(per)]
+    lines += [
+        "![confusion](confusion.png)",
+        "",
+        "![per-class top-1](per_class.png)",
+        "",
+        "| class | top-1 |",
+        "|---|---|",
+    ] + [f"| {c} | {per[c]:.2f} |" for c in sorted(per)]
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "result.json").write_text(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}, indent=2))
+    (out / "result.json").write_text(
+        json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}, indent=2)
+    )
     return md

@@ -13,9 +13,9 @@ Stream times: ``start_s`` is the start of the first window of the run above thre
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Sequence
 
 from monitor.config import EventsConfig, LabelConfig
 from monitor.types import Event, Scores
@@ -162,8 +162,4 @@ class EventTracker:
 
     def close_all(self) -> list[Event]:
         """End every open event (stream end, source lost, shutdown) at its last window above."""
-        return [
-            self._end(name, st, st.peak, st.last_above_end_s)
-            for name, st in self._state.items()
-            if st.active
-        ]
+        return [self._end(name, st, st.peak, st.last_above_end_s) for name, st in self._state.items() if st.active]

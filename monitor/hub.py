@@ -29,9 +29,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from monitor.errors import ModelError
 
@@ -95,8 +95,17 @@ def _hub_error(e: BaseException, repo: str, revision: str, path: str) -> ModelEr
         return ModelError(f"{path} not found in {repo} at revision {revision[:12]} on {where}")
     if names & {"RepositoryNotFoundError", "GatedRepoError"}:
         return ModelError(f"repository {repo} not found (or not public) on {where}")
-    if names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "OfflineModeIsEnabled",
-                "LocalEntryNotFoundError", "URLError", "gaierror", "RemoteProtocolError"}:
+    if names & {
+        "ConnectError",
+        "ConnectionError",
+        "TimeoutException",
+        "Timeout",
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+        "URLError",
+        "gaierror",
+        "RemoteProtocolError",
+    }:
         return ModelError(f"the Hugging Face Hub at {where} cannot be reached ({type(e).__name__})")
     first = (str(e).splitlines() or [type(e).__name__])[0][:160]
     return ModelError(f"cannot get {repo}/{path} from {where}: {type(e).__name__}: {first}")
@@ -109,8 +118,9 @@ def file_info(repo: str, revision: str, path: str, timeout_s: float = 10.0) -> R
         meta = hh.get_hf_file_metadata(url, timeout=timeout_s, endpoint=endpoint())
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         raise _hub_error(e, repo, revision, path) from None
-    return RemoteFile(repo, revision, path, str(meta.commit_hash or ""), meta.size,
-                      (meta.etag or None), str(meta.location or url))
+    return RemoteFile(
+        repo, revision, path, str(meta.commit_hash or ""), meta.size, (meta.etag or None), str(meta.location or url)
+    )
 
 
 def _headers(location: str) -> dict[str, str]:
@@ -140,7 +150,9 @@ def read_range(f: RemoteFile, start: int, length: int) -> bytes:
     try:
         with _open(f.location, start, start + length - 1) as r:
             if r.status != 206:
-                raise ModelError(f"{f.label}: the server ignored the byte range (HTTP {r.status}); cannot read a part of it")
+                raise ModelError(
+                    f"{f.label}: the server ignored the byte range (HTTP {r.status}); cannot read a part of it"
+                )
             data = r.read(length + 1)
     except ModelError:
         raise
@@ -174,11 +186,15 @@ def verify(path: Path, f: RemoteFile) -> str:
     elif len(etag) == 40:
         ok, kind = git_blob_sha1(path) == etag, "git sha1"
     else:
-        raise ModelError(f"{f.label}: the hub gave no content hash (ETag {f.etag!r}); refusing an unverifiable download")
+        raise ModelError(
+            f"{f.label}: the hub gave no content hash (ETag {f.etag!r}); refusing an unverifiable download"
+        )
     if not ok:
         path.unlink(missing_ok=True)
-        raise ModelError(f"{f.label}: {kind} mismatch (the hub states {etag[:16]}…): the download was corrupt and "
-                         "was deleted; fetch again")
+        raise ModelError(
+            f"{f.label}: {kind} mismatch (the hub states {etag[:16]}…): the download was corrupt and "
+            "was deleted; fetch again"
+        )
     return sha256
 
 
@@ -229,8 +245,10 @@ def download(f: RemoteFile, dest: Path, say: Say, progress_every_s: float = 2.0)
         tag.unlink(missing_ok=True)
     except OSError as e:
         if is_disk_full(e):
-            raise ModelError(f"disk full while writing {part} ({e.strerror}); free space and fetch again "
-                             "(it resumes where it stopped)") from None
+            raise ModelError(
+                f"disk full while writing {part} ({e.strerror}); free space and fetch again "
+                "(it resumes where it stopped)"
+            ) from None
         raise ModelError(f"cannot write {part}: {e}") from None
     return verify(dest, f)
 
@@ -254,22 +272,28 @@ def _stream(f: RemoteFile, part: Path, have: int, say: Say, every_s: float) -> N
                         last = now
                         done = have + got
                         pct = f" {100 * done / f.size:.0f} %" if f.size else ""
-                        say(f"  {f.path}: {_fmt_mb(done)}{'/' + _fmt_mb(f.size) if f.size else ''}{pct}, "
-                            f"{_fmt_mb(got / max(now - t0, 1e-3))}/s")
+                        say(
+                            f"  {f.path}: {_fmt_mb(done)}{'/' + _fmt_mb(f.size) if f.size else ''}{pct}, "
+                            f"{_fmt_mb(got / max(now - t0, 1e-3))}/s"
+                        )
     except urllib.error.HTTPError as e:
         raise ModelError(f"downloading {f.label} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
-        raise ModelError(f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}: "
-                         f"{getattr(e, 'reason', e)}); fetch again to resume") from None
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+        raise ModelError(
+            f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}: "
+            f"{getattr(e, 'reason', e)}); fetch again to resume"
+        ) from None
     except OSError:
         raise  # writing the .part file (a full disk among others): download() reports it
     except Exception as e:  # http.client.IncompleteRead and friends: a server that went away
         if type(e).__module__.startswith("http"):
-            raise ModelError(f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}); "
-                             "fetch again to resume") from None
+            raise ModelError(
+                f"downloading {f.label} stopped after {_fmt_mb(have + got)} ({type(e).__name__}); fetch again to resume"
+            ) from None
         raise
     dt = max(time.monotonic() - t0, 1e-3)
     if f.size is not None and have + got != f.size:
-        raise ModelError(f"downloading {f.label} stopped at {_fmt_mb(have + got)} of {_fmt_mb(f.size)}; "
-                         "fetch again to resume")
+        raise ModelError(
+            f"downloading {f.label} stopped at {_fmt_mb(have + got)} of {_fmt_mb(f.size)}; fetch again to resume"
+        )
     say(f"  {f.path}: {_fmt_mb(have + got)} in {dt:.1f} s ({_fmt_mb(got / dt)}/s)")

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 
 from monitor.backend import Backend, l2_normalise
-from monitor.files import atomic_savez
 from monitor.config import DEFAULT_TEMPLATE, LabelConfig
+from monitor.files import atomic_savez
 
 log = logging.getLogger(__name__)
 
-LabelLike = Union[LabelConfig, str]
+LabelLike = LabelConfig | str
 
 
 def label_name(label: LabelLike) -> str:
@@ -78,13 +78,19 @@ class TextEmbeddingCache:
         self._vectors.update({t: np.asarray(v, dtype=np.float32) for t, v in new.items()})
         try:
             texts = list(self._vectors)
-            atomic_savez(self.path, ".label-cache-", texts=np.array(texts, dtype=str),
-                         vectors=np.stack([self._vectors[t] for t in texts]))
+            atomic_savez(
+                self.path,
+                ".label-cache-",
+                texts=np.array(texts, dtype=str),
+                vectors=np.stack([self._vectors[t] for t in texts]),
+            )
         except OSError as e:
             log.warning("cannot write label cache %s: %s", self.path, e)
 
 
-def embed_texts(backend: Backend, texts: Sequence[str], cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def embed_texts(
+    backend: Backend, texts: Sequence[str], cache_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
     """Embeddings of distinct texts, from the cache where possible; returns {text: [D]}."""
     unique = list(dict.fromkeys(texts))
     cache = TextEmbeddingCache(cache_dir, backend.cache_key) if cache_dir is not None else None
@@ -92,8 +98,12 @@ def embed_texts(backend: Backend, texts: Sequence[str], cache_dir: str | os.Path
     if cache and found:
         dim = next(iter(found.values())).shape[-1]
         if dim != backend.embedding_dim:  # text vectors live in the audio embedding space
-            log.warning("label cache %s holds %d-d vectors, the model's are %d-d: embedding every text afresh",
-                        cache.path, dim, backend.embedding_dim)
+            log.warning(
+                "label cache %s holds %d-d vectors, the model's are %d-d: embedding every text afresh",
+                cache.path,
+                dim,
+                backend.embedding_dim,
+            )
             cache.discard()
             found = {}
     missing = [t for t in unique if t not in found]
@@ -123,8 +133,9 @@ def label_embeddings(
     if not labels:
         return np.zeros((0, backend.embedding_dim), dtype=np.float32)
     protos = _prototypes(backend, labels, cache_dir)
-    per_label = [label_texts(lab, templates) if (i not in protos or _has_prompts(lab)) else []
-                 for i, lab in enumerate(labels)]
+    per_label = [
+        label_texts(lab, templates) if (i not in protos or _has_prompts(lab)) else [] for i, lab in enumerate(labels)
+    ]
     vectors = embed_texts(backend, [t for texts in per_label for t in texts], cache_dir)
     normalise = getattr(backend, "normalise_labels", True)
     proto_norm = float(getattr(backend, "label_norm", 1.0))

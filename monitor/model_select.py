@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from monitor.backend import Backend
 from monitor.config import ModelConfig
@@ -34,11 +33,15 @@ class Selected:
 
 def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if not path.is_dir():
-        raise ModelError(f"model directory not found: {path} (run `sound-monitor models fetch clap --out {path}` "
-                         f"or `sound-monitor export --out {path}`, or use --model offline)")
+        raise ModelError(
+            f"model directory not found: {path} (run `sound-monitor models fetch clap --out {path}` "
+            f"or `sound-monitor export --out {path}`, or use --model offline)"
+        )
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        raise ModelError(f"{path} has no manifest.json: not an exported model (run `sound-monitor export --model SRC --out {path}`)")
+        raise ModelError(
+            f"{path} has no manifest.json: not an exported model (run `sound-monitor export --model SRC --out {path}`)"
+        )
     kind = read_manifest(manifest).get("kind", "clap")
     if kind == "offline":
         from monitor.offline.backend import OfflineBackend
@@ -54,7 +57,9 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
     if spec == "offline":
         from monitor.offline.backend import OfflineBackend
 
-        return Selected(OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path), "offline backend requested")
+        return Selected(
+            OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path), "offline backend requested"
+        )
     if spec == "auto":
         return select_auto(cfg)
     return Selected(load_dir(Path(spec), cfg), f"exported model from {spec}")
@@ -102,9 +107,13 @@ def _say(msg: str) -> None:
     _say(msg)
 
 
-def select_auto(cfg: ModelConfig, *, hub_check: Callable[[], bool] = _hub_reachable,
-                exporter_available: Callable[[], bool] = can_export,
-                fetcher: Callable[[ModelConfig], Path] = _fetch) -> Selected:
+def select_auto(
+    cfg: ModelConfig,
+    *,
+    hub_check: Callable[[], bool] = _hub_reachable,
+    exporter_available: Callable[[], bool] = can_export,
+    fetcher: Callable[[ModelConfig], Path] = _fetch,
+) -> Selected:
     models_dir = cfg.models_path
     found = find_clap_export(models_dir)
     if found is not None:
@@ -112,11 +121,15 @@ def select_auto(cfg: ModelConfig, *, hub_check: Callable[[], bool] = _hub_reacha
     why = f"no CLAP in {models_dir}"
     if hub_check():
         h = cfg.hub
-        _say(f"{why}; fetching the pre-exported CLAP ({h.repo}, {h.variant}) from the Hugging Face Hub "
-             "(one-time download; later starts need no network)")
+        _say(
+            f"{why}; fetching the pre-exported CLAP ({h.repo}, {h.variant}) from the Hugging Face Hub "
+            "(one-time download; later starts need no network)"
+        )
         try:
             out = fetcher(cfg)
-            return Selected(load_dir(out, cfg), f"auto: fetched CLAP ({h.repo}@{h.revision[:8]}, {h.variant}) into {out}")
+            return Selected(
+                load_dir(out, cfg), f"auto: fetched CLAP ({h.repo}@{h.revision[:8]}, {h.variant}) into {out}"
+            )
         except ModelError as e:
             why += f"; fetching CLAP failed ({e})"
             _say(f"fetching CLAP failed: {e}")

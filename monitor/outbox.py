@@ -40,8 +40,10 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
-                       "payload TEXT NOT NULL, created REAL NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+                "payload TEXT NOT NULL, created REAL NOT NULL)"
+            )
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             db.execute("SELECT COUNT(*) FROM outbox").fetchone()
             row = db.execute("SELECT value FROM meta WHERE key = 'high_seq'").fetchone()
@@ -65,8 +67,11 @@ class Outbox:
             return self._connect()
         except sqlite3.DatabaseError as e:
             if not _corrupt(e):
-                log.error("cannot open the outbox %s (%s): undelivered events are kept in memory only, "
-                          "a restart loses them", self.path, e)
+                log.error(
+                    "cannot open the outbox %s (%s): undelivered events are kept in memory only, a restart loses them",
+                    self.path,
+                    e,
+                )
                 self._failing = True
                 return None
             reason = str(e)
@@ -79,13 +84,21 @@ class Outbox:
                 if side.exists():
                     side.replace(aside.with_name(aside.name + ext))
         except OSError as e:
-            log.error("the outbox %s is corrupt (%s) and cannot be moved aside (%s): events are kept "
-                      "in memory only", self.path, reason, e.strerror)
+            log.error(
+                "the outbox %s is corrupt (%s) and cannot be moved aside (%s): events are kept in memory only",
+                self.path,
+                reason,
+                e.strerror,
+            )
             self._failing = True
             return None
         self.moved_aside = aside
-        log.error("the outbox %s was corrupt (%s): kept as %s, starting a fresh one (events in it "
-                  "are not delivered)", self.path, reason, aside)
+        log.error(
+            "the outbox %s was corrupt (%s): kept as %s, starting a fresh one (events in it are not delivered)",
+            self.path,
+            reason,
+            aside,
+        )
         try:
             return self._connect()
         except sqlite3.Error as e:
@@ -95,11 +108,17 @@ class Outbox:
 
     def _report(self, ok: bool, what: str = "", err: Exception | None = None) -> None:
         if not ok and not self._failing:
-            log.error("the outbox %s cannot be written (%s: %s): events are kept in memory and still "
-                      "delivered; a restart before it recovers loses them", self.path, what, err)
+            log.error(
+                "the outbox %s cannot be written (%s: %s): events are kept in memory and still "
+                "delivered; a restart before it recovers loses them",
+                self.path,
+                what,
+                err,
+            )
         elif ok and self._failing:
-            log.warning("the outbox %s accepts writes again: %d event(s) kept in memory are stored",
-                        self.path, len(self._mem))
+            log.warning(
+                "the outbox %s accepts writes again: %d event(s) kept in memory are stored", self.path, len(self._mem)
+            )
         self._failing = not ok
 
     # -- writing ---------------------------------------------------------------------------
@@ -112,13 +131,21 @@ class Outbox:
             if db.execute("SELECT 1 FROM outbox WHERE seq = ?", (key,)).fetchone():
                 top = db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
                 new = max(top, self._high, max(self._mem, default=0)) + 1
-                log.error("outbox: seq %d is already taken by an undelivered event; this one is kept "
-                          "as row %d (nothing is replaced)", key, new)
+                log.error(
+                    "outbox: seq %d is already taken by an undelivered event; this one is kept "
+                    "as row %d (nothing is replaced)",
+                    key,
+                    new,
+                )
                 key = new
-            db.execute("INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)",
-                       (key, topic, payload, created))
-            db.execute("INSERT INTO meta (key, value) VALUES ('high_seq', ?) ON CONFLICT(key) DO UPDATE "
-                       "SET value = MAX(value, excluded.value)", (key,))
+            db.execute(
+                "INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)", (key, topic, payload, created)
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('high_seq', ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = MAX(value, excluded.value)",
+                (key,),
+            )
             db.execute("COMMIT")
         except BaseException:
             try:
@@ -175,8 +202,10 @@ class Outbox:
             rows: list[tuple[int, str, str]] = []
             if self._db is not None:
                 try:
-                    rows = self._db.execute("SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq "
-                                            "LIMIT ?", (seq, limit + len(self._gone))).fetchall()
+                    rows = self._db.execute(
+                        "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (seq, limit + len(self._gone)),
+                    ).fetchall()
                 except sqlite3.Error as e:
                     log.error("cannot read the outbox %s: %s", self.path, e)
             rows = [r for r in rows if r[0] not in self._gone]
@@ -232,13 +261,17 @@ class Outbox:
             if self._mem or self._gone:
                 self._flush_memory()
             if self._mem:
-                log.error("%d undelivered event(s) could not be stored in %s and are lost with this exit",
-                          len(self._mem), self.path)
+                log.error(
+                    "%d undelivered event(s) could not be stored in %s and are lost with this exit",
+                    len(self._mem),
+                    self.path,
+                )
             if self._db is not None:
                 self._db.close()
 
 
 def _corrupt(e: sqlite3.DatabaseError) -> bool:
     text = str(e).lower()
-    return any(k in text for k in ("not a database", "malformed", "quick_check", "file is encrypted",
-                                    "database disk image"))
+    return any(
+        k in text for k in ("not a database", "malformed", "quick_check", "file is encrypted", "database disk image")
+    )

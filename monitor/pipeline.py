@@ -21,8 +21,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -237,8 +237,11 @@ class Pipeline:
             # a real-time source: catch up with the buffer first (cheap), then score only the
             # newest windows; a file or pipe: score in batches as they come
             caught_up = self.buffer.frames == 0
-            if pending and (caught_up or (not self._drop_late and len(pending) >= self.max_pending)
-                            or time.perf_counter() - t_last > 2.0):
+            if pending and (
+                caught_up
+                or (not self._drop_late and len(pending) >= self.max_pending)
+                or time.perf_counter() - t_last > 2.0
+            ):
                 self._process(pending)
                 pending = []
                 t_last = time.perf_counter()
@@ -286,8 +289,9 @@ class Pipeline:
         if self._offset_n == 0 and self._index_base == 0:
             return w
         off_s = self._offset_n / w.sample_rate_hz
-        return dataclasses.replace(w, index=self._index_base + w.index, start_s=w.start_s + off_s,
-                                   end_s=w.end_s + off_s)
+        return dataclasses.replace(
+            w, index=self._index_base + w.index, start_s=w.start_s + off_s, end_s=w.end_s + off_s
+        )
 
     def _stream_pos_n(self) -> int:
         return self._offset_n + self.windower.total_samples
@@ -304,8 +308,11 @@ class Pipeline:
         with self._out:
             for ev in self.tracker.close_all():
                 self._publish(ev)
-        log.warning("source lost (%s) at %.1f s of stream time: open events ended",
-                    marker.reason, self._stream_pos_n() / self.windower.sample_rate_hz)
+        log.warning(
+            "source lost (%s) at %.1f s of stream time: open events ended",
+            marker.reason,
+            self._stream_pos_n() / self.windower.sample_rate_hz,
+        )
 
     def _source_resumed(self, marker: SourceResumed) -> None:
         if not self._segment_lost:  # a resume without a loss (should not happen): still a new segment
@@ -315,8 +322,9 @@ class Pipeline:
         st = self.stats
         st.gaps += 1
         st.gap_s += marker.gap_s
-        log.warning("source %s resumed: %.1f s gap, stream time continues at %.1f s",
-                    marker.description, marker.gap_s, start_s)
+        log.warning(
+            "source %s resumed: %.1f s gap, stream time continues at %.1f s", marker.description, marker.gap_s, start_s
+        )
 
     def _new_segment(self, gap_s: float, source_rate_hz: int) -> float:
         """Start windowing afresh ``gap_s`` after the current stream position; returns its start."""
@@ -392,8 +400,17 @@ class Pipeline:
                 values = tuple(0.0 for _ in labels)
                 gated = True
                 self.stats.gated += 1
-            sc = Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, gated, ms if not gated else 0.0,
-                        source=self.name)
+            sc = Scores(
+                w.index,
+                w.start_s,
+                w.end_s,
+                w.level_dbfs,
+                labels,
+                values,
+                gated,
+                ms if not gated else 0.0,
+                source=self.name,
+            )
             self._emit(sc)
 
     def _emit(self, sc: Scores) -> None:

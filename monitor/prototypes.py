@@ -24,8 +24,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,8 +92,12 @@ class ClipCache:
             return
         try:
             keys = list(self._vectors)
-            atomic_savez(self.path, ".clip-cache-", keys=np.array(keys, dtype=str),
-                         vectors=np.stack([self._vectors[k] for k in keys]))
+            atomic_savez(
+                self.path,
+                ".clip-cache-",
+                keys=np.array(keys, dtype=str),
+                vectors=np.stack([self._vectors[k] for k in keys]),
+            )
             self._dirty = False
         except OSError as e:
             log.warning("cannot write clip cache %s: %s", self.path, e)
@@ -109,7 +113,12 @@ def stderr_progress(label: str) -> Callable[[int, int], None]:
             return
         if tty:
             end = "\n" if done == total else ""
-            print(f"\r{label}: {done}/{total} clips ({time.monotonic() - start:.0f} s)", end=end, file=sys.stderr, flush=True)
+            print(
+                f"\r{label}: {done}/{total} clips ({time.monotonic() - start:.0f} s)",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
         elif done == total or done % 100 == 0:
             print(f"{label}: {done}/{total} clips ({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
 
@@ -182,8 +191,11 @@ class PrototypeStore:
 
     def put(self, label: str, vector: np.ndarray, files: Sequence[str], n_windows: int) -> None:
         data = {k: v for k, v in self.load().items() if k.casefold() != label.casefold()}
-        data[label] = {"vector": [float(x) for x in np.asarray(vector, dtype=np.float32)],
-                       "files": [str(f) for f in files], "n_windows": int(n_windows)}
+        data[label] = {
+            "vector": [float(x) for x in np.asarray(vector, dtype=np.float32)],
+            "files": [str(f) for f in files],
+            "n_windows": int(n_windows),
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".prototypes-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:

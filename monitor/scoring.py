@@ -11,7 +11,7 @@ Label and background embeddings are computed once (prompt ensembling, disk cache
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,9 +46,7 @@ class Scorer:
         )
         self.background_emb = None
         if self.method == "vs-background":
-            self.background_emb = label_embeddings(
-                backend, list(cfg.background), cfg.templates, cache_dir=cache_dir
-            )
+            self.background_emb = label_embeddings(backend, list(cfg.background), cfg.templates, cache_dir=cache_dir)
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
         release = getattr(backend, "release_text", None)

@@ -13,8 +13,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -162,7 +163,14 @@ class FileSource:
 class ArraySource:
     """In-memory audio (demo recording, tests), same pacing rules as a file."""
 
-    def __init__(self, samples: np.ndarray, sample_rate_hz: int, description: str, block_frames: int = 1024, realtime: bool = True):
+    def __init__(
+        self,
+        samples: np.ndarray,
+        sample_rate_hz: int,
+        description: str,
+        block_frames: int = 1024,
+        realtime: bool = True,
+    ):
         self.samples = np.asarray(samples, dtype=np.float32).reshape(len(samples), -1)
         self.sample_rate_hz = int(sample_rate_hz)
         self.channels = self.samples.shape[1]
@@ -185,7 +193,14 @@ class ArraySource:
 class StdinSource:
     """Raw interleaved PCM (s16le or f32le) on stdin, e.g. from arecord or ffmpeg."""
 
-    def __init__(self, sample_rate_hz: int, channels: int = 1, fmt: str = "s16le", block_frames: int = 1024, stream: BinaryIO | None = None):
+    def __init__(
+        self,
+        sample_rate_hz: int,
+        channels: int = 1,
+        fmt: str = "s16le",
+        block_frames: int = 1024,
+        stream: BinaryIO | None = None,
+    ):
         self.sample_rate_hz = int(sample_rate_hz)
         self.channels = int(channels)
         self.fmt = fmt

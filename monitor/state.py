@@ -13,8 +13,8 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from monitor.errors import UserError
 from monitor.events import utc_now_iso
@@ -58,8 +58,10 @@ class StateLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a+", encoding="utf-8")
         except OSError as e:
-            raise UserError(f"the state dir {self.path.parent} is not writable ({e.strerror}): "
-                            "fix its permissions or set state_dir / SOUND_MONITOR_STATE") from None
+            raise UserError(
+                f"the state dir {self.path.parent} is not writable ({e.strerror}): "
+                "fix its permissions or set state_dir / SOUND_MONITOR_STATE"
+            ) from None
         try:
             fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -68,9 +70,11 @@ class StateLock:
             self._f.seek(0)
             pid = self._f.read().strip() or "?"
             self._f.close()
-            raise UserError(f"another sound-monitor (pid {pid}) is already running for device "
-                            f"{device_id!r} with the state dir {self.path.parent}: stop it, or give "
-                            "this one another device_id or state_dir") from None
+            raise UserError(
+                f"another sound-monitor (pid {pid}) is already running for device "
+                f"{device_id!r} with the state dir {self.path.parent}: stop it, or give "
+                "this one another device_id or state_dir"
+            ) from None
         try:
             self._f.seek(0)
             self._f.truncate()
@@ -101,8 +105,9 @@ class SeqCounter:
         self._save_failed = False
         stored = self._load()
         if stored is not None and floor > stored:
-            log.warning("%s says seq %d but seq %d was already used: continuing after %d",
-                        self.path, stored, floor, floor)
+            log.warning(
+                "%s says seq %d but seq %d was already used: continuing after %d", self.path, stored, floor, floor
+            )
         self._last = max(stored or 0, floor)
 
     def _load(self) -> int | None:
@@ -117,8 +122,9 @@ class SeqCounter:
             except OSError:
                 return None
         except OSError as e:
-            log.warning("cannot read %s (%s): seq continues from what the outbox and events file saw",
-                        self.path, e.strerror)
+            log.warning(
+                "cannot read %s (%s): seq continues from what the outbox and events file saw", self.path, e.strerror
+            )
             return None
         try:
             value = int(json.loads(text)["last_seq"])
@@ -126,8 +132,9 @@ class SeqCounter:
                 raise ValueError(value)
             return value
         except (ValueError, KeyError, TypeError):
-            log.warning("%s is corrupt (%r): seq continues from what the outbox and events file saw",
-                        self.path, text[:40])
+            log.warning(
+                "%s is corrupt (%r): seq continues from what the outbox and events file saw", self.path, text[:40]
+            )
             return None
 
     @property
@@ -145,8 +152,12 @@ class SeqCounter:
             write_text_atomic(self.path, json.dumps({"last_seq": value}))
         except OSError as e:
             if not self._save_failed:
-                log.error("cannot save the event sequence number to %s (%s): numbering continues in "
-                          "memory, a restart continues after the outbox's highest seq", self.path, e.strerror)
+                log.error(
+                    "cannot save the event sequence number to %s (%s): numbering continues in "
+                    "memory, a restart continues after the outbox's highest seq",
+                    self.path,
+                    e.strerror,
+                )
             self._save_failed = True
             return
         if self._save_failed:
@@ -174,8 +185,9 @@ class OpenEventsJournal(Sink):
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
-            log.warning("cannot read the open-events journal %s (%s): events a crash left open "
-                        "cannot be ended", self.path, e)
+            log.warning(
+                "cannot read the open-events journal %s (%s): events a crash left open cannot be ended", self.path, e
+            )
             return {}
         if not isinstance(data, dict):
             return {}
@@ -190,11 +202,24 @@ class OpenEventsJournal(Sink):
                 start = Event.from_dict(d)
             except TypeError:
                 continue
-            ends.append(Event(type="end", event_id=event_id, seq=next_seq(), label=start.label,
-                              score=start.score, peak_score=start.peak_score, start_s=start.start_s,
-                              end_s=None, duration_s=None, wall_time=utc_now_iso(),
-                              device_id=start.device_id, source=start.source, model=start.model,
-                              reason="restart"))
+            ends.append(
+                Event(
+                    type="end",
+                    event_id=event_id,
+                    seq=next_seq(),
+                    label=start.label,
+                    score=start.score,
+                    peak_score=start.peak_score,
+                    start_s=start.start_s,
+                    end_s=None,
+                    duration_s=None,
+                    wall_time=utc_now_iso(),
+                    device_id=start.device_id,
+                    source=start.source,
+                    model=start.model,
+                    reason="restart",
+                )
+            )
         with self._lock:
             for event_id in self._left:
                 self._open.pop(event_id, None)
@@ -217,8 +242,11 @@ class OpenEventsJournal(Sink):
             write_text_atomic(self.path, text)
         except OSError as e:
             if not self._failed:
-                log.error("cannot save the open-events journal %s (%s): a crash now could leave "
-                          "events without an end", self.path, e.strerror)
+                log.error(
+                    "cannot save the open-events journal %s (%s): a crash now could leave events without an end",
+                    self.path,
+                    e.strerror,
+                )
             self._failed = True
             return
         self._failed = False

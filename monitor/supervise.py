@@ -27,8 +27,8 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 
 # source states shown in Stats, the live view and logs
 OK, STARTING, STALLED, LOST, RETRYING, SILENT, ENDED, FAILED = (
-    "ok", "starting", "stalled", "lost", "retrying", "silent", "ended", "failed")
+    "ok",
+    "starting",
+    "stalled",
+    "lost",
+    "retrying",
+    "silent",
+    "ended",
+    "failed",
+)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 MAX_SLUG = 48
 SUPPORT_URL = "https://github.com/sound-monitor/sound-monitor"
@@ -38,7 +38,7 @@ def label_slug(label: str) -> str:
     base = slugify(label)
     if label == base.replace("_", " ") and re.fullmatch(r"[a-z0-9]+( [a-z0-9]+)*", label):
         return base
-    return f"{base[:MAX_SLUG - 7]}_{_short_hash(label)}"
+    return f"{base[: MAX_SLUG - 7]}_{_short_hash(label)}"
 
 
 def label_slugs(labels: Sequence[str]) -> dict[str, str]:

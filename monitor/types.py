@@ -105,5 +105,5 @@ class Event:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Event":
+    def from_dict(cls, d: dict) -> Event:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

@@ -52,18 +52,30 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from bench_model import ensure_bench_model  # scripts/ is on sys.path when run as a script
+
     from monitor.audio_io import read_audio
     from monitor.clap.encoder import ClapBackend
     from monitor.labels import label_embeddings, softmax_scores
-
-    from bench_model import ensure_bench_model  # scripts/ is on sys.path when run as a script
 
     hf_dir, onnx_dir = ensure_bench_model(Path(args.cache))
 
     clip = read_audio(ROOT / "monitor" / "demo" / "dog.mp3", 48000).samples[: 5 * 48000].copy()
     assert clip.shape[0] == 5 * 48000
-    print(json.dumps({"setup": {"clip_s": 5.0, "labels": len(LABELS), "threads": args.threads,
-                                "cpu_count": os.cpu_count(), "loadavg_before": os.getloadavg()}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "setup": {
+                    "clip_s": 5.0,
+                    "labels": len(LABELS),
+                    "threads": args.threads,
+                    "cpu_count": os.cpu_count(),
+                    "loadavg_before": os.getloadavg(),
+                }
+            }
+        ),
+        flush=True,
+    )
 
     # ---- ours ----------------------------------------------------------------------------
     backend = ClapBackend.from_dir(onnx_dir, threads=args.threads)
@@ -72,7 +84,9 @@ def main() -> int:
     emb = backend.embed_features(feats)
     r_fe = emit("ours_frontend_ms_per_clip", time_ms(lambda: backend.frontend.batch_features(clip[None]), args.repeats))
     r_enc = emit("ours_encoder_fp32_ms_per_clip", time_ms(lambda: backend.embed_features(feats), args.repeats))
-    emit("ours_scoring_ms_per_clip", time_ms(lambda: softmax_scores(emb, label_vecs, backend.logit_scale), args.repeats))
+    emit(
+        "ours_scoring_ms_per_clip", time_ms(lambda: softmax_scores(emb, label_vecs, backend.logit_scale), args.repeats)
+    )
 
     def ours_cached():
         e = backend.embed_audio(clip[None])
@@ -94,18 +108,43 @@ def main() -> int:
 
     pipe = pipeline("zero-shot-audio-classification", model=str(hf_dir))
     fe = pipe.feature_extractor
-    emit("ref_feature_extractor_ms_per_clip", time_ms(lambda: fe([clip], sampling_rate=48000, return_tensors="pt"), args.repeats))
+    emit(
+        "ref_feature_extractor_ms_per_clip",
+        time_ms(lambda: fe([clip], sampling_rate=48000, return_tensors="pt"), args.repeats),
+    )
     with torch.inference_mode():
         r_ref = emit("ref_pipeline_ms_per_clip", time_ms(lambda: pipe(clip, candidate_labels=LABELS), args.repeats))
 
     # agreement on this clip (random weights: a sanity figure, not accuracy)
     ref = {d["label"]: d["score"] for d in pipe(clip, candidate_labels=LABELS)}
     ours = ours_cached()[0]
-    print(json.dumps({"metric": "max_abs_score_diff_vs_pipeline", "value": float(max(abs(ref[l] - ours[i]) for i, l in enumerate(LABELS)))}))
-    print(json.dumps({"metric": "speedup_vs_reference_labels_cached", "value": round(r_ref["median"] / r_tot["median"], 2)}))
-    print(json.dumps({"metric": "speedup_vs_reference_labels_reencoded", "value": round(r_ref["median"] / r_unc["median"], 2)}))
-    print(json.dumps({"loadavg_after": os.getloadavg(),
-                      "ours_frontend_plus_encoder_ms": round(r_fe["median"] + r_enc["median"], 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "metric": "max_abs_score_diff_vs_pipeline",
+                "value": float(max(abs(ref[l] - ours[i]) for i, l in enumerate(LABELS))),
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {"metric": "speedup_vs_reference_labels_cached", "value": round(r_ref["median"] / r_tot["median"], 2)}
+        )
+    )
+    print(
+        json.dumps(
+            {"metric": "speedup_vs_reference_labels_reencoded", "value": round(r_ref["median"] / r_unc["median"], 2)}
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "loadavg_after": os.getloadavg(),
+                "ours_frontend_plus_encoder_ms": round(r_fe["median"] + r_enc["median"], 2),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +42,11 @@ def measure(cmd: list[str], env: dict) -> dict:
     if pid == 0:
         os.execve(cmd[0], cmd, env)
     _, status, usage = os.wait4(pid, 0)
-    return {"rc": os.waitstatus_to_exitcode(status), "wall_s": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "rc": os.waitstatus_to_exitcode(status),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> int:
@@ -58,10 +60,38 @@ def main() -> int:
         env = {**os.environ, "SOUND_MONITOR_STATE": str(Path(d) / "state")}
         py = sys.executable
         for name, cmd in (
-            ("classify", [py, "-m", "monitor", "classify", str(wav), "--model", args.model, "--labels", "owl,dog,cat",
-                          "--no-label-cache"]),
-            ("run_fast", [py, "-m", "monitor", "run", "--source", str(wav), "--fast", "--no-tui", "--model", args.model,
-                          "--labels", "owl,dog,cat"]),
+            (
+                "classify",
+                [
+                    py,
+                    "-m",
+                    "monitor",
+                    "classify",
+                    str(wav),
+                    "--model",
+                    args.model,
+                    "--labels",
+                    "owl,dog,cat",
+                    "--no-label-cache",
+                ],
+            ),
+            (
+                "run_fast",
+                [
+                    py,
+                    "-m",
+                    "monitor",
+                    "run",
+                    "--source",
+                    str(wav),
+                    "--fast",
+                    "--no-tui",
+                    "--model",
+                    args.model,
+                    "--labels",
+                    "owl,dog,cat",
+                ],
+            ),
         ):
             rec = measure(cmd, env)
             print(json.dumps({"command": name, "minutes": args.minutes, **rec}), flush=True)

@@ -35,15 +35,25 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
-
 from bench_model import DEFAULT_DIR, ensure_bench_model  # noqa: E402
 from hub_stub import HubStub  # noqa: E402
+
 from monitor.bench import figure  # noqa: E402
 from monitor.clap import fetch  # noqa: E402
 from monitor.config import HubConfig  # noqa: E402
 
-LABELS = ["dog barking", "smoke alarm", "glass breaking", "baby crying", "door knock", "speech", "music",
-          "rooster crowing", "cat meowing", "rain"]
+LABELS = [
+    "dog barking",
+    "smoke alarm",
+    "glass breaking",
+    "baby crying",
+    "door knock",
+    "speech",
+    "music",
+    "rooster crowing",
+    "cat meowing",
+    "rain",
+]
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
 RSS_CHILD = r"""
@@ -85,8 +95,16 @@ def main() -> int:
             fetched[variant] = out
             mb = sum(f["size"] for f in m["fetched"]["files"].values()) / 1e6
             print(json.dumps(figure(f"download_mb_{variant}", "MB", [mb], digits=1)), flush=True)
-            print(json.dumps({"metric": f"graph_checks_{variant}", **m["audio"]["graph_checks"],
-                              "rewrites": len(m["audio"]["graph_rewrites"])}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "metric": f"graph_checks_{variant}",
+                        **m["audio"]["graph_checks"],
+                        "rewrites": len(m["audio"]["graph_rewrites"]),
+                    }
+                ),
+                flush=True,
+            )
 
     from monitor.clap.encoder import ClapBackend
     from monitor.clap.frontend import ClapFrontend, FrontendParams
@@ -126,7 +144,9 @@ def main() -> int:
             print(json.dumps(figure(f"encoder_ms_{k}", "ms", v)), flush=True)
         ref = np.median(times["own_fp32"])
         for k, v in times.items():
-            print(json.dumps({"metric": f"encoder_ratio_{k}_vs_own_fp32", "value": round(float(np.median(v) / ref), 3)}))
+            print(
+                json.dumps({"metric": f"encoder_ratio_{k}_vs_own_fp32", "value": round(float(np.median(v) / ref), 3)})
+            )
         del models
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for variant, out in fetched.items():
@@ -134,8 +154,13 @@ def main() -> int:
         for _ in range(3):
             with tempfile.TemporaryDirectory() as state:
                 env["SOUND_MONITOR_STATE"] = state
-                r = subprocess.run([sys.executable, "-c", RSS_CHILD, str(out), variant, json.dumps(LABELS)],
-                                   capture_output=True, text=True, env=env, check=True)
+                r = subprocess.run(
+                    [sys.executable, "-c", RSS_CHILD, str(out), variant, json.dumps(LABELS)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                )
                 got = json.loads(r.stdout.strip().splitlines()[-1])
                 peaks.append(got["peak_mb"])
                 befores.append(got["before_mb"])

@@ -34,17 +34,48 @@ def main() -> int:
     audio = bench.demo_audio(rate)
     wins = bench.windows_of(audio, rate, 5.0, 1.0, a.repeats)
     scorer = bench.make_scorer(b, bench.LABELS, None)
-    print(json.dumps({"setup": {"model": b.name, "threads": a.threads, "cpus": os.cpu_count(),
-                                "loadavg": os.getloadavg()[0], "patches_per_window": int(features.patches(wins[0].samples).shape[0])}}))
+    print(
+        json.dumps(
+            {
+                "setup": {
+                    "model": b.name,
+                    "threads": a.threads,
+                    "cpus": os.cpu_count(),
+                    "loadavg": os.getloadavg()[0],
+                    "patches_per_window": int(features.patches(wins[0].samples).shape[0]),
+                }
+            }
+        )
+    )
     it = iter(range(1 << 30))
 
     def nxt():
         return wins[next(it) % len(wins)].samples
 
-    print(json.dumps(bench.figure("offline_frontend_ms_per_window", "ms", bench.time_ms(lambda: features.patches(nxt()), a.repeats))))
-    print(json.dumps(bench.figure("offline_embed_ms_per_window", "ms", bench.time_ms(lambda: b.embed_audio(nxt()[None]), a.repeats))))
-    print(json.dumps(bench.figure("offline_total_ms_per_window", "ms",
-                                  bench.time_ms(lambda: scorer.score(b.embed_audio(nxt()[None])), a.repeats), labels=len(bench.LABELS))))
+    print(
+        json.dumps(
+            bench.figure(
+                "offline_frontend_ms_per_window", "ms", bench.time_ms(lambda: features.patches(nxt()), a.repeats)
+            )
+        )
+    )
+    print(
+        json.dumps(
+            bench.figure(
+                "offline_embed_ms_per_window", "ms", bench.time_ms(lambda: b.embed_audio(nxt()[None]), a.repeats)
+            )
+        )
+    )
+    print(
+        json.dumps(
+            bench.figure(
+                "offline_total_ms_per_window",
+                "ms",
+                bench.time_ms(lambda: scorer.score(b.embed_audio(nxt()[None])), a.repeats),
+                labels=len(bench.LABELS),
+            )
+        )
+    )
     return 0
 
 

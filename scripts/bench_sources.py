@@ -48,8 +48,10 @@ def children_cpu_s() -> float:
 def run_procs(cmds: list[list[str]], env: dict) -> dict:
     """Start every command at once; wall time, CPU of all, peak RSS summed over processes."""
     cpu0, t0 = children_cpu_s(), time.monotonic()
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for c in cmds]
+    procs = [
+        subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for c in cmds
+    ]
     peak = [0.0] * len(procs)
     errs = [""] * len(procs)
     while any(p.poll() is None for p in procs):
@@ -68,8 +70,15 @@ def run_procs(cmds: list[list[str]], env: dict) -> dict:
     enc = [re.search(r"encoder: (\d+) windows in (\d+) model calls \((\d+) shared", e) for e in errs]
     calls = sum(int(m.group(2)) for m in enc if m) or None
     mixed = sum(int(m.group(3)) for m in enc if m) if any(enc) else None
-    return {"wall_s": wall, "cpu_s": children_cpu_s() - cpu0, "peak_rss_mb": sum(peak), "windows": windows,
-            "model_calls": calls, "mixed_calls": mixed, "stderr": errs}
+    return {
+        "wall_s": wall,
+        "cpu_s": children_cpu_s() - cpu0,
+        "peak_rss_mb": sum(peak),
+        "windows": windows,
+        "model_calls": calls,
+        "mixed_calls": mixed,
+        "stderr": errs,
+    }
 
 
 def main() -> int:
@@ -87,13 +96,28 @@ def main() -> int:
 
         def sources(count: int, seconds: float, tag: str) -> list[Path]:
             # each source hears the demo from another point, so the sources differ
-            return [write_loop_wav(tmp / f"{tag}{i}.wav", np.roll(audio, -int(i * 7.3 * 48000) % audio.size), 48000,
-                                   seconds) for i in range(count)]
+            return [
+                write_loop_wav(
+                    tmp / f"{tag}{i}.wav", np.roll(audio, -int(i * 7.3 * 48000) % audio.size), 48000, seconds
+                )
+                for i in range(count)
+            ]
 
         wavs = sources(max(a.sources), a.seconds, "fast")
         env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp / "state")}
-        base = [sys.executable, "-m", "monitor", "run", "--model", a.model, "--labels", LABELS, "--no-tui",
-                "--hop", "1.0"]
+        base = [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--model",
+            a.model,
+            "--labels",
+            LABELS,
+            "--no-tui",
+            "--hop",
+            "1.0",
+        ]
         # warm the label cache so no run pays for the text encoder
         run_procs([base + ["--fast", "--source", str(wavs[0])]], env)
         out("load_average_1min", "", round(os.getloadavg()[0], 2))
@@ -108,19 +132,33 @@ def main() -> int:
                 out(f"sources_{n}_{tag}_windows_per_s", "windows/s", round(r["windows"] / r["wall_s"], 2))
                 out(f"sources_{n}_{tag}_peak_rss_mb", "MB", round(r["peak_rss_mb"], 1))
             if one["model_calls"]:
-                out(f"sources_{n}_one_process_model_calls", "", one["model_calls"], windows=one["windows"],
-                    shared_by_several_sources=one["mixed_calls"])
+                out(
+                    f"sources_{n}_one_process_model_calls",
+                    "",
+                    one["model_calls"],
+                    windows=one["windows"],
+                    shared_by_several_sources=one["mixed_calls"],
+                )
         if a.realtime_s > 0:
             rt = sources(a.realtime_sources, a.realtime_s, "rt")
             for k in sorted({1, a.realtime_sources}):
                 # real-time pace: the files play for realtime_s seconds, then the run ends
                 r = run_procs([base + [x for w in rt[:k] for x in ("--source", str(w))]], env)
-                out(f"realtime_{k}_sources_cpu_share", "% of machine",
-                    round(100 * r["cpu_s"] / r["wall_s"] / os.cpu_count(), 1), wall_s=round(r["wall_s"], 1))
+                out(
+                    f"realtime_{k}_sources_cpu_share",
+                    "% of machine",
+                    round(100 * r["cpu_s"] / r["wall_s"] / os.cpu_count(), 1),
+                    wall_s=round(r["wall_s"], 1),
+                )
                 out(f"realtime_{k}_sources_peak_rss_mb", "MB", round(r["peak_rss_mb"], 1))
                 if r["model_calls"]:
-                    out(f"realtime_{k}_sources_model_calls", "", r["model_calls"], windows=r["windows"],
-                        shared_by_several_sources=r["mixed_calls"])
+                    out(
+                        f"realtime_{k}_sources_model_calls",
+                        "",
+                        r["model_calls"],
+                        windows=r["windows"],
+                        shared_by_several_sources=r["mixed_calls"],
+                    )
     return 0
 
 

@@ -31,7 +31,11 @@ def measure(model: str, threads: int, spinning: bool, cycles: int, hop_s: float)
     from monitor.clap.encoder import ClapBackend
 
     b = ClapBackend.from_dir(model, threads=threads, spinning=spinning)
-    x = np.random.default_rng(0).standard_normal((1, 1, b.frontend.n_frames, b.frontend.params.n_mels)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((1, 1, b.frontend.n_frames, b.frontend.params.n_mels))
+        .astype(np.float32)
+    )
     for _ in range(2):
         b.embed_features(x)
     walls = []
@@ -42,8 +46,14 @@ def measure(model: str, threads: int, spinning: bool, cycles: int, hop_s: float)
         walls.append((time.monotonic() - start) * 1000.0)
         time.sleep(max(0.0, hop_s - (time.monotonic() - start)))
     cpu_ms = (time.process_time() - cpu0) * 1000.0 / cycles
-    return {"threads": threads, "spinning": spinning, "hop_s": hop_s, "cycles": cycles,
-            "wall_ms_per_window": round(float(np.median(walls)), 1), "cpu_ms_per_window": round(cpu_ms, 1)}
+    return {
+        "threads": threads,
+        "spinning": spinning,
+        "hop_s": hop_s,
+        "cycles": cycles,
+        "wall_ms_per_window": round(float(np.median(walls)), 1),
+        "cpu_ms_per_window": round(cpu_ms, 1),
+    }
 
 
 def main() -> int:
@@ -57,8 +67,23 @@ def main() -> int:
         print(json.dumps(measure(a.model, int(a.child[0]), a.child[1] == "1", a.cycles, a.hop)), flush=True)
         return 0
     for threads, spinning in SETTINGS:
-        r = subprocess.run([sys.executable, __file__, "--model", a.model, "--cycles", str(a.cycles), "--hop", str(a.hop),
-                            "--child", str(threads), "1" if spinning else "0"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                a.model,
+                "--cycles",
+                str(a.cycles),
+                "--hop",
+                str(a.hop),
+                "--child",
+                str(threads),
+                "1" if spinning else "0",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             print(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}", file=sys.stderr)
             return r.returncode

@@ -29,8 +29,23 @@ def module_name(p: Path) -> str:
 def functions(tree: ast.AST, mod: str):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            branches = sum(isinstance(n, (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.IfExp, ast.BoolOp,
-                                          ast.ExceptHandler, ast.comprehension)) for n in ast.walk(node))
+            branches = sum(
+                isinstance(
+                    n,
+                    (
+                        ast.If,
+                        ast.For,
+                        ast.While,
+                        ast.Try,
+                        ast.With,
+                        ast.IfExp,
+                        ast.BoolOp,
+                        ast.ExceptHandler,
+                        ast.comprehension,
+                    ),
+                )
+                for n in ast.walk(node)
+            )
             yield {"function": f"{mod}:{node.name}", "lines": node.end_lineno - node.lineno + 1, "branches": branches}
 
 
@@ -96,11 +111,20 @@ def main() -> int:
         probes += len(re.findall(r"\bhasattr\(|\bgetattr\(", text))
         noqa += text.count("# noqa")
     funcs.sort(key=lambda f: -f["lines"])
-    rec = {"largest_functions": funcs[:8], "functions_over_60_lines": sum(f["lines"] > 60 for f in funcs),
-           "hasattr_getattr": probes, "noqa": noqa, "import_cycles": cycles(graph)}
+    rec = {
+        "largest_functions": funcs[:8],
+        "functions_over_60_lines": sum(f["lines"] > 60 for f in funcs),
+        "hasattr_getattr": probes,
+        "noqa": noqa,
+        "import_cycles": cycles(graph),
+    }
     if "--mypy" in sys.argv:
-        r = subprocess.run([sys.executable, "-m", "mypy", "monitor", "--ignore-missing-imports", "--no-error-summary"],
-                           capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-m", "mypy", "monitor", "--ignore-missing-imports", "--no-error-summary"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         rec["mypy_errors_default"] = sum(1 for line in r.stdout.splitlines() if ": error:" in line)
     print(json.dumps(rec, indent=1))
     return 0

@@ -45,8 +45,12 @@ def enroll_share(dataset: str, model: str = "offline", cache_dir: str | None = N
     scores = test_emb @ vecs.T
     ranks = (scores >= scores[np.arange(len(classes)), np.arange(len(classes))][:, None]).sum(axis=1)
     misses = {c: classes[int(np.argmax(scores[i]))] for i, c in enumerate(classes) if ranks[i] != 1}
-    return {"n_classes": len(classes), "share_first": float(np.mean(ranks == 1)),
-            "mean_rank": float(np.mean(ranks)), "misses": misses}
+    return {
+        "n_classes": len(classes),
+        "share_first": float(np.mean(ranks == 1)),
+        "mean_rank": float(np.mean(ranks)),
+        "misses": misses,
+    }
 
 
 def main() -> int:

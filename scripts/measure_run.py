@@ -64,16 +64,34 @@ def main() -> None:
     wav = tmp / "ten-minutes.wav"
     make_file(wav, a.minutes)
     sel = select_backend(a.model, ModelConfig(threads=a.threads))
-    labels = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking", "baby crying",
-                                           "doorbell", "cat meowing", "cow mooing", "rooster crowing",
-                                           "owl hooting", "speech")]
+    labels = [
+        LabelConfig(name=n)
+        for n in (
+            "dog barking",
+            "smoke alarm",
+            "glass breaking",
+            "baby crying",
+            "doorbell",
+            "cat meowing",
+            "cow mooing",
+            "rooster crowing",
+            "owl hooting",
+            "speech",
+        )
+    ]
     scorer = Scorer(sel.backend, labels, ScoringConfig(), cache_dir=tmp / "cache")
     c = itertools.count(1)
-    tracker = EventTracker(rules_for(labels, EventsConfig()), device_id="m", source="file", model=sel.backend.name,
-                           next_seq=lambda: next(c))
+    tracker = EventTracker(
+        rules_for(labels, EventsConfig()),
+        device_id="m",
+        source="file",
+        model=sel.backend.name,
+        next_seq=lambda: next(c),
+    )
     src = FileSource(wav, 1024, realtime=True)
-    pipe = Pipeline(src, sel.backend, scorer, tracker, [JsonlEventSink(str(tmp / "events.jsonl"))],
-                    StreamConfig(hop_s=a.hop))
+    pipe = Pipeline(
+        src, sel.backend, scorer, tracker, [JsonlEventSink(str(tmp / "events.jsonl"))], StreamConfig(hop_s=a.hop)
+    )
     samples = []
     done = threading.Event()
 
@@ -92,13 +110,22 @@ def main() -> None:
     cpu_share = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) / os.cpu_count()
     lat = np.array(stats.latency_s) * 1000
     out = {
-        "model": sel.backend.name, "minutes": a.minutes, "hop_s": a.hop, "wall_s": round(wall, 1),
-        "windows": stats.windows, "dropped_windows": stats.dropped_windows, "events": stats.events,
-        "cpu_share_of_machine": round(cpu_share, 4), "cpus": os.cpu_count(),
-        "rss_mb_after_60s": round(warm[0][2], 1), "rss_mb_end": round(samples[-1][2], 1),
+        "model": sel.backend.name,
+        "minutes": a.minutes,
+        "hop_s": a.hop,
+        "wall_s": round(wall, 1),
+        "windows": stats.windows,
+        "dropped_windows": stats.dropped_windows,
+        "events": stats.events,
+        "cpu_share_of_machine": round(cpu_share, 4),
+        "cpus": os.cpu_count(),
+        "rss_mb_after_60s": round(warm[0][2], 1),
+        "rss_mb_end": round(samples[-1][2], 1),
         "rss_mb_max": round(max(s[2] for s in samples), 1),
-        "latency_ms_median": round(float(np.median(lat)), 1), "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
-        "latency_ms_max": round(float(lat.max()), 1), "loadavg": open("/proc/loadavg").read().split()[:3],
+        "latency_ms_median": round(float(np.median(lat)), 1),
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
+        "latency_ms_max": round(float(lat.max()), 1),
+        "loadavg": open("/proc/loadavg").read().split()[:3],
     }
     print(json.dumps(out))
 

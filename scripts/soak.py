@@ -30,8 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.audio_io import read_audio  # noqa: E402
 from monitor.bench import rss_mb  # noqa: E402
-from monitor.config import (EventsConfig, LabelConfig, MQTTConfig, ScoringConfig, SourceConfig,  # noqa: E402
-                            StreamConfig)
+from monitor.config import (
+    EventsConfig,
+    LabelConfig,
+    MQTTConfig,
+    ScoringConfig,
+    SourceConfig,  # noqa: E402
+    StreamConfig,
+)
 from monitor.events import EventTracker, rules_for  # noqa: E402
 from monitor.pipeline import Pipeline  # noqa: E402
 from monitor.scoring import Scorer  # noqa: E402
@@ -66,8 +72,8 @@ class Audio:
             x[:] = 0.0  # digital silence (gated)
         if r.random() < 0.05:
             k = int(r.integers(n))
-            x[k:k + 50] = np.nan
-            x[k + 50:k + 53] = np.inf
+            x[k : k + 50] = np.nan
+            x[k + 50 : k + 53] = np.inf
             self.nan_injected += int(min(53, n - k))
         return x
 
@@ -99,7 +105,6 @@ class SoakSource:
         self.block_frames = block_frames
         self.description = "soak"
         self.finished = False  # the programme is over: the supervisor ends the run
-
 
     def run(self, put, stop) -> None:
         a = self.audio
@@ -138,8 +143,13 @@ def start_broker(port: int, workdir: Path) -> subprocess.Popen:
     # persistence: the subscriber's session (and the QoS 1 messages queued for it) survive the
     # broker restart, as with a real home broker; otherwise a message published before the
     # subscriber re-subscribed would be lost to the *subscriber*, not by the monitor
-    lines = [f"listener {port} 127.0.0.1", "persistence true", f"persistence_location {workdir}/",
-             "autosave_interval 1", "allow_anonymous true"]
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "persistence true",
+        f"persistence_location {workdir}/",
+        "autosave_interval 1",
+        "allow_anonymous true",
+    ]
     if os.geteuid() == 0:
         lines.append("user root")
     conf.write_text("\n".join(lines) + "\n")
@@ -206,16 +216,33 @@ def main() -> int:
     scorer = Scorer(backend, labels, ScoringConfig(), cache_dir=tmp / "cache")
     counter = itertools.count(1)
     events_cfg = EventsConfig(threshold=0.3, hysteresis=0.1, min_windows=2, cooldown_s=2.0, max_event_s=60.0)
-    tracker = EventTracker(rules_for(labels, events_cfg), device_id="soak", source="soak", model=backend.name,
-                           next_seq=lambda: next(counter))
+    tracker = EventTracker(
+        rules_for(labels, events_cfg),
+        device_id="soak",
+        source="soak",
+        model=backend.name,
+        next_seq=lambda: next(counter),
+    )
     jsonl = JsonlEventSink(str(tmp / "events.jsonl"))
-    mq = MqttSink.from_config(MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
-                              device_id="soak", labels=LABELS, state_dir=tmp / "state", model_name=backend.name,
-                              source_name="soak")
+    mq = MqttSink.from_config(
+        MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
+        device_id="soak",
+        labels=LABELS,
+        state_dir=tmp / "state",
+        model_name=backend.name,
+        source_name="soak",
+    )
     source = SoakSource(audio, a.speed, faults)
-    pipe = Pipeline(source, backend, scorer, tracker, [jsonl, mq], StreamConfig(),
-                    source_cfg=SourceConfig(stall_timeout_s=0.5, retry_max_s=1.0),
-                    reopen=lambda: SoakSource(audio, a.speed, faults))
+    pipe = Pipeline(
+        source,
+        backend,
+        scorer,
+        tracker,
+        [jsonl, mq],
+        StreamConfig(),
+        source_cfg=SourceConfig(stall_timeout_s=0.5, retry_max_s=1.0),
+        reopen=lambda: SoakSource(audio, a.speed, faults),
+    )
     rss: list[tuple[float, float, float]] = []  # (wall s, stream s, MB)
     done = threading.Event()
     t0 = time.monotonic()
@@ -238,8 +265,9 @@ def main() -> int:
             if f >= 0.6 and "reload" not in fired:
                 fired.add("reload")
                 new = labels + [LabelConfig(name="doorbell")]
-                pipe.swap_live(Scorer(backend, new[1:], ScoringConfig(), cache_dir=tmp / "cache"),
-                               rules_for(new[1:], events_cfg))
+                pipe.swap_live(
+                    Scorer(backend, new[1:], ScoringConfig(), cache_dir=tmp / "cache"), rules_for(new[1:], events_cfg)
+                )
 
     nonlocal_broker = [None]
     ths = [threading.Thread(target=sampler, daemon=True), threading.Thread(target=inject, daemon=True)]
@@ -254,9 +282,14 @@ def main() -> int:
     backlog = 0
     if nonlocal_broker[0] is not None or broker.poll() is None:
         # what a run that ended while the broker was away left in the outbox goes at the next start
-        nxt = MqttSink.from_config(MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
-                                   device_id="soak", labels=LABELS, state_dir=tmp / "state",
-                                   model_name=backend.name, source_name="soak")
+        nxt = MqttSink.from_config(
+            MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
+            device_id="soak",
+            labels=LABELS,
+            state_dir=tmp / "state",
+            model_name=backend.name,
+            source_name="soak",
+        )
         backlog = nxt.outbox.size()
         deadline = time.time() + 20
         while time.time() < deadline and nxt.outbox.size():
@@ -274,23 +307,38 @@ def main() -> int:
     unbalanced = sum(1 for v in open_ids.values() if v != ["start", "end"])
     warm = [r for r in rss if r[1] >= 0.05 * total_s] or rss
     out = {
-        "backend": backend.name, "audio_minutes": a.minutes, "wall_s": round(wall, 1),
-        "speedup_x": round(total_s / wall, 1), "windows": stats.windows, "dropped_windows": stats.dropped_windows,
-        "dropped_frames": stats.dropped_frames, "received_frames": stats.received_frames,
-        "events_in_jsonl": len(logged), "events_out_mqtt_unique": len(received),
-        "mqtt_duplicates": len(sub.seqs) - len(set(sub.seqs)), "events_lost": len(lost),
+        "backend": backend.name,
+        "audio_minutes": a.minutes,
+        "wall_s": round(wall, 1),
+        "speedup_x": round(total_s / wall, 1),
+        "windows": stats.windows,
+        "dropped_windows": stats.dropped_windows,
+        "dropped_frames": stats.dropped_frames,
+        "received_frames": stats.received_frames,
+        "events_in_jsonl": len(logged),
+        "events_out_mqtt_unique": len(received),
+        "mqtt_duplicates": len(sub.seqs) - len(set(sub.seqs)),
+        "events_lost": len(lost),
         "outbox_backlog_delivered_at_next_start": backlog,
         "unbalanced_event_ids": unbalanced,
         "faults": {
             "source_stall": {"injected": bool(faults.get("fired_stall")), "stalls_detected": stats.source_stalls},
             "source_exception": {"injected": bool(faults.get("fired_raise")), "reopens": stats.source_restarts},
-            "losses": stats.source_losses, "gaps": stats.gaps, "gap_s": round(stats.gap_s, 2),
-            "nan_inf_injected": audio.nan_injected, "nan_inf_zeroed": stats.nonfinite_samples,
-            "broker_restart": 1, "live_label_change": stats.reloads,
+            "losses": stats.source_losses,
+            "gaps": stats.gaps,
+            "gap_s": round(stats.gap_s, 2),
+            "nan_inf_injected": audio.nan_injected,
+            "nan_inf_zeroed": stats.nonfinite_samples,
+            "broker_restart": 1,
+            "live_label_change": stats.reloads,
         },
-        "rss_mb": {"start_after_warmup": round(warm[0][2], 1), "end": round(rss[-1][2], 1),
-                   "max": round(max(r[2] for r in rss), 1), "drift": round(rss[-1][2] - warm[0][2], 1),
-                   "samples": len(rss)},
+        "rss_mb": {
+            "start_after_warmup": round(warm[0][2], 1),
+            "end": round(rss[-1][2], 1),
+            "max": round(max(r[2] for r in rss), 1),
+            "drift": round(rss[-1][2] - warm[0][2], 1),
+            "samples": len(rss),
+        },
         "rss_timeline_mb": [round(r[2], 1) for r in rss[:: max(1, len(rss) // 12)]],
         "source_status_end": stats.source_status,
     }

@@ -7,13 +7,13 @@ import threading
 import time
 
 import numpy as np
+from stream_helpers import BandEnergyBackend
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
 from monitor.pipeline import Pipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
-from stream_helpers import BandEnergyBackend
 
 RATE = 16000
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]
@@ -28,8 +28,9 @@ class ScriptSource:
     """Plays steps at ``speed`` x real time: ("audio", samples) | ("stall", wall_s) | ("raise", msg)
     | ("stop", event) (sets an event, e.g. the pipeline's stop, and returns)."""
 
-    def __init__(self, steps, *, speed: float = 20.0, block_frames: int = 1600, name: str = "script",
-                 realtime: bool = True):
+    def __init__(
+        self, steps, *, speed: float = 20.0, block_frames: int = 1600, name: str = "script", realtime: bool = True
+    ):
         self.steps = list(steps)
         self.speed = speed
         self.block_frames = block_frames
@@ -48,7 +49,7 @@ class ScriptSource:
                 for a in range(0, len(arg), self.block_frames):
                     if stop.is_set():
                         return
-                    b = arg[a:a + self.block_frames].reshape(-1, 1)
+                    b = arg[a : a + self.block_frames].reshape(-1, 1)
                     put(b)
                     self.delivered += len(b)
                     if self.speed:
@@ -87,20 +88,45 @@ class Collect(Sink):
         self.closed = True
 
 
-def make_pipeline(source, *, sinks=(), backend=None, labels=LABELS, events=None, reopen=None, stop=None,
-                  source_cfg=None, stream=None, buffer_s=10.0, max_pending_windows=4):
+def make_pipeline(
+    source,
+    *,
+    sinks=(),
+    backend=None,
+    labels=LABELS,
+    events=None,
+    reopen=None,
+    stop=None,
+    source_cfg=None,
+    stream=None,
+    buffer_s=10.0,
+    max_pending_windows=4,
+):
     backend = backend or BandEnergyBackend()
     scorer = Scorer(backend, labels, ScoringConfig())
     counter = itertools.count(1)
     events = events or EventsConfig(threshold=0.0, hysteresis=0.0, min_windows=1, cooldown_s=0.0)
-    tracker = EventTracker(rules_for(labels, events), device_id="dev1", source=source.description,
-                           model=backend.name, next_seq=lambda: next(counter))
+    tracker = EventTracker(
+        rules_for(labels, events),
+        device_id="dev1",
+        source=source.description,
+        model=backend.name,
+        next_seq=lambda: next(counter),
+    )
     collect = Collect()
-    pipe = Pipeline(source, backend, scorer, tracker, [collect, *sinks], stream or StreamConfig(),
-                    buffer_s=buffer_s, stop=stop, max_pending_windows=max_pending_windows,
-                    source_cfg=source_cfg or SourceConfig(stall_timeout_s=0.25, retry_max_s=0.2,
-                                                          silence_timeout_s=60.0),
-                    reopen=reopen)
+    pipe = Pipeline(
+        source,
+        backend,
+        scorer,
+        tracker,
+        [collect, *sinks],
+        stream or StreamConfig(),
+        buffer_s=buffer_s,
+        stop=stop,
+        max_pending_windows=max_pending_windows,
+        source_cfg=source_cfg or SourceConfig(stall_timeout_s=0.25, retry_max_s=0.2, silence_timeout_s=60.0),
+        reopen=reopen,
+    )
     collect.pipe = pipe
     return pipe, collect
 

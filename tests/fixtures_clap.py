@@ -40,7 +40,7 @@ def tiny_clap_export(tiny_clap_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_clips_48k() -> dict[str, "object"]:
+def demo_clips_48k() -> dict[str, object]:
     from monitor.audio_io import read_audio
 
     return {p.stem: read_audio(p, 48000).samples for p in sorted(DEMO_DIR.glob("*.mp3"))}

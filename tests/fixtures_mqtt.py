@@ -22,8 +22,15 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None, users: dict | None = None, tls: dict | None = None,
-                 persistence: bool = False, acl: str | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        users: dict | None = None,
+        tls: dict | None = None,
+        persistence: bool = False,
+        acl: str | None = None,
+    ):
         self.dir = workdir
         self.acl = acl  # mosquitto acl_file text (with users)
         self.port = port or free_port()
@@ -37,7 +44,11 @@ class Broker:
     def conf(self) -> Path:
         lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr"]
         if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/", f"persistence_file broker-{self.port}.db"]
+            lines += [
+                "persistence true",
+                f"persistence_location {self.dir}/",
+                f"persistence_file broker-{self.port}.db",
+            ]
         else:
             lines.append("persistence false")
         if os.geteuid() == 0:
@@ -62,9 +73,12 @@ class Broker:
         c.write_text("\n".join(lines) + "\n")
         return c
 
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf())], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "mosquitto.log", "ab"))
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf())],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "mosquitto.log", "ab"),
+        )
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -91,8 +105,11 @@ class Subscriber:
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}-{time.time_ns()}",
-                             clean_session=clean_session)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-sub-{port}-{time.time_ns()}",
+            clean_session=clean_session,
+        )
         self.c.reconnect_delay_set(0.1, 0.5)  # loop_start reconnects by itself after a broker restart
         ready = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p: ([c.subscribe(t, qos=1) for t in topics], ready.set())

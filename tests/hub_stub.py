@@ -52,7 +52,7 @@ class HubStub:
         assert self._url, "not started"
         return self._url
 
-    def start(self) -> "HubStub":
+    def start(self) -> HubStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,7 +80,7 @@ class HubStub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "HubStub":
+    def __enter__(self) -> HubStub:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -94,8 +94,14 @@ def test_bilinear_recovers_a_planted_map_on_unseen_classes():
 def test_nonlinear_learns_the_planted_problem_too():
     theta, y, phi = planted(seed=1, n_classes=30, per_class=10)
     train, val, test = list(range(0, 20)), list(range(20, 25)), list(range(25, 30))
-    f = adapt.fit("nonlinear", *_part(theta, y, phi, train), *_part(theta, y, phi, val), seed=0,
-                  lambdas=(0.0, 0.01), max_epochs=60)
+    f = adapt.fit(
+        "nonlinear",
+        *_part(theta, y, phi, train),
+        *_part(theta, y, phi, val),
+        seed=0,
+        lambdas=(0.0, 0.01),
+        max_epochs=60,
+    )
     th_t, y_t, phi_t = _part(theta, y, phi, test)
     m = adapt.mean_ap_of_scores(f.adapter.scores(th_t, phi_t), y_t)
     assert m > 0.6, m  # chance on 5 classes: 0.457
@@ -136,9 +142,17 @@ def test_adapter_file_round_trip_and_scorer_uses_f(tmp_path):
     base = FakeBackend()
     rng = np.random.default_rng(0)
     w = rng.normal(size=(8, 8))
-    ad = adapt.Adapter("bilinear", {"W": w, "mu": np.zeros(8)},
-                       {"backend_cache_key": base.cache_key, "semantic": "text", "theta": "audio",
-                        "templates": ["This is a sound of {}."], "logit_scale": 3.0})
+    ad = adapt.Adapter(
+        "bilinear",
+        {"W": w, "mu": np.zeros(8)},
+        {
+            "backend_cache_key": base.cache_key,
+            "semantic": "text",
+            "theta": "audio",
+            "templates": ["This is a sound of {}."],
+            "logit_scale": 3.0,
+        },
+    )
     path = ad.save(tmp_path / "a")
     assert path.suffix == ".npz"
     loaded = adapt.Adapter.load(path)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from fault_helpers import make_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fault_helpers import make_pipeline
 from monitor.audio_io import read_audio
 from monitor.config import Config, load_config, parse_config, with_overrides
 from monitor.errors import AudioError, ModelError, UserError
@@ -93,13 +93,47 @@ def test_check_config_cli_one_line_exit_2(tmp_path):
     assert "labels[2].name: a label must be at most 120 characters" in r.stderr
 
 
-KEYS = st.sampled_from(["labels", "name", "prompts", "threshold", "source", "input", "stream", "hop_s",
-                        "window_s", "events", "mqtt", "port", "host", "tls", "scoring", "templates", "method",
-                        "clips", "model", "threads", "device_id", "x", "", "-"])
-SCALARS = (st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True)
-           | st.text(max_size=30) | st.sampled_from(["{}", "1e400", ".nan", "softmax", "mic", "-"]))
-VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(KEYS | st.text(max_size=8), c,
-                                                                                   max_size=4), max_leaves=25)
+KEYS = st.sampled_from(
+    [
+        "labels",
+        "name",
+        "prompts",
+        "threshold",
+        "source",
+        "input",
+        "stream",
+        "hop_s",
+        "window_s",
+        "events",
+        "mqtt",
+        "port",
+        "host",
+        "tls",
+        "scoring",
+        "templates",
+        "method",
+        "clips",
+        "model",
+        "threads",
+        "device_id",
+        "x",
+        "",
+        "-",
+    ]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=30)
+    | st.sampled_from(["{}", "1e400", ".nan", "softmax", "mic", "-"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(KEYS | st.text(max_size=8), c, max_size=4),
+    max_leaves=25,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,8 +150,9 @@ def test_fuzz_parse_config_only_user_errors(data):
     assert parse_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))) == cfg
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(st.text(max_size=300) | st.builds(lambda v: yaml.safe_dump(v), VALUES))
 def test_fuzz_config_files_only_user_errors(tmp_path, text):
     FUZZ["n"] += 1
@@ -130,8 +165,21 @@ def test_fuzz_config_files_only_user_errors(tmp_path, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["events.threshold", "stream.hop_s", "source.input", "labels", "mqtt.port",
-                        "scoring.method", "source.sample_rate_hz", "model.threads"]), VALUES)
+@given(
+    st.sampled_from(
+        [
+            "events.threshold",
+            "stream.hop_s",
+            "source.input",
+            "labels",
+            "mqtt.port",
+            "scoring.method",
+            "source.sample_rate_hz",
+            "model.threads",
+        ]
+    ),
+    VALUES,
+)
 def test_fuzz_overrides_only_user_errors(key, value):
     FUZZ["n"] += 1
     try:
@@ -213,8 +261,11 @@ def test_empty_zero_frame_and_truncated_files(tmp_path):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(min_size=1, max_size=3000), st.sampled_from([".wav", ".flac", ".mp3", ".ogg", ".aiff"]),
-       st.sampled_from([b"", b"RIFF\x24\x08\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"ID3\x03\x00"]))
+@given(
+    st.binary(min_size=1, max_size=3000),
+    st.sampled_from([".wav", ".flac", ".mp3", ".ogg", ".aiff"]),
+    st.sampled_from([b"", b"RIFF\x24\x08\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"ID3\x03\x00"]),
+)
 def test_fuzz_audio_readers_random_bytes(tmp_path, data, ext, prefix):
     FUZZ["n"] += 1
     p = tmp_path / f"fuzz{ext}"

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "monitor", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "monitor", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     return r.returncode, [json.loads(l) for l in r.stdout.splitlines() if l.strip()], r.stderr
 
 
@@ -31,24 +32,51 @@ def test_matmul_flop_count_of_a_known_graph(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     w1 = numpy_helper.from_array(np.ones((64, 32), np.float32), "w1")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w1],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert bench.graph_gflop(path, (1, 10, 64)) == pytest.approx(2 * 10 * 64 * 32 / 1e9)
 
 
 def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
-    code, lines, err = _bench("--model", str(tiny_clap_export), "--repeats", "3", "--cpu-seconds", "4",
-                              "--compare-reference", "--reference", str(tiny_clap_dir))
+    code, lines, err = _bench(
+        "--model",
+        str(tiny_clap_export),
+        "--repeats",
+        "3",
+        "--cpu-seconds",
+        "4",
+        "--compare-reference",
+        "--reference",
+        str(tiny_clap_dir),
+    )
     assert code == 0, err
     figures = {l["metric"]: l for l in lines if "median" in l}
-    for name in ("matmul_fp32_gflops", "encoder_gflop_per_window", "encoder_floor_ms", "frontend_full_window_ms",
-                 "frontend_ms_per_hop", "encoder_fp32_ms_per_window", "scoring_ms_per_window", "total_fp32_ms_per_window",
-                 "total_fp32_ms_per_window_2_sources", "encoder_fp32_ms_per_window_batch4",
-                 "total_fp32_ratio_to_floor", "cpu_share_hop_pct", "run_rss_mb", "bench_process_peak_rss_mb",
-                 "reference_pipeline_ms_per_window", "matmul_fp32_gflops_1thread", "cpu_share_floor_pct"):
+    for name in (
+        "matmul_fp32_gflops",
+        "encoder_gflop_per_window",
+        "encoder_floor_ms",
+        "frontend_full_window_ms",
+        "frontend_ms_per_hop",
+        "encoder_fp32_ms_per_window",
+        "scoring_ms_per_window",
+        "total_fp32_ms_per_window",
+        "total_fp32_ms_per_window_2_sources",
+        "encoder_fp32_ms_per_window_batch4",
+        "total_fp32_ratio_to_floor",
+        "cpu_share_hop_pct",
+        "run_rss_mb",
+        "bench_process_peak_rss_mb",
+        "reference_pipeline_ms_per_window",
+        "matmul_fp32_gflops_1thread",
+        "cpu_share_floor_pct",
+    ):
         rec = figures[name]
         assert set(rec) >= {"metric", "unit", "median", "min", "max"}, rec
         assert rec["min"] <= rec["median"] <= rec["max"], rec
@@ -58,13 +86,19 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     assert figures["encoder_floor_ms"]["median"] == pytest.approx(floor, rel=0.01, abs=0.01)
     assert figures["cpu_share_hop_pct"]["dropped_windows"] == 0
     # the CPU floor: the counted work at one core's rate, once per 1 s hop, over the machine's cores
-    share_floor = (figures["encoder_gflop_per_window"]["median"] / figures["matmul_fp32_gflops_1thread"]["median"]
-                   / 1.0 / (os.cpu_count() or 1) * 100)
+    share_floor = (
+        figures["encoder_gflop_per_window"]["median"]
+        / figures["matmul_fp32_gflops_1thread"]["median"]
+        / 1.0
+        / (os.cpu_count() or 1)
+        * 100
+    )
     assert figures["cpu_share_floor_pct"]["median"] == pytest.approx(share_floor, rel=0.01, abs=0.01)
     ref_ms = figures["reference_pipeline_ms_per_window"]["median"]
     gflop = figures["encoder_gflop_per_window"]["median"]  # (figures are rounded: compare within 5 %)
-    assert figures["speedup_bound_fp32"]["median"] == pytest.approx(ref_ms / (gflop / figures["matmul_fp32_gflops"]["median"] * 1000),
-                                                         rel=0.05)
+    assert figures["speedup_bound_fp32"]["median"] == pytest.approx(
+        ref_ms / (gflop / figures["matmul_fp32_gflops"]["median"] * 1000), rel=0.05
+    )
     last = lines[-1]
     assert last["metric"] == "speedup_vs_reference"
     ref, ours = figures["reference_pipeline_ms_per_window"]["median"], figures["total_fp32_ms_per_window"]["median"]

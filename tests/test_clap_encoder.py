@@ -63,7 +63,9 @@ def test_audio_embeddings_equal_torch(backend, torch_clap, demo_clips_48k):
     got = np.concatenate([backend.embed_audio(c[None, :]) for c in clips])
     feats = proc.feature_extractor(clips, sampling_rate=48000, return_tensors="pt")
     with torch.no_grad():
-        ref = torch.nn.functional.normalize(_pooled(model.get_audio_features(input_features=feats["input_features"])), dim=-1)
+        ref = torch.nn.functional.normalize(
+            _pooled(model.get_audio_features(input_features=feats["input_features"])), dim=-1
+        )
     np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # the clips really embed differently (so the comparison above can fail)
@@ -85,7 +87,9 @@ def test_batch_and_embed_features(backend):
 
     many = np.concatenate([feats] * (AUDIO_BATCH // 3 + 2))
     assert many.shape[0] > AUDIO_BATCH
-    np.testing.assert_allclose(backend.embed_features(many), np.concatenate([joint] * (AUDIO_BATCH // 3 + 2)), atol=1e-5)
+    np.testing.assert_allclose(
+        backend.embed_features(many), np.concatenate([joint] * (AUDIO_BATCH // 3 + 2)), atol=1e-5
+    )
     np.testing.assert_allclose(backend.embed_features(feats[:1]), single[:1], atol=1e-6)
     with pytest.raises(ValueError):
         backend.embed_features(feats[:, :, :1000])
@@ -171,7 +175,9 @@ def test_corrupt_or_missing_files(tiny_clap_export, tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_export_cli_local_dir(tiny_clap_dir, tmp_path):
@@ -219,8 +225,10 @@ def test_export_rewrites_the_time_stretch_and_saves_optimised_graphs(tiny_clap_e
     assert not [n for n in graph.node if n.op_type == "Resize"]
     assert {n.name for n in graph.node if n.op_type == "MatMul"} >= set(audio["graph_rewrites"])
     # the optimised copies are listed, hashed, and are what the backend loads
-    assert audio["optimized"] == {"audio_encoder.onnx": "audio_encoder.opt.onnx",
-                                  "audio_encoder.int8.onnx": "audio_encoder.int8.opt.onnx"}
+    assert audio["optimized"] == {
+        "audio_encoder.onnx": "audio_encoder.opt.onnx",
+        "audio_encoder.int8.onnx": "audio_encoder.int8.opt.onnx",
+    }
     for f in audio["optimized"].values():
         assert f in manifest["files"]
     assert manifest["max_abs_diff"]["audio"] < 1e-4  # measured after the rewrite

@@ -39,7 +39,11 @@ class CountingBackend:
 def test_texts_prompts_times_templates():
     lab = LabelConfig(name="alarm", prompts=("smoke alarm", "fire alarm beeping"))
     assert label_texts(lab, ["a {}", "the sound of {}"]) == [
-        "a smoke alarm", "the sound of smoke alarm", "a fire alarm beeping", "the sound of fire alarm beeping"]
+        "a smoke alarm",
+        "the sound of smoke alarm",
+        "a fire alarm beeping",
+        "the sound of fire alarm beeping",
+    ]
     assert label_texts("dog", ["This is a sound of {}."]) == ["This is a sound of dog."]
     assert label_texts(LabelConfig(name="cat"), ["{}"]) == ["cat"]
 
@@ -52,7 +56,12 @@ def test_ensemble_is_normalised_mean():
     texts = label_texts(lab, templates)
     mean = b.embed_text(texts).mean(axis=0)
     np.testing.assert_allclose(got[0], mean / np.linalg.norm(mean), atol=1e-6)
-    np.testing.assert_allclose(got[1], b.embed_text(["a dog", "the sound of dog"]).mean(0) / np.linalg.norm(b.embed_text(["a dog", "the sound of dog"]).mean(0)), atol=1e-6)
+    np.testing.assert_allclose(
+        got[1],
+        b.embed_text(["a dog", "the sound of dog"]).mean(0)
+        / np.linalg.norm(b.embed_text(["a dog", "the sound of dog"]).mean(0)),
+        atol=1e-6,
+    )
     assert got.shape == (2, 8)
 
 

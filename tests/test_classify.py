@@ -35,8 +35,17 @@ def _by_label(scores):
 
 def test_classify_json_equals_pipeline(tiny_clap_export, pipe, demo_clips_48k, tmp_path):
     files = sorted(DEMO.glob("*.mp3"))
-    r = _cli("classify", *map(str, files), "--model", str(tiny_clap_export), "--labels", ",".join(ANIMALS), "--json",
-             tmp_path=tmp_path, check_rc=0)
+    r = _cli(
+        "classify",
+        *map(str, files),
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        ",".join(ANIMALS),
+        "--json",
+        tmp_path=tmp_path,
+        check_rc=0,
+    )
     out = json.loads(r.stdout)
     assert [o["file"] for o in out] == [str(f) for f in files]
     seen = []
@@ -63,8 +72,17 @@ def test_classify_template_and_human_output(tiny_clap_export, pipe, demo_clips_4
     monkeypatch.setenv("SOUND_MONITOR_STATE", str(tmp_path / "state"))
     labels = ["dog barking", "a rooster", "silence"]
     template = "The sound of {}"
-    args = ["classify", str(DEMO / "rooster.mp3"), "--model", str(tiny_clap_export), "--labels", ",".join(labels),
-            "--template", template, "--json"]
+    args = [
+        "classify",
+        str(DEMO / "rooster.mp3"),
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        ",".join(labels),
+        "--template",
+        template,
+        "--json",
+    ]
     import contextlib
     import io
 
@@ -102,8 +120,22 @@ def test_classify_long_and_resampled_file(tiny_clap_export, tmp_path):
     f = tmp_path / "long.flac"
     sf.write(f, x, 44100)
     labels = ["dog", "noise", "a tone"]
-    runs = [json.loads(_cli("classify", str(f), "--model", str(tiny_clap_export), "--labels", ",".join(labels),
-                            "--json", tmp_path=tmp_path, check_rc=0).stdout) for _ in range(2)]
+    runs = [
+        json.loads(
+            _cli(
+                "classify",
+                str(f),
+                "--model",
+                str(tiny_clap_export),
+                "--labels",
+                ",".join(labels),
+                "--json",
+                tmp_path=tmp_path,
+                check_rc=0,
+            ).stdout
+        )
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
     b = ClapBackend.from_dir(tiny_clap_export, threads=1)
     audio = read_audio(f, 48000).samples

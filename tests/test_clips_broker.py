@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import soundfile as sf
-
 from fault_helpers import RATE, ScriptSource, make_pipeline, noise, pairs_balanced
 from fixtures_mqtt import Subscriber
+
 from monitor.config import ClipsConfig, EventsConfig, MQTTConfig, StreamConfig
 from monitor.sinks.clips import ClipsSink, enforce_budget
 from monitor.sinks.jsonl import JsonlEventSink
@@ -51,7 +51,7 @@ def test_clips_written_around_events_local_private(tmp_path):
         assert abs(audio.size / rate - want) < 0.01
         # exactly the stream's audio over that span (16-bit quantisation), burst included
         a = int(round(max(0.0, e.start_s - 1.0) * rate))
-        np.testing.assert_allclose(audio, full[a:a + audio.size], atol=2 / 32768)
+        np.testing.assert_allclose(audio, full[a : a + audio.size], atol=2 / 32768)
         assert np.abs(audio).max() > 0.2
     assert not list((tmp_path / "clips").glob(".*.part"))
 
@@ -80,8 +80,14 @@ def test_broker_restart_midrun_events_in_equal_events_out(mosquitto, tmp_path):
     # before the subscriber is back is queued for it by the broker (not lost to the test)
     sub = Subscriber(b.port, topics=("sound-monitor/dev1/events",), client_id="restart-sub", clean_session=False)
     cfg = MQTTConfig(host="127.0.0.1", port=b.port, reconnect_min_s=0.2, reconnect_max_s=0.5)
-    mq = MqttSink.from_config(cfg, device_id="dev1", labels=["dog barking", "smoke alarm", "glass breaking"],
-                              state_dir=tmp_path / "state", model_name="m", source_name="s")
+    mq = MqttSink.from_config(
+        cfg,
+        device_id="dev1",
+        labels=["dog barking", "smoke alarm", "glass breaking"],
+        state_dir=tmp_path / "state",
+        model_name="m",
+        source_name="s",
+    )
     jl = JsonlEventSink(str(tmp_path / "events.jsonl"))
     src = ScriptSource(bursts(16), speed=60)  # 192 s of audio in about 3.2 s
     pipe, c = make_pipeline(src, sinks=[jl, mq], events=BURSTY, stream=StreamConfig(gate_dbfs=-60))

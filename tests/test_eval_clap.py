@@ -20,8 +20,26 @@ def test_eval_and_adapter_on_tiny_clap(tmp_path, tiny_clap_export, demo_dir, cap
     assert 0.0 <= out["top1"] <= 1.0 and out["map"] >= 0.1  # random weights: any ranking, never below 1/C
 
     path = tmp_path / "clap-bilinear.npz"
-    assert main(["eval", str(demo_dir), "--model", str(tiny_clap_export), "--protocol", "class-folds", "--folds", "3",
-                 "--adapter", "bilinear", "--save-adapter", str(path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(demo_dir),
+                "--model",
+                str(tiny_clap_export),
+                "--protocol",
+                "class-folds",
+                "--folds",
+                "3",
+                "--adapter",
+                "bilinear",
+                "--save-adapter",
+                str(path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["semantic"] == "text" and len(out["folds"]) == 3
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-
 from fixtures_offline import offline_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +33,9 @@ def uiowa_by_class(uiowa_dir: Path) -> dict[str, list[Path]]:
 
 def cli(args, env_extra, timeout=300):
     env = dict(os.environ, **env_extra)
-    return subprocess.run([sys.executable, "-m", "monitor", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture()
@@ -85,15 +84,29 @@ def test_enroll_then_classify_and_config(tmp_path, uiowa_dir, env):
     entry = json.loads(store_file.read_text())["our dryer"]
     assert len(entry["vector"]) == 521 and len(entry["files"]) == 4
     # the enrolled label now works like any other in classify, next to text labels
-    r = cli(["classify", str(clips[4]), "--model", "offline", "--labels", "leaf blower,our dryer,lawnmower", "--json"], env)
+    r = cli(
+        ["classify", str(clips[4]), "--model", "offline", "--labels", "leaf blower,our dryer,lawnmower", "--json"], env
+    )
     assert r.returncode == 0, r.stderr
     scores = json.loads(r.stdout)[0]["scores"]
     assert scores[0]["label"] == "our dryer" and scores[0]["score"] > 0.5
 
     cfg = tmp_path / "config.yaml"
     cfg.write_text("labels:\n  - smoke alarm\n  - name: our dryer\n    threshold: 0.7\n")
-    r = cli(["enroll", "our dryer", *map(str, clips[:2]), "--model", "offline", "--config", str(cfg),
-             "--prompt", "hair dryer"], env)
+    r = cli(
+        [
+            "enroll",
+            "our dryer",
+            *map(str, clips[:2]),
+            "--model",
+            "offline",
+            "--config",
+            str(cfg),
+            "--prompt",
+            "hair dryer",
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     from monitor.config import load_config
 
@@ -111,11 +124,15 @@ def test_mixed_label_combines_text_and_prototype(uiowa_dir, offline_model):
     from monitor.prototypes import prototype
 
     clips = [str(p) for p in uiowa_by_class(uiowa_dir)["velcro"][:4]]
-    text, proto_only, mixed = label_embeddings(offline_model, [
-        LabelConfig(name="velcro"),
-        LabelConfig(name="v1", examples=tuple(clips)),
-        LabelConfig(name="v2", prompts=("velcro",), examples=tuple(clips)),
-    ], cache_dir=CLIP_CACHE)
+    text, proto_only, mixed = label_embeddings(
+        offline_model,
+        [
+            LabelConfig(name="velcro"),
+            LabelConfig(name="v1", examples=tuple(clips)),
+            LabelConfig(name="v2", prompts=("velcro",), examples=tuple(clips)),
+        ],
+        cache_dir=CLIP_CACHE,
+    )
     p = prototype(offline_model, clips, CLIP_CACHE)
     assert proto_only == pytest.approx(p, abs=1e-6)
     assert mixed == pytest.approx(l2_normalise(text + p), abs=1e-5)
@@ -136,8 +153,28 @@ def test_eval_json_contract_zero_shot_and_class_folds(small_dataset, env, tmp_pa
     assert np.asarray(out["confusion"]["matrix"]).sum() == 30
 
     report = tmp_path / "report"
-    r = cli(["eval", str(small_dataset), "--model", "offline", "--json", "--protocol", "class-folds", "--folds", "3",
-             "--adapter", "prototype", "--seed", "1", "--cache-dir", str(CLIP_CACHE), "--report", str(report)], env)
+    r = cli(
+        [
+            "eval",
+            str(small_dataset),
+            "--model",
+            "offline",
+            "--json",
+            "--protocol",
+            "class-folds",
+            "--folds",
+            "3",
+            "--adapter",
+            "prototype",
+            "--seed",
+            "1",
+            "--cache-dir",
+            str(CLIP_CACHE),
+            "--report",
+            str(report),
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["folds"]) == 3
@@ -152,8 +189,22 @@ def test_eval_json_contract_zero_shot_and_class_folds(small_dataset, env, tmp_pa
 
 def test_saved_adapter_loads_in_classify(small_dataset, uiowa_dir, env, tmp_path):
     path = tmp_path / "bilinear.npz"
-    r = cli(["eval", str(small_dataset), "--model", "offline", "--adapter", "bilinear", "--save-adapter", str(path),
-             "--json", "--cache-dir", str(CLIP_CACHE)], env)
+    r = cli(
+        [
+            "eval",
+            str(small_dataset),
+            "--model",
+            "offline",
+            "--adapter",
+            "bilinear",
+            "--save-adapter",
+            str(path),
+            "--json",
+            "--cache-dir",
+            str(CLIP_CACHE),
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"adapter_file": str(path), "n_clips": 30, "n_classes": 6}
     from monitor.adapt import Adapter
@@ -161,7 +212,20 @@ def test_saved_adapter_loads_in_classify(small_dataset, uiowa_dir, env, tmp_path
     ad = Adapter.load(path)
     assert ad.meta["semantic"] == "minilm" and ad.meta["theta"] == "features" and (ad.d_a, ad.d_s) == (1024, 384)
     clip = uiowa_by_class(uiowa_dir)["stapler"][0]
-    r = cli(["classify", str(clip), "--model", "offline", "--adapter", str(path), "--labels", "stapler,velcro,hatchet", "--json"], env)
+    r = cli(
+        [
+            "classify",
+            str(clip),
+            "--model",
+            "offline",
+            "--adapter",
+            str(path),
+            "--labels",
+            "stapler,velcro,hatchet",
+            "--json",
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     scores = json.loads(r.stdout)[0]["scores"]
     assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
@@ -169,13 +233,19 @@ def test_saved_adapter_loads_in_classify(small_dataset, uiowa_dir, env, tmp_path
     assert scores[0]["label"] == "stapler"
 
 
-@pytest.mark.parametrize("args, match", [
-    (["eval", "{tmp}/missing", "--model", "offline"], "dataset not found"),
-    (["eval", "{bad}", "--model", "offline"], "path,label"),
-    (["eval", "{uiowa}", "--model", "offline", "--protocol", "class-folds", "--partition", "category"], "no categories"),
-    (["eval", "{uiowa}", "--model", "offline", "--adapter", "bilinear"], "class-folds"),
-    (["enroll", "x", "{tmp}/missing.wav", "--model", "offline"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["eval", "{tmp}/missing", "--model", "offline"], "dataset not found"),
+        (["eval", "{bad}", "--model", "offline"], "path,label"),
+        (
+            ["eval", "{uiowa}", "--model", "offline", "--protocol", "class-folds", "--partition", "category"],
+            "no categories",
+        ),
+        (["eval", "{uiowa}", "--model", "offline", "--adapter", "bilinear"], "class-folds"),
+        (["enroll", "x", "{tmp}/missing.wav", "--model", "offline"], "not found"),
+    ],
+)
 def test_cli_errors_exit_2_with_one_line(args, match, tmp_path, uiowa_dir, env):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -191,13 +261,43 @@ def test_cli_errors_exit_2_with_one_line(args, match, tmp_path, uiowa_dir, env):
 def test_saved_adapter_runs_in_the_monitor(tmp_path, uiowa_dir, env, tiny_clap_export):
     """eval --save-adapter -> run --adapter: the learned scores drive the streaming monitor."""
     adapter = tmp_path / "bilinear.npz"
-    r = cli(["eval", str(uiowa_dir), "--model", "offline", "--protocol", "class-folds", "--adapter", "bilinear",
-             "--save-adapter", str(adapter), "--json"], env)
+    r = cli(
+        [
+            "eval",
+            str(uiowa_dir),
+            "--model",
+            "offline",
+            "--protocol",
+            "class-folds",
+            "--adapter",
+            "bilinear",
+            "--save-adapter",
+            str(adapter),
+            "--json",
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     assert adapter.is_file()
     clip = uiowa_by_class(uiowa_dir)["hair dryer"][0]
-    r = cli(["run", "--source", str(clip), "--fast", "--no-tui", "--model", "offline", "--adapter", str(adapter),
-             "--labels", "hair dryer,leaf blower,zipper", "--scores", "-"], env)
+    r = cli(
+        [
+            "run",
+            "--source",
+            str(clip),
+            "--fast",
+            "--no-tui",
+            "--model",
+            "offline",
+            "--adapter",
+            str(adapter),
+            "--labels",
+            "hair dryer,leaf blower,zipper",
+            "--scores",
+            "-",
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     assert "offline-yamnet-minilm+bilinear" in r.stderr
     lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -207,6 +307,18 @@ def test_saved_adapter_runs_in_the_monitor(tmp_path, uiowa_dir, env, tiny_clap_e
         assert set(s) == {"hair dryer", "leaf blower", "zipper"}
         assert max(s, key=s.get) == "hair dryer"  # a class the adapter was trained on
     # an adapter trained for another model is refused with one clear line
-    bad = cli(["run", "--source", str(clip), "--fast", "--no-tui", "--model", str(tiny_clap_export),
-               "--adapter", str(adapter)], env)
+    bad = cli(
+        [
+            "run",
+            "--source",
+            str(clip),
+            "--fast",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--adapter",
+            str(adapter),
+        ],
+        env,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "adapter" in bad.stderr, bad.stderr

@@ -11,12 +11,14 @@ from monitor.errors import UserError
 
 def test_metrics_on_hand_computed_rankings():
     # true classes: 0, 1, 2, 1 ; ranks of the true class: 1, 3, 2, 1
-    scores = np.array([
-        [0.9, 0.1, 0.0],
-        [0.5, 0.1, 0.3],
-        [0.6, 0.2, 0.4],
-        [0.1, 0.8, 0.3],
-    ])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.5, 0.1, 0.3],
+            [0.6, 0.2, 0.4],
+            [0.1, 0.8, 0.3],
+        ]
+    )
     y = np.array([0, 1, 2, 1])
     m = evaluate.metrics(scores, y, ["a", "b", "c"])
     assert evaluate.true_ranks(scores, y).tolist() == [1, 3, 2, 1]
@@ -105,16 +107,23 @@ def test_datasets_labels_csv_and_esc50(tmp_path):
         rows.append(f"{i}.wav,1,{t},{c},False,1,A")
     _write(e / "meta" / "esc50.csv", "\n".join(rows) + "\n")
     ds = evaluate.load_dataset(e)
-    assert ds.class_categories() == {"dog": "animals", "rooster": "animals", "rain": "natural soundscapes",
-                                     "chainsaw": "exterior/urban"}
+    assert ds.class_categories() == {
+        "dog": "animals",
+        "rooster": "animals",
+        "rain": "natural soundscapes",
+        "chainsaw": "exterior/urban",
+    }
 
 
-@pytest.mark.parametrize("csv_text, match", [
-    ("file,name\nx.wav,dog\n", "path,label"),
-    ("path,label\n", "no clips"),
-    ("path,label\nmissing.wav,dog\nother.wav,cat\n", "not found"),
-    ("path,label\nx.wav,\n", "empty"),
-])
+@pytest.mark.parametrize(
+    "csv_text, match",
+    [
+        ("file,name\nx.wav,dog\n", "path,label"),
+        ("path,label\n", "no clips"),
+        ("path,label\nmissing.wav,dog\nother.wav,cat\n", "not found"),
+        ("path,label\nx.wav,\n", "empty"),
+    ],
+)
 def test_bad_labels_csv_is_a_user_error(tmp_path, csv_text, match):
     (tmp_path / "x.wav").write_bytes(b"x")
     _write(tmp_path / "labels.csv", csv_text)

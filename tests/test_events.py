@@ -16,7 +16,11 @@ def make_tracker(**events_kw):
     rules = rules_for(labels, EventsConfig(**events_kw))
     counter = itertools.count(1)
     return EventTracker(
-        rules, device_id="dev", source="test", model="m", next_seq=lambda: next(counter),
+        rules,
+        device_id="dev",
+        source="test",
+        model="m",
+        next_seq=lambda: next(counter),
         wall_clock=lambda: "2026-01-01T00:00:00.000Z",
     )
 
@@ -44,8 +48,22 @@ def test_min_windows_and_hysteresis_sequence():
     assert end.peak_score == pytest.approx(0.7)
     d = end.to_dict()
     assert list(d)[0] == "schema" and d["schema"] == 1
-    assert set(d) == {"schema", "type", "event_id", "seq", "label", "score", "peak_score", "start_s",
-                      "end_s", "duration_s", "wall_time", "device_id", "source", "model"}
+    assert set(d) == {
+        "schema",
+        "type",
+        "event_id",
+        "seq",
+        "label",
+        "score",
+        "peak_score",
+        "start_s",
+        "end_s",
+        "duration_s",
+        "wall_time",
+        "device_id",
+        "source",
+        "model",
+    }
 
 
 def test_cooldown_blocks_restart():

@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-
+import tomllib
 from hub_stub import HubStub
+
 from monitor.clap import fetch
 from monitor.config import HubConfig
 from monitor.errors import UserError
@@ -55,15 +55,23 @@ def hub(js_layout, tiny_clap_dir, monkeypatch, tmp_path):
 
 
 def _env(stub: HubStub, tmp_path: Path, **extra) -> dict:
-    env = dict(os.environ, HF_ENDPOINT=stub.url, HF_HOME=str(tmp_path / "hf-home"), SOUND_MONITOR_STATE=str(tmp_path / "state"),
-               HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=stub.url,
+        HF_HOME=str(tmp_path / "hf-home"),
+        SOUND_MONITOR_STATE=str(tmp_path / "state"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=str(ROOT),
+    )
     env.pop("HF_HUB_OFFLINE", None)
     env.update(extra)
     return env
 
 
 def _cli(python: str, *args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "monitor", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [python, "-m", "monitor", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -103,12 +111,21 @@ def runtime_python(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_fetch_and_classify_without_torch_equal_the_pipeline(runtime_python, js_layout, tiny_clap_dir, demo_clips_48k,
-                                                            tmp_path):
+def test_fetch_and_classify_without_torch_equal_the_pipeline(
+    runtime_python, js_layout, tiny_clap_dir, demo_clips_48k, tmp_path
+):
     import transformers  # a test dependency: the reference must run, not be skipped
-    probe = subprocess.run([runtime_python, "-c", "import importlib.util as u; "
-                            "print([m for m in ('torch', 'transformers') if u.find_spec(m)])"],
-                           capture_output=True, text=True, check=True)
+
+    probe = subprocess.run(
+        [
+            runtime_python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'transformers') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == "[]", "the runtime venv must hold neither torch nor transformers"
     models = tmp_path / "models"
     with _stub(js_layout, tiny_clap_dir) as stub:
@@ -118,8 +135,17 @@ def test_fetch_and_classify_without_torch_equal_the_pipeline(runtime_python, js_
         out = models / "clap-htsat-unfused"
         assert r.stdout.strip() == str(out)
         files = sorted(DEMO.glob("*.mp3"))
-        r = _cli(runtime_python, "classify", *map(str, files), "--model", str(out), "--labels", ",".join(ANIMALS),
-                 "--json", env=env)
+        r = _cli(
+            runtime_python,
+            "classify",
+            *map(str, files),
+            "--model",
+            str(out),
+            "--labels",
+            ",".join(ANIMALS),
+            "--json",
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["source"] == fetch.DEFAULT_REPO and m["source_revision"] == fetch.DEFAULT_REVISION
@@ -222,9 +248,27 @@ def test_run_auto_with_empty_models_dir_fetches_clap(hub, tmp_path):
     models = tmp_path / "empty-models"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model:\n  spec: auto\n  models_dir: {models}\nlabels: [dog barking, rooster crowing]\n")
-    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--source", str(DEMO / "dog.mp3"),
-                        "--fast", "--no-tui", "--scores", str(tmp_path / "s.jsonl")], capture_output=True, text=True,
-                       env=_env(hub, tmp_path), timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--config",
+            str(cfg),
+            "--source",
+            str(DEMO / "dog.mp3"),
+            "--fast",
+            "--no-tui",
+            "--scores",
+            str(tmp_path / "s.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(hub, tmp_path),
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "auto: fetched CLAP (Xenova/clap-htsat-unfused@c28f2883, fp32)" in r.stderr, r.stderr
     assert (models / "clap-htsat-unfused" / "manifest.json").is_file()
@@ -232,8 +276,25 @@ def test_run_auto_with_empty_models_dir_fetches_clap(hub, tmp_path):
     assert lines and set(lines[0]["scores"]) == {"dog barking", "rooster crowing"}
     # a second start: no network needed (the stub is gone: HF_ENDPOINT points at a closed port)
     env = _env(hub, tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
-    r2 = subprocess.run([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--source", str(DEMO / "dog.mp3"),
-                         "--fast", "--no-tui"], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    r2 = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--config",
+            str(cfg),
+            "--source",
+            str(DEMO / "dog.mp3"),
+            "--fast",
+            "--no-tui",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r2.returncode == 0 and f"auto: using the CLAP in {models / 'clap-htsat-unfused'}" in r2.stderr, r2.stderr
 
 
@@ -273,16 +334,26 @@ def test_server_dying_mid_file_then_resume(js_layout, tiny_clap_dir, tmp_path):
 def test_missing_repo_revision_file_and_unreachable(js_layout, tiny_clap_dir, tmp_path):
     out = tmp_path / "clap"
     with _stub(js_layout, tiny_clap_dir) as stub:
-        _one_line_error(_fetch_cli(stub, tmp_path, out, "--repo", "Xenova/no-such-model"), "repository Xenova/no-such-model not found")
+        _one_line_error(
+            _fetch_cli(stub, tmp_path, out, "--repo", "Xenova/no-such-model"),
+            "repository Xenova/no-such-model not found",
+        )
         _one_line_error(_fetch_cli(stub, tmp_path, out, "--revision", "0" * 40), f"revision {'0' * 40}", "not found")
-        _one_line_error(_fetch_cli(stub, tmp_path, out, "--checkpoint-repo", "laion/nothing"), "laion/nothing not found")
+        _one_line_error(
+            _fetch_cli(stub, tmp_path, out, "--checkpoint-repo", "laion/nothing"), "laion/nothing not found"
+        )
     broken = tmp_path / "broken-repo"
     shutil.copytree(js_layout, broken)
     (broken / "tokenizer.json").unlink()
     with _stub(broken, tiny_clap_dir) as stub:
         _one_line_error(_fetch_cli(stub, tmp_path, out), "tokenizer.json not found in Xenova/clap-htsat-unfused")
-    dead = subprocess.run([sys.executable, "-m", "monitor", "models", "fetch", "clap", "--out", str(out)], capture_output=True,
-                          text=True, env=dict(_env(stub, tmp_path), HF_ENDPOINT="http://127.0.0.1:9"), timeout=60)
+    dead = subprocess.run(
+        [sys.executable, "-m", "monitor", "models", "fetch", "clap", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(_env(stub, tmp_path), HF_ENDPOINT="http://127.0.0.1:9"),
+        timeout=60,
+    )
     _one_line_error(dead, "cannot be reached", "HF_ENDPOINT")
     assert not out.exists() and not fetch.staging_dir(out).exists()  # nothing to resume: nothing left
     with _stub(js_layout, tiny_clap_dir) as stub:
@@ -320,7 +391,9 @@ def tmpfs(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
     size = 3 * 1024 * 1024
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs for the disk-full test ({r.stderr.strip() or 'not root'})")
     try:

@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures_mqtt import Subscriber
 from test_reliability import LABELS, OWL, ROOT, cli, lines, no_traceback, run_owl
 
@@ -30,12 +28,15 @@ def one_line_error(r, *needles) -> None:
 # -- item 8: scoring.background: [] and a template with another field
 
 
-@pytest.mark.parametrize("yaml_text, where", [
-    ("scoring:\n  background: []\n", "scoring.background"),
-    ('scoring:\n  templates: ["a {} {x}"]\n', "scoring.templates"),
-    ('scoring:\n  templates: ["a {0} {}"]\n', "scoring.templates"),
-    ('scoring:\n  templates: ["a {} }"]\n', "scoring.templates"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, where",
+    [
+        ("scoring:\n  background: []\n", "scoring.background"),
+        ('scoring:\n  templates: ["a {} {x}"]\n', "scoring.templates"),
+        ('scoring:\n  templates: ["a {0} {}"]\n', "scoring.templates"),
+        ('scoring:\n  templates: ["a {} }"]\n', "scoring.templates"),
+    ],
+)
 def test_scoring_config_is_validated_by_check_config(tmp_path, yaml_text, where):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
@@ -53,8 +54,11 @@ def test_bad_label_cache_is_a_miss(tiny_clap_export, tmp_path):
     with np.load(cache) as z:
         texts, vectors = z["texts"], z["vectors"]
     good = lines(tmp_path / "good.jsonl")
-    for name, bad in (("wrong-dim", vectors[:, :7]), ("nan", np.full_like(vectors, np.nan)),
-                      ("one-nan", np.where(np.arange(vectors.size).reshape(vectors.shape) == 3, np.nan, vectors))):
+    for name, bad in (
+        ("wrong-dim", vectors[:, :7]),
+        ("nan", np.full_like(vectors, np.nan)),
+        ("one-nan", np.where(np.arange(vectors.size).reshape(vectors.shape) == 3, np.nan, vectors)),
+    ):
         np.savez(cache, texts=texts, vectors=bad)
         r = run_owl(tiny_clap_export, state, "--scores", tmp_path / f"{name}.jsonl")
         assert r.returncode == 0, (name, r.stderr)
@@ -94,11 +98,34 @@ def test_missing_microphone_is_waited_for_and_demo_never_published(mosquitto, ti
     cfg.write_text("source:\n  input: mic:no-such-microphone\n  retry_max_s: 1\n")
     env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--no-tui", "--model",
-                          str(tiny_clap_export), "--labels", "dog barking,owl", "--scoring", "softmax",
-                          "--threshold", "0.0", "--mqtt", f"mqtt://127.0.0.1:{b.port}", "--events",
-                          str(tmp_path / "e.jsonl")], stdout=subprocess.DEVNULL, stderr=open(err, "wb"),
-                         env=env, cwd=ROOT, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--config",
+            str(cfg),
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            "dog barking,owl",
+            "--scoring",
+            "softmax",
+            "--threshold",
+            "0.0",
+            "--mqtt",
+            f"mqtt://127.0.0.1:{b.port}",
+            "--events",
+            str(tmp_path / "e.jsonl"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "wb"),
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         time.sleep(8)
         assert p.poll() is None, err.read_text()  # still waiting, not ended after a demo
@@ -127,8 +154,10 @@ def test_hysteresis_duplicate_keys_and_missing_files(tmp_path):
     one_line_error(cli("check-config", cfg, state=tmp_path / "s"), "labels[0]", "hysteresis")
     cfg.write_text("labels: [a]\nmqtt:\n  host: x\nlabels: [b]\n")
     one_line_error(cli("check-config", cfg, state=tmp_path / "s"), "'labels' is given twice", "line 4")
-    cfg.write_text(f"labels:\n  - name: dog\n    examples: [{tmp_path}/gone.wav]\nmodel:\n  spec: {tmp_path}/nomodel\n"
-                   f"  adapter: {tmp_path}/a.npz\nmqtt:\n  host: h\n  password_file: {tmp_path}/pw\n")
+    cfg.write_text(
+        f"labels:\n  - name: dog\n    examples: [{tmp_path}/gone.wav]\nmodel:\n  spec: {tmp_path}/nomodel\n"
+        f"  adapter: {tmp_path}/a.npz\nmqtt:\n  host: h\n  password_file: {tmp_path}/pw\n"
+    )
     r = cli("check-config", cfg, state=tmp_path / "s")
     one_line_error(r, "labels[0].examples[0]", "gone.wav", "model.spec", "model.adapter", "mqtt.password_file")
 
@@ -154,10 +183,29 @@ def test_reload_after_implicit_config_deleted_keeps_running_config(tiny_clap_exp
     (work / "config.yaml").write_text("labels: [owl, dog barking]\nscoring:\n  method: softmax\n")
     env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--source", "-", "--rate", "16000", "--no-tui",
-                          "--model", str(tiny_clap_export), "--scores", str(tmp_path / "s.jsonl")],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env,
-                         cwd=work, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            "-",
+            "--rate",
+            "16000",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--scores",
+            str(tmp_path / "s.jsonl"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "wb"),
+        env=env,
+        cwd=work,
+        start_new_session=True,
+    )
     try:
         p.stdin.write(np.zeros(16000 * 7, "<i2").tobytes())
         p.stdin.flush()
@@ -192,17 +240,26 @@ def test_empty_truncated_and_garbage_files(tmp_path):
     garbage = tmp_path / "garbage.mp3"
     garbage.write_bytes(os.urandom(5000))
     for f, needle in ((empty, "no samples"), (trunc, "no samples"), (garbage, "cannot decode")):
-        for cmd in (["run", "--source", f, "--fast", "--no-tui", "--model", "offline"],
-                    ["classify", f, "--model", "offline"]):
+        for cmd in (
+            ["run", "--source", f, "--fast", "--no-tui", "--model", "offline"],
+            ["classify", f, "--model", "offline"],
+        ):
             r = cli(*cmd, "--labels", "dog", state=tmp_path / "s", env_extra={"HF_ENDPOINT": "http://127.0.0.1:9"})
             one_line_error(r, needle, str(f))
             assert "does not exist" not in r.stderr and "mpg123" not in r.stderr
 
 
 def test_bundled_demo_decodes_without_warnings():
-    r = subprocess.run([sys.executable, "-c", "import soundfile as sf, glob\n"
-                        "[sf.read(p) for p in sorted(glob.glob('monitor/demo/*.mp3'))]"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import soundfile as sf, glob\n[sf.read(p) for p in sorted(glob.glob('monitor/demo/*.mp3'))]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -214,8 +271,23 @@ def test_verbose_after_subcommand_and_threshold_overrides_labels(tiny_clap_expor
     cfg.write_text("labels:\n  - name: owl\n    threshold: 0.99\n  - dog barking\nscoring:\n  method: softmax\n")
     r = cli("check-config", cfg, "-v", state=tmp_path / "s")
     assert r.returncode == 0, r.stderr
-    r = cli("run", "-v", "--config", cfg, "--source", OWL, "--fast", "--no-tui", "--model", tiny_clap_export,
-            "--threshold", "0.0", "--events", tmp_path / "e.jsonl", state=tmp_path / "s")
+    r = cli(
+        "run",
+        "-v",
+        "--config",
+        cfg,
+        "--source",
+        OWL,
+        "--fast",
+        "--no-tui",
+        "--model",
+        tiny_clap_export,
+        "--threshold",
+        "0.0",
+        "--events",
+        tmp_path / "e.jsonl",
+        state=tmp_path / "s",
+    )
     assert r.returncode == 0, r.stderr
     evs = lines(tmp_path / "e.jsonl")
     assert {e["label"] for e in evs} == {"owl", "dog barking"}  # owl's 0.99 gave way to --threshold
@@ -296,9 +368,16 @@ def test_live_view_fits_and_shows_backlog():
     from monitor.sinks.terminal import ViewState, render
 
     labels = tuple(f"label number {i}" for i in range(30))
-    st = ViewState(model="m", source="mic", labels=labels, thresholds={l: 0.5 for l in labels},
-                   scores={l: i / 30 for i, l in enumerate(labels)}, active={"label number 3"},
-                   sinks={"mqtt": "connected, backlog 12 (40 s)"}, source_status="ok")
+    st = ViewState(
+        model="m",
+        source="mic",
+        labels=labels,
+        thresholds={l: 0.5 for l in labels},
+        scores={l: i / 30 for i, l in enumerate(labels)},
+        active={"label number 3"},
+        sinks={"mqtt": "connected, backlog 12 (40 s)"},
+        source_status="ok",
+    )
     con = Console(record=True, width=80, height=24, force_terminal=True)
     con.print(render(st, 24))
     text = con.export_text()

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
+from fixtures_mqtt import Subscriber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures_mqtt import Subscriber
 from monitor.config import MQTTConfig, TLSConfig
 from monitor.errors import UserError
 from monitor.sinks.mqtt import MqttSink, parse_mqtt_url
@@ -22,16 +22,33 @@ from monitor.types import Event
 
 
 def ev(seq, label="dog barking", kind="start"):
-    return Event(type=kind, event_id=f"id{(seq + 1) // 2}", seq=seq, label=label, score=0.9, peak_score=0.9,
-                 start_s=float(seq), end_s=None if kind == "start" else seq + 1.0,
-                 duration_s=None if kind == "start" else 1.0, wall_time="2026-01-01T00:00:00.000Z",
-                 device_id="dev1", source="test", model="m")
+    return Event(
+        type=kind,
+        event_id=f"id{(seq + 1) // 2}",
+        seq=seq,
+        label=label,
+        score=0.9,
+        peak_score=0.9,
+        start_s=float(seq),
+        end_s=None if kind == "start" else seq + 1.0,
+        duration_s=None if kind == "start" else 1.0,
+        wall_time="2026-01-01T00:00:00.000Z",
+        device_id="dev1",
+        source="test",
+        model="m",
+    )
 
 
 def sink_for(port, tmp_path, labels=("dog barking", "smoke alarm"), **kw):
     cfg = MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0, **kw)
-    return MqttSink.from_config(cfg, device_id="dev1", labels=list(labels), state_dir=tmp_path / "state",
-                                model_name="test-model", source_name="test")
+    return MqttSink.from_config(
+        cfg,
+        device_id="dev1",
+        labels=list(labels),
+        state_dir=tmp_path / "state",
+        model_name="test-model",
+        source_name="test",
+    )
 
 
 def events_received(sub):
@@ -69,7 +86,8 @@ def test_events_state_and_discovery(mosquitto, tmp_path):
     assert sub.wait_for(lambda s: len(s.on("homeassistant/binary_sensor/dev1/dog_barking/config")) > n)
     sink.close()
     assert late.wait_for(lambda s: s.on("sound-monitor/dev1/availability")[-1:] == [b"offline"])
-    sub.close(); late.close()
+    sub.close()
+    late.close()
 
 
 def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path):
@@ -96,7 +114,8 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path):
     while time.time() < deadline and sink.status()["backlog"]:
         time.sleep(0.05)
     assert sink.status()["backlog"] == 0  # every PUBACK arrived and emptied the outbox
-    sink.close(); sub.close()
+    sink.close()
+    sub.close()
 
 
 def test_restart_with_nonempty_outbox_delivers(mosquitto, tmp_path):
@@ -110,18 +129,19 @@ def test_restart_with_nonempty_outbox_delivers(mosquitto, tmp_path):
     sub = Subscriber(b.port)
     sink = sink_for(b.port, tmp_path)
     assert sub.wait_for(lambda s: [e["seq"] for e in events_received(s)] == [7, 8, 9])
-    sink.close(); sub.close()
+    sink.close()
+    sub.close()
 
 
 def test_last_will_offline_on_kill(mosquitto, tmp_path):
     b = mosquitto()
     sub = Subscriber(b.port)
     code = (
-        "import sys,time; sys.path.insert(0, %r)\n"
+        f"import sys,time; sys.path.insert(0, {os.getcwd()!r})\n"
         "from monitor.config import MQTTConfig\nfrom monitor.sinks.mqtt import MqttSink\nfrom pathlib import Path\n"
-        "s=MqttSink.from_config(MQTTConfig(host='127.0.0.1', port=%d, keepalive_s=5), device_id='dev1', labels=['x'],"
-        " state_dir=Path(%r), model_name='m', source_name='t')\nprint('ready', flush=True)\ntime.sleep(60)\n"
-    ) % (os.getcwd(), b.port, str(tmp_path / "s"))
+        f"s=MqttSink.from_config(MQTTConfig(host='127.0.0.1', port={b.port}, keepalive_s=5), device_id='dev1', labels=['x'],"
+        f" state_dir=Path({str(tmp_path / 's')!r}), model_name='m', source_name='t')\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     assert sub.wait_for(lambda s: s.on("sound-monitor/dev1/availability")[-1:] == [b"online"])
@@ -174,26 +194,44 @@ def make_certs(d, server_names=None):
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test CA"))
+        .issuer_name(name("test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     import ipaddress
 
-    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in server_names] if server_names else
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in server_names]
+                if server_names
+                else [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return paths
 
 
@@ -220,8 +258,12 @@ def test_tls_verified_delivery_and_unknown_ca_refused(mosquitto, tmp_path):
 
 def test_parse_mqtt_url():
     assert parse_mqtt_url("mqtt://ha.local") == {"mqtt.host": "ha.local", "mqtt.port": 1883, "mqtt.tls.enabled": False}
-    assert parse_mqtt_url("mqtts://bob@broker:8884") == {"mqtt.host": "broker", "mqtt.port": 8884,
-                                                         "mqtt.tls.enabled": True, "mqtt.username": "bob"}
+    assert parse_mqtt_url("mqtts://bob@broker:8884") == {
+        "mqtt.host": "broker",
+        "mqtt.port": 8884,
+        "mqtt.tls.enabled": True,
+        "mqtt.username": "bob",
+    }
     with pytest.raises(UserError, match="password"):
         parse_mqtt_url("mqtt://bob:secret@broker")
     with pytest.raises(UserError):
@@ -253,10 +295,34 @@ def test_cli_run_publishes_exactly_the_jsonl_events(mosquitto, tmp_path, tiny_cl
     sub = Subscriber(b.port)
     ev_path = tmp_path / "events.jsonl"
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--source", "monitor/demo/owl.mp3", "--fast",
-                        "--no-tui", "--model", str(tiny_clap_export), "--labels", "owl,dog/cat,+alarm#",
-                        "--scoring", "softmax", "--threshold", "0.0", "--events", str(ev_path),
-                        "--mqtt", f"mqtt://127.0.0.1:{b.port}"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            "monitor/demo/owl.mp3",
+            "--fast",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            "owl,dog/cat,+alarm#",
+            "--scoring",
+            "softmax",
+            "--threshold",
+            "0.0",
+            "--events",
+            str(ev_path),
+            "--mqtt",
+            f"mqtt://127.0.0.1:{b.port}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     logged = [json.loads(l) for l in ev_path.read_text().splitlines()]
     assert len(logged) == 6

@@ -5,26 +5,26 @@ must be reported with their reason and retried with a real backoff. Real mosquit
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import pytest
-
 from fixtures_mqtt import Subscriber, free_port
+from test_mqtt import ev, make_certs
+
 from monitor.config import MQTTConfig, TLSConfig, parse_config
 from monitor.errors import UserError
 from monitor.sinks.mqtt import MqttSink, parse_mqtt_url
 from monitor.topics import Topics, device_slug, label_slug, label_slugs
-from test_mqtt import ev, make_certs
 
 
 def sink(port, state, labels=("dog barking", "smoke alarm"), device="dev1", **kw):
     kw.setdefault("reconnect_min_s", 0.2)
     kw.setdefault("reconnect_max_s", 1.0)
     cfg = MQTTConfig(host=kw.pop("host", "127.0.0.1"), port=port, **kw)
-    return MqttSink.from_config(cfg, device_id=device, labels=list(labels), state_dir=state,
-                                model_name="test-model", source_name="test")
+    return MqttSink.from_config(
+        cfg, device_id=device, labels=list(labels), state_dir=state, model_name="test-model", source_name="test"
+    )
 
 
 def wait(pred, timeout=15.0) -> bool:
@@ -158,16 +158,21 @@ def test_connection_failure_reason_is_logged_once(mosquitto, tmp_path, caplog, c
         port = b.port
         ca = make_certs(tmp_path / "other")["ca"] if case == "wrong-ca" else certs["ca"]
         kw["tls"] = TLSConfig(enabled=True, ca_file=str(ca))
-    expect = {"refused": "connection refused", "dns": "cannot resolve", "wrong-ca": "certificate verification failed",
-              "wrong-host": "certificate verification failed"}[case]
+    expect = {
+        "refused": "connection refused",
+        "dns": "cannot resolve",
+        "wrong-ca": "certificate verification failed",
+        "wrong-host": "certificate verification failed",
+    }[case]
     with caplog.at_level(logging.WARNING, logger="monitor.sinks.mqtt"):
         s = sink(port, tmp_path / "state", **kw)
         assert wait(lambda: expect in s.status()["state"], timeout=20), s.status()
         time.sleep(1.5)  # several more attempts: still one line
         s.close(timeout_s=0.2)
     lines = [r for r in caplog.records if "cannot connect" in r.message]
-    assert len(lines) == 1 and expect in lines[0].message and lines[0].levelno == logging.WARNING, \
-        [r.message for r in caplog.records]
+    assert len(lines) == 1 and expect in lines[0].message and lines[0].levelno == logging.WARNING, [
+        r.message for r in caplog.records
+    ]
 
 
 def test_wrong_password_backs_off_and_recovery_is_a_warning(mosquitto, tmp_path, monkeypatch, caplog):

@@ -13,22 +13,22 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from fixtures_mqtt import Subscriber
+from stream_helpers import BandEnergyBackend
+
 from monitor.config import MQTTConfig, load_config, with_overrides
 from monitor.encode import SharedEncoder
 from monitor.errors import UserError
 from monitor.sinks.mqtt import MqttSink
 from monitor.sinks.terminal import TerminalSink, ViewState, render
 from monitor.types import Event, Window
-from stream_helpers import BandEnergyBackend
 
 
 def windows_of(x: np.ndarray, rate: int, n: int, hop: int, count: int, first: int = 0) -> list[Window]:
     out = []
     for i in range(first, first + count):
         a = i * hop
-        out.append(Window(i, x[a:a + n].astype(np.float32), rate, a / rate, (a + n) / rate, -20.0))
+        out.append(Window(i, x[a : a + n].astype(np.float32), rate, a / rate, (a + n) / rate, -20.0))
     return out
 
 
@@ -107,8 +107,14 @@ def test_shared_encoder_clap_features_equal_full_computation(tiny_clap_export):
     out = {"A": [], "B": []}
     for first in (0, 2, 4):  # consecutive calls: frames are reused between them
         res = {}
-        ts = [threading.Thread(target=lambda s=s, x=x: res.__setitem__(s, enc.embed(windows_of(x, rate, 5 * rate, rate, 2, first), s)))
-              for s, x in (("A", a), ("B", b))]
+        ts = [
+            threading.Thread(
+                target=lambda s=s, x=x, res=res, first=first: res.__setitem__(
+                    s, enc.embed(windows_of(x, rate, 5 * rate, rate, 2, first), s)
+                )
+            )
+            for s, x in (("A", a), ("B", b))
+        ]
         for t in ts:
             t.start()
         for t in ts:
@@ -118,7 +124,7 @@ def test_shared_encoder_clap_features_equal_full_computation(tiny_clap_export):
     enc.close()
     assert enc.mixed_batches == 3
     for s, x in (("A", a), ("B", b)):
-        ref = be.embed_audio(np.stack([x[i * rate:(i + 5) * rate] for i in range(6)]))
+        ref = be.embed_audio(np.stack([x[i * rate : (i + 5) * rate] for i in range(6)]))
         np.testing.assert_allclose(np.concatenate(out[s]), ref, atol=1e-5)
 
 
@@ -127,7 +133,12 @@ def test_config_accepts_a_list_of_sources_and_rejects_bad_ones(tmp_path):
     assert cfg.source.inputs == ("mic:1", "a.wav")
     assert load_config(None).source.inputs == ("mic",)
     assert with_overrides(load_config(None), {"source.input": ["a.wav"]}).source.input == "a.wav"
-    for bad, msg in ((["-", "-"], "stdin"), (["a.wav", "a.wav"], "twice"), ([], "at least one"), (["a.wav", ""], "source")):
+    for bad, msg in (
+        (["-", "-"], "stdin"),
+        (["a.wav", "a.wav"], "twice"),
+        ([], "at least one"),
+        (["a.wav", ""], "source"),
+    ):
         with pytest.raises(UserError, match=msg):
             with_overrides(load_config(None), {"source.input": bad})
     p = tmp_path / "c.yaml"
@@ -136,24 +147,46 @@ def test_config_accepts_a_list_of_sources_and_rejects_bad_ones(tmp_path):
 
 
 def _event(seq, kind, source, event_id, label="dog barking"):
-    return Event(type=kind, event_id=event_id, seq=seq, label=label, score=0.9, peak_score=0.9,
-                 start_s=1.0, end_s=None if kind == "start" else 3.0, duration_s=None if kind == "start" else 2.0,
-                 wall_time="2026-01-01T00:00:00.000Z", device_id="dev1", source=source, model="m")
+    return Event(
+        type=kind,
+        event_id=event_id,
+        seq=seq,
+        label=label,
+        score=0.9,
+        peak_score=0.9,
+        start_s=1.0,
+        end_s=None if kind == "start" else 3.0,
+        duration_s=None if kind == "start" else 2.0,
+        wall_time="2026-01-01T00:00:00.000Z",
+        device_id="dev1",
+        source=source,
+        model="m",
+    )
 
 
 def test_mqtt_label_stays_on_while_any_source_has_it_open(mosquitto, tmp_path):
     b = mosquitto()
     sub = Subscriber(b.port)
     cfg = MQTTConfig(host="127.0.0.1", port=b.port, reconnect_min_s=0.2, reconnect_max_s=1.0)
-    sink = MqttSink.from_config(cfg, device_id="dev1", labels=["dog barking"], state_dir=tmp_path / "state",
-                                model_name="m", source_name="mic:kitchen, mic:garden")
+    sink = MqttSink.from_config(
+        cfg,
+        device_id="dev1",
+        labels=["dog barking"],
+        state_dir=tmp_path / "state",
+        model_name="m",
+        source_name="mic:kitchen, mic:garden",
+    )
     topic = "sound-monitor/dev1/label/dog_barking/state"
     assert sub.wait_for(lambda s: s.on("sound-monitor/dev1/availability") == [b"online"])
-    steps = [(_event(1, "start", "mic:kitchen", "k1"), b"ON"), (_event(2, "start", "mic:garden", "g1"), b"ON"),
-             (_event(3, "end", "mic:kitchen", "k1"), b"ON"), (_event(4, "end", "mic:garden", "g1"), b"OFF")]
+    steps = [
+        (_event(1, "start", "mic:kitchen", "k1"), b"ON"),
+        (_event(2, "start", "mic:garden", "g1"), b"ON"),
+        (_event(3, "end", "mic:kitchen", "k1"), b"ON"),
+        (_event(4, "end", "mic:garden", "g1"), b"OFF"),
+    ]
     for i, (e, state) in enumerate(steps, 1):
         sink.publish(e)
-        assert sub.wait_for(lambda s: len(s.on("sound-monitor/dev1/events")) == i)
+        assert sub.wait_for(lambda s, i=i: len(s.on("sound-monitor/dev1/events")) == i)
         assert sub.wait_for(lambda s, state=state: s.on(topic)[-1:] == [state]), (e, sub.on(topic))
     sink.close()
     sub.close()
@@ -163,9 +196,13 @@ def test_live_view_has_a_column_per_source_and_names_who_is_active():
     from rich.console import Console
 
     names = ["mic:kitchen", "mic:garden"]
-    st = ViewState(model="m", source=", ".join(names), labels=("dog barking", "smoke alarm"),
-                   thresholds={"dog barking": 0.5, "smoke alarm": 0.5},
-                   by_source={n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names})
+    st = ViewState(
+        model="m",
+        source=", ".join(names),
+        labels=("dog barking", "smoke alarm"),
+        thresholds={"dog barking": 0.5, "smoke alarm": 0.5},
+        by_source={n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names},
+    )
     term = TerminalSink(st, live=True)
     from monitor.types import Scores
 
@@ -186,8 +223,13 @@ def test_live_view_has_a_column_per_source_and_names_who_is_active():
 
 def _run(args, tmp_path, env_extra=None):
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "monitor", "run", "--fast", "--no-tui", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--fast", "--no-tui", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_run_two_sources_one_model_same_scores_as_alone(tiny_clap_export, tmp_path):
@@ -200,15 +242,37 @@ def test_run_two_sources_one_model_same_scores_as_alone(tiny_clap_export, tmp_pa
     pa, pb = tmp_path / "a.wav", tmp_path / "b.wav"
     sf.write(pa, a, 48000, subtype="FLOAT")
     sf.write(pb, b, 48000, subtype="FLOAT")
-    common = ["--model", str(tiny_clap_export), "--labels", "dog,cow,owl,rooster", "--scoring", "softmax",
-              "--threshold", "0.3"]
+    common = [
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        "dog,cow,owl,rooster",
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.3",
+    ]
     # how long the encoder waits for the other source: the default 50 ms is a real-time
     # setting; two files read at full speed on a loaded 2-core CI machine can be further
     # apart than that (CI saw 0 shared calls once), so this run waits the longest allowed
     cfg = tmp_path / "batch.yaml"
     cfg.write_text("stream:\n  batch_wait_s: 1.0\n")
-    r = _run(["--config", str(cfg), "--source", str(pa), "--source", str(pb), *common,
-              "--scores", str(tmp_path / "both.jsonl"), "--events", str(tmp_path / "ev.jsonl")], tmp_path)
+    r = _run(
+        [
+            "--config",
+            str(cfg),
+            "--source",
+            str(pa),
+            "--source",
+            str(pb),
+            *common,
+            "--scores",
+            str(tmp_path / "both.jsonl"),
+            "--events",
+            str(tmp_path / "ev.jsonl"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "2 sources share one model" in r.stderr
     summary = [l for l in r.stderr.splitlines() if "shared by several sources" in l]
@@ -260,19 +324,37 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
     scores, ev_path = tmp_path / "scores.jsonl", tmp_path / "events.jsonl"
 
     def cfg_text(labels):
-        return (f"labels: {labels}\n"
-                "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n"
-                f"source: {{input: ['{wav}', '-'], sample_rate_hz: 16000}}\n"
-                f"output: {{events_path: {ev_path}, scores_path: {scores}, tui: false}}\n")
+        return (
+            f"labels: {labels}\n"
+            "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n"
+            f"source: {{input: ['{wav}', '-'], sample_rate_hz: 16000}}\n"
+            f"output: {{events_path: {ev_path}, scores_path: {scores}, tui: false}}\n"
+        )
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(cfg_text("[dog, owl]"))
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err_f:
-        p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--model",
-                              str(tiny_clap_export), "--no-tui"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=err_f, cwd=ROOT, env=env, start_new_session=True)  # detached: SIGHUP reloads
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monitor",
+                "run",
+                "--config",
+                str(cfg),
+                "--model",
+                str(tiny_clap_export),
+                "--no-tui",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err_f,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )  # detached: SIGHUP reloads
     feed = Feeder(p, burst_s=6.0, rate_x=2.0)
     feed.start()
     srcs = {"file:room.wav", "stdin:s16le@16000"}
@@ -280,8 +362,9 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
         assert wait_until(lambda: {s["source"] for s in lines(scores)} == srcs, 60), err_path.read_text()
         cfg.write_text(cfg_text("[owl, cat]"))
         p.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: {s["source"] for s in lines(scores) if tuple(s["scores"]) == ("owl", "cat")} == srcs,
-                          60), err_path.read_text()
+        assert wait_until(
+            lambda: {s["source"] for s in lines(scores) if tuple(s["scores"]) == ("owl", "cat")} == srcs, 60
+        ), err_path.read_text()
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=60)
     finally:
@@ -310,10 +393,30 @@ def test_run_several_sources_with_a_missing_microphone_waits_for_it(tiny_clap_ex
     sf.write(x, (0.1 * np.random.default_rng(0).standard_normal(16000 * 7)).astype(np.float32), 16000)
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--fast", "--no-tui", "--source",
-                          "mic:no-such-microphone", "--source", str(x), "--model", str(tiny_clap_export),
-                          "--labels", "owl,dog", "--scores", str(tmp_path / "s.jsonl")],
-                         stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--fast",
+            "--no-tui",
+            "--source",
+            "mic:no-such-microphone",
+            "--source",
+            str(x),
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            "owl,dog",
+            "--scores",
+            str(tmp_path / "s.jsonl"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "wb"),
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and "cannot reopen the source" not in err.read_text():

@@ -123,30 +123,67 @@ def test_select_auto_four_situations(tmp_path, tiny_clap_export, offline_model_d
     import monitor.clap.export as ex
 
     monkeypatch.setattr(ex, "export_clap", fake_export)
-    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "a")), hub_check=lambda: True,
-                             exporter_available=lambda: True, fetcher=fake_fetch)
+    sel = select.select_auto(
+        ModelConfig(models_dir=str(tmp_path / "a")),
+        hub_check=lambda: True,
+        exporter_available=lambda: True,
+        fetcher=fake_fetch,
+    )
     assert fetched == ["Xenova/clap-htsat-unfused"] and not exported and "fetched CLAP" in sel.reason
+
     # 3. the fetch fails, torch is installed -> export, and the reason keeps the fetch failure
     def failing_fetch(cfg):
         raise ModelError("revision abc of Xenova/clap-htsat-unfused not found")
 
-    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "b")), hub_check=lambda: True,
-                             exporter_available=lambda: True, fetcher=failing_fetch)
+    sel = select.select_auto(
+        ModelConfig(models_dir=str(tmp_path / "b")),
+        hub_check=lambda: True,
+        exporter_available=lambda: True,
+        fetcher=failing_fetch,
+    )
     assert exported == ["laion/clap-htsat-unfused"] and "exported laion/clap-htsat-unfused" in sel.reason
     # 4. none and hub unreachable -> offline, and the banner says why
-    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "none")), hub_check=lambda: False,
-                             exporter_available=lambda: True, fetcher=lambda c: 1 / 0)
+    sel = select.select_auto(
+        ModelConfig(models_dir=str(tmp_path / "none")),
+        hub_check=lambda: False,
+        exporter_available=lambda: True,
+        fetcher=lambda c: 1 / 0,
+    )
     assert sel.backend.name == "offline-yamnet-minilm"
     assert "not reachable" in sel.reason and "offline" in sel.reason
-    sel = select.select_auto(ModelConfig(models_dir=str(tmp_path / "c")), hub_check=lambda: True,
-                             exporter_available=lambda: False, fetcher=failing_fetch)
+    sel = select.select_auto(
+        ModelConfig(models_dir=str(tmp_path / "c")),
+        hub_check=lambda: True,
+        exporter_available=lambda: False,
+        fetcher=failing_fetch,
+    )
     assert sel.backend.name == "offline-yamnet-minilm" and "fetching CLAP failed (revision abc" in sel.reason
 
 
 def test_classify_cli_with_offline_model(offline_model_dir, tmp_path):
-    env = {"SOUND_MONITOR_OFFLINE_DIR": str(offline_model_dir), "SOUND_MONITOR_STATE": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "monitor", "classify", str(DEMO / "cow.mp3"), "--model", "offline",
-                        "--labels", "cow,cat,dog,sheep", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        "SOUND_MONITOR_OFFLINE_DIR": str(offline_model_dir),
+        "SOUND_MONITOR_STATE": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "classify",
+            str(DEMO / "cow.mp3"),
+            "--model",
+            "offline",
+            "--labels",
+            "cow,cat,dog,sheep",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out[0]["scores"][0]["label"] == "cow"

@@ -28,8 +28,13 @@ class Pulse:
     def __init__(self, root: Path):
         self.root = root
         self.sock = root / "native"
-        self.env = {**os.environ, "PULSE_SERVER": f"unix:{self.sock}", "PULSE_RUNTIME_PATH": str(root),
-                    "PULSE_STATE_PATH": str(root / "state"), "HOME": os.environ.get("HOME", str(root))}
+        self.env = {
+            **os.environ,
+            "PULSE_SERVER": f"unix:{self.sock}",
+            "PULSE_RUNTIME_PATH": str(root),
+            "PULSE_STATE_PATH": str(root / "state"),
+            "HOME": os.environ.get("HOME", str(root)),
+        }
         self.proc: subprocess.Popen | None = None
 
     def ctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -37,9 +42,19 @@ class Pulse:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disable-shm=yes", "--log-target=stderr",
-             f"--load=module-native-protocol-unix socket={self.sock} auth-anonymous=1"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.root / "pulse.log", "ab"))
+            [
+                "pulseaudio",
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disable-shm=yes",
+                "--log-target=stderr",
+                f"--load=module-native-protocol-unix socket={self.sock} auth-anonymous=1",
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "pulse.log", "ab"),
+        )
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -52,15 +67,18 @@ class Pulse:
         raise RuntimeError((self.root / "pulse.log").read_text(errors="replace")[-400:])
 
     def load_sink(self) -> None:
-        self.module = self.ctl("load-module", "module-null-sink", "sink_name=vmic", f"rate={RATE}", "channels=1").stdout.strip()
+        self.module = self.ctl(
+            "load-module", "module-null-sink", "sink_name=vmic", f"rate={RATE}", "channels=1"
+        ).stdout.strip()
         self.ctl("set-default-source", "vmic.monitor")
 
     def unload_sink(self) -> None:
         self.ctl("unload-module", self.module)
 
     def play(self, wav: Path) -> subprocess.Popen:
-        return subprocess.Popen(["paplay", "--device=vmic", str(wav)], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            ["paplay", "--device=vmic", str(wav)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -99,9 +117,27 @@ def tone_wav(path: Path, seconds: float, level: float = 0.1) -> Path:
 def monitor(pulse: Pulse, tmp_path: Path, model: Path, *args, name: str = "m") -> tuple[subprocess.Popen, Path]:
     err = tmp_path / f"{name}.err"
     env = {**pulse.env, "SOUND_MONITOR_STATE": str(tmp_path / f"state-{name}")}
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--no-tui", "--model", str(model),
-                          "--labels", "owl,dog barking,smoke alarm", "--scoring", "softmax", *map(str, args)],
-                         stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env, cwd=ROOT, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--no-tui",
+            "--model",
+            str(model),
+            "--labels",
+            "owl,dog barking,smoke alarm",
+            "--scoring",
+            "softmax",
+            *map(str, args),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "wb"),
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     return p, err
 
 
@@ -132,15 +168,42 @@ def scores(path: Path) -> list[dict]:
 
 
 def test_devices_and_capture_equal_the_played_file(pulse, tiny_clap_export, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "monitor", "devices"], capture_output=True, text=True, env=pulse.env,
-                       cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "monitor", "devices"],
+        capture_output=True,
+        text=True,
+        env=pulse.env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 0 and "pulse" in r.stdout and "default" in r.stdout, r.stdout + r.stderr
     wav = tone_wav(tmp_path / "tone.wav", 9.0)
     ref = tmp_path / "file.jsonl"
-    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--no-tui", "--fast", "--source", str(wav), "--model",
-                        str(tiny_clap_export), "--labels", "owl,dog barking,smoke alarm", "--scoring", "softmax",
-                        "--scores", str(ref)], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state-file")})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--no-tui",
+            "--fast",
+            "--source",
+            str(wav),
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            "owl,dog barking,smoke alarm",
+            "--scoring",
+            "softmax",
+            "--scores",
+            str(ref),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state-file")},
+    )
     assert r.returncode == 0, r.stderr
     file_windows = scores(ref)[:4]  # windows wholly inside the tone
     cap = tmp_path / "mic.jsonl"
@@ -161,8 +224,9 @@ def test_devices_and_capture_equal_the_played_file(pulse, tiny_clap_export, tmp_
 def test_device_lost_mid_run_and_back(pulse, tiny_clap_export, tmp_path):
     wav = tone_wav(tmp_path / "tone.wav", 40.0)
     cap, ev = tmp_path / "mic.jsonl", tmp_path / "events.jsonl"
-    p, err = monitor(pulse, tmp_path, tiny_clap_export, "--source", "mic", "--threshold", "0.0",
-                     "--scores", cap, "--events", ev)
+    p, err = monitor(
+        pulse, tmp_path, tiny_clap_export, "--source", "mic", "--threshold", "0.0", "--scores", cap, "--events", ev
+    )
     assert wait_text(err, "labels:")
     player = pulse.play(wav)
     assert wait_text(ev, '"start"', timeout=60), err.read_text()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures_mqtt import Subscriber, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +26,36 @@ LABELS = "owl,dog barking,smoke alarm"
 def cli(*args, state: Path, env_extra: dict | None = None, timeout: float = 300, **kw):
     env = {**os.environ, "SOUND_MONITOR_STATE": str(state), "NO_COLOR": "1"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=kw.pop("cwd", ROOT), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
+    )
 
 
 def run_owl(model: Path, state: Path, *extra, **kw):
-    return cli("run", "--source", OWL, "--fast", "--no-tui", "--model", model, "--labels", LABELS,
-               "--scoring", "softmax", "--threshold", "0.0", *extra, state=state, **kw)
+    return cli(
+        "run",
+        "--source",
+        OWL,
+        "--fast",
+        "--no-tui",
+        "--model",
+        model,
+        "--labels",
+        LABELS,
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.0",
+        *extra,
+        state=state,
+        **kw,
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -55,7 +77,9 @@ def tmpfs(tmp_path):
         opts = f"size={size}" + (",ro" if ro else "")
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs for the full/read-only directory tests ({r.stderr.strip() or 'not root'})")
+            pytest.skip(
+                f"cannot mount a tmpfs for the full/read-only directory tests ({r.stderr.strip() or 'not root'})"
+            )
         mounts.append(mnt)
         return mnt
 
@@ -116,9 +140,28 @@ def test_outbox_never_replaces_an_undelivered_row(tmp_path):
 def test_second_instance_on_same_state_dir_is_refused(tiny_clap_export, tmp_path):
     state = tmp_path / "state"
     env = {**os.environ, "SOUND_MONITOR_STATE": str(state)}
-    first = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--source", "-", "--rate", "16000",
-                              "--no-tui", "--model", str(tiny_clap_export), "--labels", LABELS],
-                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            "-",
+            "--rate",
+            "16000",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            LABELS,
+        ],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         deadline = time.time() + 60
         while not list(state.glob("lock-*")) and time.time() < deadline:
@@ -209,10 +252,33 @@ def test_kill9_open_event_is_ended_on_next_start(tiny_clap_export, tmp_path):
     state = tmp_path / "state"
     ev = tmp_path / "events.jsonl"
     env = {**os.environ, "SOUND_MONITOR_STATE": str(state)}
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--source", "-", "--rate", "16000", "--no-tui",
-                          "--model", str(tiny_clap_export), "--labels", LABELS, "--scoring", "softmax",
-                          "--threshold", "0.0", "--events", str(ev)],
-                         stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            "-",
+            "--rate",
+            "16000",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            LABELS,
+            "--scoring",
+            "softmax",
+            "--threshold",
+            "0.0",
+            "--events",
+            str(ev),
+        ],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
     stop = threading.Event()
 
     def feed():
@@ -241,14 +307,14 @@ def test_kill9_open_event_is_ended_on_next_start(tiny_clap_export, tmp_path):
     assert opened, before
     r = run_owl(tiny_clap_export, state, "--events", ev)
     assert r.returncode == 0, r.stderr
-    after = lines(ev)[len(before):]
+    after = lines(ev)[len(before) :]
     ends = after[: len(opened)]
     assert {e["event_id"] for e in ends} == set(opened)
     for e in ends:
         assert e["type"] == "end" and e["reason"] == "restart" and e["end_s"] is None
         assert e["label"] == opened[e["event_id"]]["label"]
     assert [e["seq"] for e in after] == list(range(before[-1]["seq"] + 1, before[-1]["seq"] + 1 + len(after)))
-    assert all("reason" not in e for e in after[len(opened):])  # ordinary events unchanged
+    assert all("reason" not in e for e in after[len(opened) :])  # ordinary events unchanged
     r = run_owl(tiny_clap_export, state, "--events", tmp_path / "third.jsonl")  # ended once only
     assert all(e.get("reason") != "restart" for e in lines(tmp_path / "third.jsonl"))
 
@@ -301,10 +367,31 @@ def test_terminal_hangup_stops_a_monitor_started_from_a_terminal(tiny_clap_expor
         os.close(fd)
 
     env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--source", "-", "--rate", "16000", "--no-tui",
-                          "--model", str(tiny_clap_export), "--labels", LABELS, "--events", str(tmp_path / "e.jsonl")],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err.txt", "wb"),
-                         env=env, cwd=ROOT, preexec_fn=take_terminal)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            "-",
+            "--rate",
+            "16000",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            LABELS,
+            "--events",
+            str(tmp_path / "e.jsonl"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "err.txt", "wb"),
+        env=env,
+        cwd=ROOT,
+        preexec_fn=take_terminal,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline and "labels:" not in (tmp_path / "err.txt").read_text():
@@ -329,9 +416,20 @@ def test_models_dir_does_not_depend_on_the_working_directory(tiny_clap_export, t
     data = tmp_path / "xdg"
     shutil.copytree(tiny_clap_export, data / "sound-monitor" / "models" / "clap-tiny")
     for cwd in (tmp_path, ROOT / "monitor"):
-        r = cli("run", "--source", OWL, "--fast", "--no-tui", "--model", "auto", "--labels", LABELS,
-                state=tmp_path / "state", env_extra={"XDG_DATA_HOME": str(data), "HF_ENDPOINT": "http://127.0.0.1:9"},
-                cwd=cwd)
+        r = cli(
+            "run",
+            "--source",
+            OWL,
+            "--fast",
+            "--no-tui",
+            "--model",
+            "auto",
+            "--labels",
+            LABELS,
+            state=tmp_path / "state",
+            env_extra={"XDG_DATA_HOME": str(data), "HF_ENDPOINT": "http://127.0.0.1:9"},
+            cwd=cwd,
+        )
         assert r.returncode == 0, r.stderr
         assert str(data / "sound-monitor" / "models" / "clap-tiny") in r.stderr, r.stderr
 

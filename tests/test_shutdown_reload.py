@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures_mqtt import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +23,30 @@ def start_monitor(tmp_path, cfg_text, *extra):
     cfg.write_text(cfg_text)
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err = open(tmp_path / "stderr.txt", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg), "--source", "-",
-                          "--rate", "16000", "--model", "offline", "--no-tui", *extra],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env,
-                         start_new_session=True)  # detached, as under systemd: SIGHUP reloads
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--config",
+            str(cfg),
+            "--source",
+            "-",
+            "--rate",
+            "16000",
+            "--model",
+            "offline",
+            "--no-tui",
+            *extra,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )  # detached, as under systemd: SIGHUP reloads
     return p, cfg
 
 
@@ -97,8 +116,12 @@ def test_signal_closes_events_flushes_outbox_and_goes_offline(sig, mosquitto, tm
     assert rc == 0, err
     assert "Traceback" not in err and "Fatal Python error" not in err
     evs = lines(ev_path)
-    assert sorted((e["label"], e["type"]) for e in evs) == [("dog barking", "end"), ("dog barking", "start"),
-                                                          ("smoke alarm", "end"), ("smoke alarm", "start")]
+    assert sorted((e["label"], e["type"]) for e in evs) == [
+        ("dog barking", "end"),
+        ("dog barking", "start"),
+        ("smoke alarm", "end"),
+        ("smoke alarm", "start"),
+    ]
     assert sub.wait_for(lambda s: len(s.on("sound-monitor/dev1/events")) == 4)
     assert [json.loads(x) for x in sub.on("sound-monitor/dev1/events")] == evs  # in == out
     assert sub.wait_for(lambda s: s.on("sound-monitor/dev1/availability")[-1:] == [b"offline"])
@@ -115,9 +138,11 @@ def test_sighup_reload_labels_reject_invalid_report_restart(tmp_path):
     ev_path = tmp_path / "events.jsonl"
 
     def cfg_text(labels, extra=""):
-        return (f"labels: {labels}\n"
-                "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n"
-                f"output: {{events_path: {ev_path}, scores_path: {scores}, tui: false}}\n" + extra)
+        return (
+            f"labels: {labels}\n"
+            "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n"
+            f"output: {{events_path: {ev_path}, scores_path: {scores}, tui: false}}\n" + extra
+        )
 
     p, cfg = start_monitor(tmp_path, cfg_text("[dog barking, smoke alarm]"))
     feed = Feeder(p, burst_s=6.0, rate_x=8.0)
@@ -129,9 +154,12 @@ def test_sighup_reload_labels_reject_invalid_report_restart(tmp_path):
 
     try:
         assert wait_until(lambda: len(lines(ev_path)) == 2), err()
-        cfg.write_text(cfg_text("[smoke alarm, doorbell]", "events: {threshold: 0.0, hysteresis: 0.0, "
-                                "min_windows: 1, cooldown_s: 0, max_event_s: 100}\n").replace(
-            "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n", "", 1))
+        cfg.write_text(
+            cfg_text(
+                "[smoke alarm, doorbell]",
+                "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0, max_event_s: 100}\n",
+            ).replace("events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n", "", 1)
+        )
         p.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "config reloaded: labels, events changed" in err()), err()
         # the removed label's event ends, the new label's starts
@@ -146,9 +174,13 @@ def test_sighup_reload_labels_reject_invalid_report_restart(tmp_path):
         p.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "malformed YAML" in err()), err()
         # a change that cannot be applied live is reported
-        cfg.write_text(cfg_text("[smoke alarm, doorbell]", "source: {block_frames: 512}\nevents: {threshold: 0.0, "
-                                "hysteresis: 0.0, min_windows: 1, cooldown_s: 0, max_event_s: 100}\n").replace(
-            "events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n", "", 1))
+        cfg.write_text(
+            cfg_text(
+                "[smoke alarm, doorbell]",
+                "source: {block_frames: 512}\nevents: {threshold: 0.0, "
+                "hysteresis: 0.0, min_windows: 1, cooldown_s: 0, max_event_s: 100}\n",
+            ).replace("events: {threshold: 0.0, hysteresis: 0.0, min_windows: 1, cooldown_s: 0}\n", "", 1)
+        )
         p.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "changes to source need a restart" in err()), err()
         sent_before = feed.sent_s

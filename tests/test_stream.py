@@ -7,11 +7,11 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
@@ -20,7 +20,6 @@ from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import ArraySource
 from monitor.windows import Windower
-from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]
 
@@ -45,8 +44,13 @@ def run_pipeline(samples, rate, block, backend=None, scoring="vs-background", **
     backend = backend or BandEnergyBackend()
     scorer = Scorer(backend, LABELS, ScoringConfig(method=scoring))
     counter = itertools.count(1)
-    tracker = EventTracker(rules_for(LABELS, EventsConfig(threshold=0.3, min_windows=1)), device_id="d",
-                           source="s", model=backend.name, next_seq=lambda: next(counter))
+    tracker = EventTracker(
+        rules_for(LABELS, EventsConfig(threshold=0.3, min_windows=1)),
+        device_id="d",
+        source="s",
+        model=backend.name,
+        next_seq=lambda: next(counter),
+    )
     sink = Collect()
     src = ArraySource(samples, rate, "test", block_frames=block, realtime=False)
     Pipeline(src, backend, scorer, tracker, [sink], StreamConfig(**stream_kw)).run()
@@ -68,8 +72,9 @@ def test_block_size_invariance(rate):
     assert len(ref.scores) == 8  # 12 s, 5 s windows every 1 s
     for other in runs[1:]:
         assert [s.start_s for s in other.scores] == [s.start_s for s in ref.scores]
-        np.testing.assert_array_equal(np.array([s.values for s in other.scores]),
-                                      np.array([s.values for s in ref.scores]))
+        np.testing.assert_array_equal(
+            np.array([s.values for s in other.scores]), np.array([s.values for s in ref.scores])
+        )
     # the scores really vary over time, so equality is not trivial
     v = np.array([s.values for s in ref.scores])
     assert np.ptp(v[:, 0]) > 1e-3
@@ -81,7 +86,7 @@ def test_window_timestamps_exact():
     out = []
     x = np.zeros(48000 * 8, np.float32)
     for i in range(0, x.size, 777):
-        out += w.push(x[i:i + 777])
+        out += w.push(x[i : i + 777])
     assert [(o.start_s, o.end_s) for o in out] == [(float(k), float(k + 5)) for k in range(4)]
     assert all(o.samples.size == 240000 for o in out)
 
@@ -113,10 +118,32 @@ def test_streaming_equals_offline_with_clap(tiny_clap_export, tmp_path):
     labels = "dog,cow,rooster,cat"
     scores_path = tmp_path / "scores.jsonl"
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--source", str(wav), "--fast", "--no-tui",
-                        "--model", str(tiny_clap_export), "--labels", labels, "--scoring", "softmax",
-                        "--scores", str(scores_path), "--events", str(tmp_path / "ev.jsonl")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            str(wav),
+            "--fast",
+            "--no-tui",
+            "--model",
+            str(tiny_clap_export),
+            "--labels",
+            labels,
+            "--scoring",
+            "softmax",
+            "--scores",
+            str(scores_path),
+            "--events",
+            str(tmp_path / "ev.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(l) for l in scores_path.read_text().splitlines()]
     n_expected = (audio.size - 240000) // 48000 + 1
@@ -125,7 +152,7 @@ def test_streaming_equals_offline_with_clap(tiny_clap_export, tmp_path):
     lab = label_embeddings(backend, labels.split(","), ("This is a sound of {}.",))
     for line in lines:
         a = int(round(line["t_s"] * 48000))
-        ref = softmax_scores(backend.embed_audio(audio[None, a:a + 240000]), lab, backend.logit_scale)[0]
+        ref = softmax_scores(backend.embed_audio(audio[None, a : a + 240000]), lab, backend.logit_scale)[0]
         got = np.array([line["scores"][k] for k in labels.split(",")])
         np.testing.assert_allclose(got, ref, atol=1e-4)
     assert np.ptp([l["scores"]["dog"] for l in lines]) > 1e-3
@@ -144,6 +171,7 @@ def test_capture_callback_fake_stream_counts_overflow(monkeypatch):
 
         def __enter__(self):
             self.active = True
+
             def drive():
                 rng = np.random.default_rng(0)
                 for i in range(40):
@@ -154,6 +182,7 @@ def test_capture_callback_fake_stream_counts_overflow(monkeypatch):
                     self.cb(data, self.blocksize, None, flags)
                     data[:] = 0  # the driver reuses its buffer: the source must have copied
                 self.active = False
+
             self.t = threading.Thread(target=drive)
             self.t.start()
             return self
@@ -182,10 +211,17 @@ def test_live_view_renders_labels_bars_and_active_event():
 
     from monitor.sinks.terminal import ViewState, render
 
-    st = ViewState(model="m", source="file:x.wav", labels=("dog barking", "smoke alarm"),
-                   thresholds={"dog barking": 0.5, "smoke alarm": 0.5},
-                   scores={"dog barking": 0.9, "smoke alarm": 0.1}, active={"dog barking"},
-                   level_dbfs=-23.0, inference_ms=12.5, dropped_windows=3)
+    st = ViewState(
+        model="m",
+        source="file:x.wav",
+        labels=("dog barking", "smoke alarm"),
+        thresholds={"dog barking": 0.5, "smoke alarm": 0.5},
+        scores={"dog barking": 0.9, "smoke alarm": 0.1},
+        active={"dog barking"},
+        level_dbfs=-23.0,
+        inference_ms=12.5,
+        dropped_windows=3,
+    )
     c = Console(record=True, width=140)
     c.print(render(st))
     text = c.export_text()
@@ -200,15 +236,36 @@ def test_live_view_renders_labels_bars_and_active_event():
 def test_cli_end_to_end_events_jsonl(tiny_clap_export, tmp_path):
     ev_path = tmp_path / "events.jsonl"
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "monitor", "run", "--source", "monitor/demo/owl.mp3", "--fast", "--no-tui",
-           "--model", str(tiny_clap_export), "--labels", "owl,dog", "--scoring", "softmax",
-           "--threshold", "0.0", "--events", str(ev_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monitor",
+        "run",
+        "--source",
+        "monitor/demo/owl.mp3",
+        "--fast",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        "owl,dog",
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.0",
+        "--events",
+        str(ev_path),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     evs = [json.loads(l) for l in ev_path.read_text().splitlines()]
     # threshold 0: both labels on from the first windows (min_windows 2), closed at the end
-    assert sorted((e["label"], e["type"]) for e in evs) == [("dog", "end"), ("dog", "start"),
-                                                          ("owl", "end"), ("owl", "start")]
+    assert sorted((e["label"], e["type"]) for e in evs) == [
+        ("dog", "end"),
+        ("dog", "start"),
+        ("owl", "end"),
+        ("owl", "start"),
+    ]
     assert [e["seq"] for e in evs] == [1, 2, 3, 4]
     for e in evs:
         assert e["schema"] == 1 and e["source"] == "file:owl.mp3" and e["model"].startswith("ckpt@")
@@ -225,12 +282,29 @@ def test_cli_end_to_end_events_jsonl(tiny_clap_export, tmp_path):
 
 def test_cli_bad_source_and_config_errors(tmp_path):
     env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "monitor", "run", "--source", str(tmp_path / "nope.wav"),
-                        "--fast", "--no-tui", "--model", "offline"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "--source",
+            str(tmp_path / "nope.wav"),
+            "--fast",
+            "--no-tui",
+            "--model",
+            "offline",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "audio file not found" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("stream:\n  hop_s: 20\nlabels:\n  - name: dog\n    treshold: 0.3\n")
-    r = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(bad)], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", str(bad)], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "stream.hop_s" in r.stderr and "labels[0].treshold: unknown key" in r.stderr
 
@@ -242,8 +316,13 @@ def test_adaptive_hop_follows_activity():
     backend = BandEnergyBackend()
     scorer = Scorer(backend, LABELS, ScoringConfig())
     counter = itertools.count(1)
-    tracker = EventTracker(rules_for(LABELS, EventsConfig(threshold=0.5, hysteresis=0.1, min_windows=1)),
-                           device_id="d", source="s", model=backend.name, next_seq=lambda: next(counter))
+    tracker = EventTracker(
+        rules_for(LABELS, EventsConfig(threshold=0.5, hysteresis=0.1, min_windows=1)),
+        device_id="d",
+        source="s",
+        model=backend.name,
+        next_seq=lambda: next(counter),
+    )
     src = ArraySource(np.zeros(16000, np.float32), 16000, "test", realtime=False)
     pipe = Pipeline(src, backend, scorer, tracker, [Collect()], StreamConfig(hop_s=1.0, idle_hop_s=4.0))
     names = tuple(l.name for l in LABELS)

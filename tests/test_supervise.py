@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 import pytest
-
 from fault_helpers import LABELS, RATE, ScriptSource, SlowBackend, make_pipeline, noise, pairs_balanced
+from stream_helpers import BandEnergyBackend, fake_sounddevice
+
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig
 from monitor.events import rules_for
 from monitor.scoring import Scorer
 from monitor.supervise import backoff_delays
-from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 
 def statuses(pipe):
@@ -126,7 +126,9 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
     pipe, c = make_pipeline(mic, reopen=reopen, stop=stop)
     st = pipe.run()
     assert len(streams) >= 2 and st.source_restarts >= 1 and st.source_losses >= 1
-    assert any(d == "the microphone stream stopped (device lost?)" for _, s, d in pipe.supervisor.history if s == "lost")
+    assert any(
+        d == "the microphone stream stopped (device lost?)" for _, s, d in pipe.supervisor.history if s == "lost"
+    )
     assert st.received_frames >= 140 * 1600
     # 60 blocks = 6 s -> 2 windows; the reopened stream continues later in stream time
     starts = [s.start_s for s in c.scores]
@@ -135,8 +137,9 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
 
 
 def test_silence_reported_then_cleared():
-    src = ScriptSource([("audio", noise(6)), ("audio", np.zeros(4 * RATE, np.float32)), ("audio", noise(6, seed=3))],
-                       speed=40)
+    src = ScriptSource(
+        [("audio", noise(6)), ("audio", np.zeros(4 * RATE, np.float32)), ("audio", noise(6, seed=3))], speed=40
+    )
     pipe, c = make_pipeline(src, source_cfg=SourceConfig(stall_timeout_s=1.0, silence_timeout_s=2.0))
     st = pipe.run()
     seen = c.status_seen
@@ -184,7 +187,6 @@ def test_slow_inference_drops_windows_capture_continues_memory_bounded():
 
 def test_hot_swap_between_windows_loses_no_audio():
     backend = BandEnergyBackend()
-    stop = threading.Event()
     new_labels = [LabelConfig(name="smoke alarm"), LabelConfig(name="doorbell")]
     swapped = threading.Event()
     ended_by_swap = []

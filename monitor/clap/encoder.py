@@ -11,11 +11,10 @@ loads it at all (it is the larger of the two: RoBERTa-base, ~500 MB).
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import Counter, deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -87,8 +86,10 @@ class ClapBackend:
         if int8:
             audio_file = audio.get("int8_file")
             if not audio_file:
-                raise ModelError(f"{path} has no int8 audio encoder: re-run `sound-monitor export ... --int8` "
-                                 "or `sound-monitor models fetch clap --variant int8`")
+                raise ModelError(
+                    f"{path} has no int8 audio encoder: re-run `sound-monitor export ... --int8` "
+                    "or `sound-monitor models fetch clap --variant int8`"
+                )
         else:
             audio_file = audio["file"]
         # export also saves the graph already optimised by onnxruntime: loads faster
@@ -127,13 +128,14 @@ class ClapBackend:
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path: str | Path, threads: int = 2, int8: bool = False, spinning: bool = False) -> "ClapBackend":
+    def from_dir(cls, path: str | Path, threads: int = 2, int8: bool = False, spinning: bool = False) -> ClapBackend:
         p = Path(path).expanduser()
         if not p.is_dir():
             raise ModelError(f"model directory not found: {p}")
         mpath = p / "manifest.json"
-        manifest = read_manifest(mpath, f" (run `sound-monitor models fetch clap --out {p}` or `sound-monitor "
-                                        f"export --out {p}`)")
+        manifest = read_manifest(
+            mpath, f" (run `sound-monitor models fetch clap --out {p}` or `sound-monitor export --out {p}`)"
+        )
         if manifest.get("kind", "clap") != "clap":
             raise ModelError(f"{mpath} does not describe a CLAP export (kind={manifest.get('kind')!r})")
         return cls(p, manifest, threads=threads, int8=int8, spinning=spinning)
@@ -183,16 +185,22 @@ class ClapBackend:
         else:
             for k, shape in expected.items():
                 g = got[k]
-                if len(g) != len(shape) or any(e is not None and isinstance(d, int) and d != e for d, e in zip(g, shape)):
+                if len(g) != len(shape) or any(
+                    e is not None and isinstance(d, int) and d != e for d, e in zip(g, shape)
+                ):
                     problem = f"input {k} has shape {g}, expected {shape}"
         if problem:
-            raise ModelError(f"{self.path / name} does not fit manifest.json ({problem}): re-run `sound-monitor export`")
+            raise ModelError(
+                f"{self.path / name} does not fit manifest.json ({problem}): re-run `sound-monitor export`"
+            )
 
     def _check_output(self, session, name: str, output: str) -> None:
         outs = {o.name: o.shape for o in session.get_outputs()}
         if output not in outs or len(outs[output]) != 2:
-            raise ModelError(f"{self.path / name} does not fit manifest.json (no [batch, dim] output {output!r}; "
-                             f"outputs {sorted(outs)}): re-export or re-fetch the model")
+            raise ModelError(
+                f"{self.path / name} does not fit manifest.json (no [batch, dim] output {output!r}; "
+                f"outputs {sorted(outs)}): re-export or re-fetch the model"
+            )
 
     def _text_parts(self):
         with self._text_lock:
@@ -293,7 +301,9 @@ class ClapBackend:
         out = []
         for i in range(0, len(prompts), TEXT_BATCH):
             tb = tokenizer(prompts[i : i + TEXT_BATCH])
-            out.append(session.run(self._text_output, {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask})[0])
+            out.append(
+                session.run(self._text_output, {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask})[0]
+            )
         return l2_normalise(np.concatenate(out, axis=0))
 
     def __repr__(self) -> str:

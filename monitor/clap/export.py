@@ -27,8 +27,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,9 @@ _TOKENIZER_CORPUS = [
 ]
 
 
-def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, init_gain: float = 1.0) -> Path:
+def make_random_checkpoint(
+    out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, init_gain: float = 1.0
+) -> Path:
     """Build a randomly initialised CLAP + ClapProcessor in Hugging Face format.
 
     ``size="tiny"``: a few-hundred-kB model for tests (spec_size stays 256 with 64 mel bins).
@@ -153,7 +156,9 @@ def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed:
     bpe = ByteLevelBPETokenizer()
     corpus = [line.replace("{}", "x") for line in _TOKENIZER_CORPUS]
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as RoBERTa
-    bpe.train_from_iterator(corpus, vocab_size=400 if size == "tiny" else 1000, min_frequency=1, special_tokens=specials)
+    bpe.train_from_iterator(
+        corpus, vocab_size=400 if size == "tiny" else 1000, min_frequency=1, special_tokens=specials
+    )
     tokenizer = RobertaTokenizerFast(
         tokenizer_object=bpe._tokenizer,
         bos_token="<s>",
@@ -208,8 +213,15 @@ def make_random_checkpoint(out_dir: str | os.PathLike, size: str = "tiny", seed:
     return out
 
 
-JS_ROOT_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "vocab.json", "merges.txt")
+JS_ROOT_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def make_transformersjs_layout(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, quantized: bool = True) -> Path:
@@ -253,17 +265,36 @@ def make_transformersjs_layout(ckpt_dir: str | os.PathLike, out_dir: str | os.Pa
     n_frames = int(fe.max_length_s * fe.sampling_rate) // fe.hop_length + 1
     feats = torch.randn(2, 1, n_frames, int(fe.feature_size))
     enc = tokenizer(["This is a sound of a dog.", "rain"], padding=True, return_tensors="pt")
-    _onnx_export(Audio(model).eval(), (feats,), out / "onnx" / "audio_model.onnx", ["input_features"],
-                 ["audio_embeds", "last_hidden_state"],
-                 {"input_features": {0: "batch_size"}, "audio_embeds": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
-    _onnx_export(Text(model).eval(), (enc["input_ids"], enc["attention_mask"]), out / "onnx" / "text_model.onnx",
-                 ["input_ids", "attention_mask"], ["text_embeds", "last_hidden_state"],
-                 {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: "sequence_length"},
-                  "text_embeds": {0: "batch_size"}, "last_hidden_state": {0: "batch_size", 1: "sequence_length"}})
+    _onnx_export(
+        Audio(model).eval(),
+        (feats,),
+        out / "onnx" / "audio_model.onnx",
+        ["input_features"],
+        ["audio_embeds", "last_hidden_state"],
+        {
+            "input_features": {0: "batch_size"},
+            "audio_embeds": {0: "batch_size"},
+            "last_hidden_state": {0: "batch_size"},
+        },
+    )
+    _onnx_export(
+        Text(model).eval(),
+        (enc["input_ids"], enc["attention_mask"]),
+        out / "onnx" / "text_model.onnx",
+        ["input_ids", "attention_mask"],
+        ["text_embeds", "last_hidden_state"],
+        {
+            "input_ids": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: "sequence_length"},
+            "text_embeds": {0: "batch_size"},
+            "last_hidden_state": {0: "batch_size", 1: "sequence_length"},
+        },
+    )
     if quantized:
         for name in ("audio_model", "text_model"):
-            quantise_dynamic_int8(out / "onnx" / f"{name}.onnx", out / "onnx" / f"{name}_quantized.onnx",
-                                  unsigned_weights=True)
+            quantise_dynamic_int8(
+                out / "onnx" / f"{name}.onnx", out / "onnx" / f"{name}_quantized.onnx", unsigned_weights=True
+            )
     model.config.to_json_file(str(out / "config.json"))
     fe.to_json_file(str(out / "preprocessor_config.json"))
     tokenizer.save_pretrained(str(out / ".tok"))
@@ -336,7 +367,10 @@ def _test_inputs(fe_params: FrontendParams, tokenizer, seed: int = 0):
     rng = np.random.default_rng(seed)
     sr = fe_params.sample_rate_hz
     fe = ClapFrontend(fe_params)
-    clips = [0.1 * rng.standard_normal(5 * sr).astype(np.float32), 0.3 * rng.standard_normal(10 * sr).astype(np.float32)]
+    clips = [
+        0.1 * rng.standard_normal(5 * sr).astype(np.float32),
+        0.3 * rng.standard_normal(10 * sr).astype(np.float32),
+    ]
     feats = np.concatenate([fe.features(c) for c in clips], axis=0)
     prompts = ["This is a sound of a dog barking.", "This is a sound of rain.", "silence"]
     enc = tokenizer(prompts, padding=True, return_tensors="np")
@@ -357,7 +391,9 @@ def frontend_params_from(src_dir: Path) -> FrontendParams:
         raise ModelError(f"cannot load the feature extractor of {src_dir}: {str(e).splitlines()[0]}") from None
     if fe.truncation != "rand_trunc":
         # the fused front-end stacks 4 random mel views: not what an unfused model takes
-        log.warning("feature extractor truncation=%r; the runtime computes unfused (rand_trunc) features", fe.truncation)
+        log.warning(
+            "feature extractor truncation=%r; the runtime computes unfused (rand_trunc) features", fe.truncation
+        )
     if fe.top_db is not None:
         raise ModelError(f"feature extractor top_db={fe.top_db} is not supported (the CLAP checkpoints use None)")
     return FrontendParams(
@@ -388,13 +424,16 @@ def _clear_earlier_export(out: Path, say: Progress, remove: bool = True) -> None
     except (OSError, ValueError):
         old = None
     if not isinstance(old, dict) or old.get("kind", "clap") != "clap":
-        raise UserError(f"--out {out} is not empty and holds no earlier export: choose a new or empty folder "
-                        "(nothing was written)")
+        raise UserError(
+            f"--out {out} is not empty and holds no earlier export: choose a new or empty folder (nothing was written)"
+        )
     listed = set(old.get("files") or {}) | {"manifest.json"}
     unknown = sorted(p.name for p in entries if p.name not in listed)
     if unknown:
-        raise UserError(f"--out {out} holds files that are not part of its earlier export ({', '.join(unknown[:3])}): "
-                        "choose a new or empty folder (nothing was written)")
+        raise UserError(
+            f"--out {out} holds files that are not part of its earlier export ({', '.join(unknown[:3])}): "
+            "choose a new or empty folder (nothing was written)"
+        )
     if not remove:
         return
     say(f"replacing the earlier export in {out}")
@@ -434,7 +473,9 @@ def export_clap(
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"cannot load a CLAP model from {src_dir}: {str(e).splitlines()[0]}") from None
     if getattr(model.config.audio_config, "enable_fusion", False):
-        raise ModelError(f"{src} is a fused CLAP (enable_fusion=True); use an unfused checkpoint such as {DEFAULT_SOURCE}")
+        raise ModelError(
+            f"{src} is a fused CLAP (enable_fusion=True); use an unfused checkpoint such as {DEFAULT_SOURCE}"
+        )
     fe_params = frontend_params_from(src_dir)
     say(f"loaded in {time.perf_counter() - t0:.1f} s")
 
@@ -463,7 +504,11 @@ def export_clap(
         text_path,
         ["input_ids", "attention_mask"],
         ["text_embeds"],
-        {"input_ids": {0: "prompts", 1: "tokens"}, "attention_mask": {0: "prompts", 1: "tokens"}, "text_embeds": {0: "prompts"}},
+        {
+            "input_ids": {0: "prompts", 1: "tokens"},
+            "attention_mask": {0: "prompts", 1: "tokens"},
+            "text_embeds": {0: "prompts"},
+        },
     )
     say("checking (onnx.checker, onnxruntime vs torch) ...")
     check_model(audio_path)
@@ -498,9 +543,7 @@ def export_clap(
     if int8:
         say("quantising the audio encoder to int8 (dynamic) ...")
         int8_info = _quantise(audio_path, out / AUDIO_INT8_FILE, feats, a_onnx, t_onnx, threads, exclude=rewritten)
-        say(
-            "int8 vs fp32: min cosine {min_cosine:.4f}, max |diff| {max_abs_diff:.2e}".format(**int8_info)
-        )
+        say("int8 vs fp32: min cosine {min_cosine:.4f}, max |diff| {max_abs_diff:.2e}".format(**int8_info))
 
     say("saving the onnxruntime-optimised audio graph(s) ...")
     optimised = {}
@@ -560,8 +603,15 @@ def export_clap(
     return manifest
 
 
-def _quantise(fp32_path: Path, int8_path: Path, feats: np.ndarray, a_fp32: np.ndarray, t_emb: np.ndarray, threads: int,
-              exclude: list[str] | None = None) -> dict:
+def _quantise(
+    fp32_path: Path,
+    int8_path: Path,
+    feats: np.ndarray,
+    a_fp32: np.ndarray,
+    t_emb: np.ndarray,
+    threads: int,
+    exclude: list[str] | None = None,
+) -> dict:
     # the input-side interpolation matrix stays fp32: quantising it would blur the features
     quantise_dynamic_int8(fp32_path, int8_path, exclude)
     check_model(int8_path)

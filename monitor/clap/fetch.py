@@ -32,8 +32,8 @@ import shutil
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -120,14 +120,21 @@ def read_safetensors_scalars(f: hub.RemoteFile, names: tuple[str, ...]) -> dict[
 
 def logit_scales(source: HubConfig, say: Say) -> dict:
     f = hub.file_info(source.checkpoint_repo, source.checkpoint_revision, CHECKPOINT_FILE)
-    say(f"reading the logit scale from {source.checkpoint_repo}/{CHECKPOINT_FILE} "
-        f"({(f.size or 0) / 1e6:.0f} MB file; a few kB by ranged reads)")
+    say(
+        f"reading the logit scale from {source.checkpoint_repo}/{CHECKPOINT_FILE} "
+        f"({(f.size or 0) / 1e6:.0f} MB file; a few kB by ranged reads)"
+    )
     v = read_safetensors_scalars(f, ("logit_scale_a", "logit_scale_t"))
     if not all(np.isfinite(x) and abs(x) < 20 for x in v.values()):
         raise ModelError(f"{f.label}: implausible logit scales {v}")
-    return {"logit_scale": float(np.exp(v["logit_scale_a"])), "logit_scale_text": float(np.exp(v["logit_scale_t"])),
-            "repo": source.checkpoint_repo, "revision": f.commit or source.checkpoint_revision, "file": CHECKPOINT_FILE,
-            "tensors": ["logit_scale_a", "logit_scale_t"]}
+    return {
+        "logit_scale": float(np.exp(v["logit_scale_a"])),
+        "logit_scale_text": float(np.exp(v["logit_scale_t"])),
+        "repo": source.checkpoint_repo,
+        "revision": f.commit or source.checkpoint_revision,
+        "file": CHECKPOINT_FILE,
+        "tensors": ["logit_scale_a", "logit_scale_t"],
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +143,9 @@ def logit_scales(source: HubConfig, say: Say) -> dict:
 def frontend_params(pre: dict) -> FrontendParams:
     """Front-end parameters from a ``preprocessor_config.json`` (ClapFeatureExtractor)."""
     if pre.get("feature_extractor_type", "ClapFeatureExtractor") != "ClapFeatureExtractor":
-        raise ModelError(f"preprocessor_config.json is for {pre.get('feature_extractor_type')}, not ClapFeatureExtractor")
+        raise ModelError(
+            f"preprocessor_config.json is for {pre.get('feature_extractor_type')}, not ClapFeatureExtractor"
+        )
     if pre.get("top_db") is not None:
         raise ModelError(f"preprocessor_config.json: top_db={pre['top_db']} is not supported (CLAP uses none)")
     try:
@@ -185,26 +194,33 @@ def _pick_output(outputs, preferred: str, what: str, path: Path) -> str:
     two_d = [o.name for o in outputs if len(o.shape) == 2]
     if len(two_d) == 1:
         return two_d[0]
-    raise ModelError(f"{path.name} has no {what} output ({preferred} or a single [batch, dim] output); outputs: {names}")
+    raise ModelError(
+        f"{path.name} has no {what} output ({preferred} or a single [batch, dim] output); outputs: {names}"
+    )
 
 
 def inspect_audio(session, path: Path, n_frames: int, n_mels: int) -> tuple[str, str]:
     ins = session.get_inputs()
     if len(ins) != 1 or ins[0].type != "tensor(float)" or not _dims_fit(ins[0].shape, [None, 1, n_frames, n_mels]):
         got = [(i.name, i.type, i.shape) for i in ins]
-        raise ModelError(f"{path.name} is not a CLAP audio encoder: inputs {got}, expected one float "
-                         f"[batch, 1, {n_frames}, {n_mels}] (log-mel features)")
+        raise ModelError(
+            f"{path.name} is not a CLAP audio encoder: inputs {got}, expected one float "
+            f"[batch, 1, {n_frames}, {n_mels}] (log-mel features)"
+        )
     return ins[0].name, _pick_output(session.get_outputs(), "audio_embeds", "audio embedding", path)
 
 
 def inspect_text(session, path: Path) -> str:
     ins = {i.name: i for i in session.get_inputs()}
     ok = set(ins) == {"input_ids", "attention_mask"} and all(
-        i.type == "tensor(int64)" and len(i.shape) == 2 for i in ins.values())
+        i.type == "tensor(int64)" and len(i.shape) == 2 for i in ins.values()
+    )
     if not ok:
         got = [(i.name, i.type, i.shape) for i in ins.values()]
-        raise ModelError(f"{path.name} is not a CLAP text encoder: inputs {got}, expected int64 input_ids and "
-                         "attention_mask [prompts, tokens]")
+        raise ModelError(
+            f"{path.name} is not a CLAP text encoder: inputs {got}, expected int64 input_ids and "
+            "attention_mask [prompts, tokens]"
+        )
     return _pick_output(session.get_outputs(), "text_embeds", "text embedding", path)
 
 
@@ -219,8 +235,13 @@ def _test_features(fe: ClapFrontend, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # the fetch
 # --------------------------------------------------------------------------------------
-def fetch_clap(out: str | os.PathLike, source: HubConfig = _PINNED, say: Say | None = _say_stderr,
-               threads: int = 2, int8: bool = False) -> dict:
+def fetch_clap(
+    out: str | os.PathLike,
+    source: HubConfig = _PINNED,
+    say: Say | None = _say_stderr,
+    threads: int = 2,
+    int8: bool = False,
+) -> dict:
     """Fetch ``source`` into ``out`` (no-op when already complete); returns the manifest.
 
     ``int8`` (fp32 variant): also quantise the audio encoder here with the project's own
@@ -243,11 +264,15 @@ def fetch_clap(out: str | os.PathLike, source: HubConfig = _PINNED, say: Say | N
             problems = []
         if problems:
             raise UserError(f"{out} is damaged ({'; '.join(problems[:3])}): remove it and fetch again")
-        raise UserError(f"{out} exists and is not a fetch of {source.repo}@{source.revision[:12]} ({source.variant}); "
-                        "remove it or choose another --out")
+        raise UserError(
+            f"{out} exists and is not a fetch of {source.repo}@{source.revision[:12]} ({source.variant}); "
+            "remove it or choose another --out"
+        )
     if not hub.reachable():
-        raise ModelError(f"the Hugging Face Hub at {hub.endpoint()} cannot be reached (set HF_ENDPOINT for a mirror, "
-                         "or fetch on another machine with --out and copy the folder)")
+        raise ModelError(
+            f"the Hugging Face Hub at {hub.endpoint()} cannot be reached (set HF_ENDPOINT for a mirror, "
+            "or fetch on another machine with --out and copy the folder)"
+        )
     stage = staging_dir(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,8 +320,12 @@ def _add_int8(out: Path, m: dict, say: Say, threads: int) -> dict:
         raise ModelError(f"the int8 audio encoder disagrees with fp32 (cosine {cos:.4f}); not used")
     say(f"int8 vs fp32: min cosine {cos:.4f}")
     audio["int8_file"] = dst.name
-    m["int8"] = {"file": dst.name, "method": "onnxruntime.quantization.quantize_dynamic QInt8 (local)",
-                 "min_cosine": cos, "max_abs_diff": float(np.abs(a8 - a32).max())}
+    m["int8"] = {
+        "file": dst.name,
+        "method": "onnxruntime.quantization.quantize_dynamic QInt8 (local)",
+        "min_cosine": cos,
+        "max_abs_diff": float(np.abs(a8 - a32).max()),
+    }
     m["files"][dst.name] = sha256_file(dst)
     m["sizes"][dst.name] = dst.stat().st_size
     write_json_atomic(out / "manifest.json", m)
@@ -317,7 +346,9 @@ def _fetch(out: Path, stage: Path, source: HubConfig, say: Say, threads: int) ->
                 raise
     commit = next(iter(remote.values())).commit or source.revision
     if len(source.revision) == 40 and commit and commit != source.revision:
-        raise ModelError(f"the hub resolved {source.repo}@{source.revision} to commit {commit}: not the pinned revision")
+        raise ModelError(
+            f"the hub resolved {source.repo}@{source.revision} to commit {commit}: not the pinned revision"
+        )
     scales = logit_scales(source, say)
     local = {p: stage / Path(p).name for p in remote}
     need = sum((r.size or 0) for p, r in remote.items() if not local[p].is_file())
@@ -327,10 +358,14 @@ def _fetch(out: Path, stage: Path, source: HubConfig, say: Say, threads: int) ->
     except OSError:
         free = None
     if free is not None and need_all > free:
-        raise ModelError(f"disk full: fetching CLAP ({source.variant}) needs {need_all / 1e6:.1f} MB in {out.parent}, "
-                         f"{free / 1e6:.1f} MB free (free space, or --out elsewhere; --variant int8 is smaller)")
-    say(f"{len(remote)} files, {sum(r.size or 0 for r in remote.values()) / 1e6:.1f} MB "
-        f"({need / 1e6:.1f} MB still to download) into {out}")
+        raise ModelError(
+            f"disk full: fetching CLAP ({source.variant}) needs {need_all / 1e6:.1f} MB in {out.parent}, "
+            f"{free / 1e6:.1f} MB free (free space, or --out elsewhere; --variant int8 is smaller)"
+        )
+    say(
+        f"{len(remote)} files, {sum(r.size or 0 for r in remote.values()) / 1e6:.1f} MB "
+        f"({need / 1e6:.1f} MB still to download) into {out}"
+    )
     downloads = {}
     for i, (p, r) in enumerate(remote.items(), 1):
         dest = local[p]
@@ -370,8 +405,16 @@ def _json(path: Path | None) -> dict | None:
     return d
 
 
-def _build(stage: Path, source: HubConfig, commit: str, local: dict[str, Path], downloads: dict, scales: dict,
-           threads: int, say: Say) -> dict:
+def _build(
+    stage: Path,
+    source: HubConfig,
+    commit: str,
+    local: dict[str, Path],
+    downloads: dict,
+    scales: dict,
+    threads: int,
+    say: Say,
+) -> dict:
     from monitor.clap import graph
     from monitor.clap.text import PromptTokenizer
 
@@ -416,14 +459,17 @@ def _build(stage: Path, source: HubConfig, commit: str, local: dict[str, Path], 
         check["rewrite_max_abs_diff"] = float(np.abs(got - a_ref).max())
         if check["rewrite_max_abs_diff"] <= GRAPH_TOL:
             base = rewritten_path
-            say(f"time-axis Resize rewritten as a constant MatMul ({len(rewrites)} node, "
-                f"max |diff| {check['rewrite_max_abs_diff']:.1e})")
+            say(
+                f"time-axis Resize rewritten as a constant MatMul ({len(rewrites)} node, "
+                f"max |diff| {check['rewrite_max_abs_diff']:.1e})"
+            )
         else:
             say(f"Resize rewrite differs by {check['rewrite_max_abs_diff']:.1e} (> {GRAPH_TOL:.0e}): not used")
             rewrites = []
     try:
-        opt_diff = graph.save_optimised(base, opt_path, feats, a_ref, threads, say, input_name=a_in,
-                                        output_name=a_out, tol=GRAPH_TOL)
+        opt_diff = graph.save_optimised(
+            base, opt_path, feats, a_ref, threads, say, input_name=a_in, output_name=a_out, tol=GRAPH_TOL
+        )
     except Exception as e:  # noqa: BLE001 - onnxruntime reports a failed write as its own exception
         opt_path.unlink(missing_ok=True)
         if isinstance(e, OSError) and hub.is_disk_full(e) or "space" in str(e).lower():
@@ -452,8 +498,13 @@ def _build(stage: Path, source: HubConfig, commit: str, local: dict[str, Path], 
         "source": source.repo,
         "source_revision": commit,
         "name": "clap-htsat-unfused" + ("-int8" if int8 else ""),
-        "fetched": {"repo": source.repo, "revision": source.revision, "variant": source.variant,
-                    "endpoint": hub.endpoint(), "files": downloads},
+        "fetched": {
+            "repo": source.repo,
+            "revision": source.revision,
+            "variant": source.variant,
+            "endpoint": hub.endpoint(),
+            "files": downloads,
+        },
         "sample_rate": fe_params.sample_rate_hz,
         "window_s": 5.0,
         "embedding_dim": int(a_ref.shape[1]),

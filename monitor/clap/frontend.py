@@ -61,7 +61,7 @@ class FrontendParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FrontendParams":
+    def from_dict(cls, d: dict) -> FrontendParams:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -45,9 +45,17 @@ def embeddings(session, feats: np.ndarray, input_name: str, output_name: str) ->
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
 
 
-def save_optimised(src: Path, dst: Path, feats: np.ndarray, expected: np.ndarray, threads: int,
-                   say: Callable[[str], None], input_name: str = "input_features", output_name: str | None = None,
-                   tol: float = 1e-4) -> float | None:
+def save_optimised(
+    src: Path,
+    dst: Path,
+    feats: np.ndarray,
+    expected: np.ndarray,
+    threads: int,
+    say: Callable[[str], None],
+    input_name: str = "input_features",
+    output_name: str | None = None,
+    tol: float = 1e-4,
+) -> float | None:
     """Save onnxruntime's optimised form of an audio encoder as ``dst``.
 
     Level EXTENDED: its fusions are portable across CPUs (ENABLE_ALL's layout changes are
@@ -114,7 +122,8 @@ def resize_as_matmul(path: Path, feats: np.ndarray, threads: int, dst: Path | No
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         one = helper.make_graph(
             [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)],
-            "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, h_in, h_in])],
+            "resize",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, h_in, h_in])],
             [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, h_out, h_in])],
             [numpy_helper.from_array(np.array([1, 1, h_out, h_in], dtype=np.int64), "sizes")],
         )
@@ -142,8 +151,9 @@ def check_model(path: Path) -> None:
         raise ModelError(f"onnx.checker rejected {path.name}: {str(e).splitlines()[0][:200]}") from None
 
 
-def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] | None = None,
-                          unsigned_weights: bool = False) -> None:
+def quantise_dynamic_int8(
+    fp32_path: Path, int8_path: Path, exclude: list[str] | None = None, unsigned_weights: bool = False
+) -> None:
     """The int8 quantisation of ``export --int8`` (int8 weights, activations quantised per call);
     ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx.
     ``unsigned_weights``: uint8 weights instead (how the test stand-in of the transformers.js
@@ -154,7 +164,11 @@ def quantise_dynamic_int8(fp32_path: Path, int8_path: Path, exclude: list[str] |
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser warns once per tensor it leaves in fp32 (hundreds of lines)
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
-                         nodes_to_exclude=list(exclude or []))
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
+            nodes_to_exclude=list(exclude or []),
+        )
     finally:
         root.setLevel(level)

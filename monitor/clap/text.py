@@ -9,9 +9,9 @@ at runtime. The ONNX session itself lives in ``monitor.clap.encoder``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -34,7 +34,9 @@ class PromptTokenizer:
         try:
             tok = Tokenizer.from_file(str(p))
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
-            raise ModelError(f"cannot load tokenizer {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ModelError(
+                f"cannot load tokenizer {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         pad_token = tok.id_to_token(pad_token_id) or "<pad>"
         tok.enable_padding(pad_id=pad_token_id, pad_token=pad_token)
         tok.enable_truncation(max_length=max_tokens)

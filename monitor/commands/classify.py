@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from monitor.config import DEFAULT_TEMPLATE, clean_label
 from monitor.errors import ModelError, UserError
@@ -28,8 +27,12 @@ CROP_BATCH = 4  # crops per model call while streaming
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, mp3, ogg; any rate, any channels)")
-    parser.add_argument("--model", default="auto", metavar="DIR", help="exported model directory, 'offline' or 'auto' (default auto)")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="audio files (wav, flac, mp3, ogg; any rate, any channels)"
+    )
+    parser.add_argument(
+        "--model", default="auto", metavar="DIR", help="exported model directory, 'offline' or 'auto' (default auto)"
+    )
     parser.add_argument("--labels", required=True, help='comma-separated candidate labels, e.g. "dog barking,cat,rain"')
     parser.add_argument(
         "--template",
@@ -41,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     parser.add_argument("--int8", action="store_true", help="use the int8 audio encoder (export --int8)")
     parser.add_argument("--no-label-cache", action="store_true", help="do not read or write the label-embedding cache")
-    parser.add_argument("--adapter", metavar="PATH", help="a learned adapter (.npz from `eval --save-adapter`): scores from F(x, y) in place of cosine")
+    parser.add_argument(
+        "--adapter",
+        metavar="PATH",
+        help="a learned adapter (.npz from `eval --save-adapter`): scores from F(x, y) in place of cosine",
+    )
 
 
 def parse_labels(text: str) -> list[str]:
@@ -115,10 +122,14 @@ def run(args: argparse.Namespace) -> int:
         from monitor.config import LabelConfig, ScoringConfig
         from monitor.scoring import Scorer
 
-        scorer = Scorer(backend, [LabelConfig(name=labels[0])], ScoringConfig(templates=tuple(templates)),
-                        cache_dir=cache_dir)
-        print(f"note: one label: its score is its share against {len(scorer.background_emb)} background prompts "
-              "(vs-background), not a softmax over labels", file=sys.stderr)
+        scorer = Scorer(
+            backend, [LabelConfig(name=labels[0])], ScoringConfig(templates=tuple(templates)), cache_dir=cache_dir
+        )
+        print(
+            f"note: one label: its score is its share against {len(scorer.background_emb)} background prompts "
+            "(vs-background), not a softmax over labels",
+            file=sys.stderr,
+        )
     else:
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
         release = getattr(backend, "release_text", None)  # as Scorer does: the text encoder is done
@@ -187,13 +198,13 @@ def embed_streamed(path, backend):
             buf = np.concatenate([buf, block])
             total += block.size
             while total > next_start + L:  # a crop with more audio after it is not the last
-                pending.append(buf[next_start - buf_start: next_start - buf_start + L].copy())
+                pending.append(buf[next_start - buf_start : next_start - buf_start + L].copy())
                 next_start += L
                 if len(pending) >= CROP_BATCH:
                     flush()
             keep_from = min(next_start, total - L) if total > L else 0  # the last L samples stay for the final crop
             if keep_from > buf_start:
-                buf = buf[keep_from - buf_start:]
+                buf = buf[keep_from - buf_start :]
                 buf_start = keep_from
     except StopIteration as stop:
         bad = stop.value or 0
@@ -203,6 +214,6 @@ def embed_streamed(path, backend):
         print(f"warning: {path}: {bad} NaN/Inf samples replaced by 0", file=sys.stderr)
     if total <= L:
         return backend.embed_audio(buf[None, :]), total / rate
-    pending.append(buf[total - L - buf_start:].copy())
+    pending.append(buf[total - L - buf_start :].copy())
     flush()
     return l2_normalise(acc / count)[None, :], total / rate

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from monitor.errors import ModelError, UserError
@@ -24,10 +23,19 @@ from monitor.errors import ModelError, UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("label", metavar="LABEL", help='the label to teach, e.g. "our doorbell"')
-    parser.add_argument("files", nargs="+", metavar="FILE", help="example clips of the sound (any format, rate, length)")
-    parser.add_argument("--model", default=None, metavar="DIR", help="exported model directory, 'offline' or 'auto' (default: the config's, else auto)")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="example clips of the sound (any format, rate, length)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="exported model directory, 'offline' or 'auto' (default: the config's, else auto)",
+    )
     parser.add_argument("--config", metavar="PATH", help="also add the label with examples: to this YAML config")
-    parser.add_argument("--prompt", action="append", metavar="TEXT", help="with --config: text prompts to mix with the examples")
+    parser.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="with --config: text prompts to mix with the examples"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
 
 
@@ -51,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     for f in args.files:
         p = Path(f).expanduser()
         if not p.is_file():
-            raise UserError(f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}")
+            raise UserError(
+                f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}"
+            )
         files.append(Path(os.path.abspath(p)))  # absolute, but the user's path (symlinks kept)
     if args.prompt and not args.config:
         raise UserError("--prompt needs --config (prompts are stored with the label in the config)")
@@ -68,16 +78,20 @@ def run(args: argparse.Namespace) -> int:
     per_clip = embed_files(backend, files, "audio", cache_dir)
     unit = l2_normalise(per_clip)
     proto = l2_normalise(unit.mean(axis=0))
-    from monitor.prototypes import clip_windows
     from monitor.audio_io import read_audio
+    from monitor.prototypes import clip_windows
 
-    n_windows = sum(clip_windows(read_audio(f, backend.sample_rate_hz).samples, backend.sample_rate_hz, backend.window_s).shape[0]
-                    for f in files)
+    n_windows = sum(
+        clip_windows(read_audio(f, backend.sample_rate_hz).samples, backend.sample_rate_hz, backend.window_s).shape[0]
+        for f in files
+    )
     store = PrototypeStore(cfg.state_path, backend.cache_key)
     store.put(label, proto, [str(f) for f in files], n_windows)
     cos = unit @ proto
-    print(f"enrolled {label!r} for {backend.name} from {len(files)} clip(s), {n_windows} window(s); "
-          f"clip-to-prototype cosine {float(cos.min()):.3f}..{float(cos.max()):.3f}")
+    print(
+        f"enrolled {label!r} for {backend.name} from {len(files)} clip(s), {n_windows} window(s); "
+        f"clip-to-prototype cosine {float(cos.min()):.3f}..{float(cos.max()):.3f}"
+    )
     print(f"  stored in {store.path}")
     if args.config:
         _add_to_config(Path(args.config), label, [str(f) for f in files], args.prompt or [])

@@ -22,21 +22,59 @@ METHODS = ("none", "bilinear", "nonlinear", "prototype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", metavar="DATASET", help="folder with labels.csv (path,label) or an ESC-50 folder (meta/esc50.csv, audio/)")
-    parser.add_argument("--model", default="auto", metavar="DIR", help="exported model directory, 'offline' or 'auto' (default auto)")
-    parser.add_argument("--protocol", choices=("zero-shot", "class-folds"), default="zero-shot",
-                        help="zero-shot: rank all classes; class-folds: train on seen classes, test on an unseen fold (default zero-shot)")
-    parser.add_argument("--folds", type=int, default=None, help="number of class folds (default 5; category partition: one per category)")
-    parser.add_argument("--partition", choices=("random", "category"), default="random", help="how classes are grouped into folds")
-    parser.add_argument("--adapter", default="none", metavar="METHOD|FILE",
-                        help="none | bilinear | nonlinear | prototype, or a trained adapter .npz to evaluate (zero-shot)")
-    parser.add_argument("--semantic", default=None, metavar="KIND",
-                        help="label embeddings for adapters: text | minilm | glove | a+b (default: minilm offline, text CLAP)")
-    parser.add_argument("--template", action="append", metavar="T", help='prompt template with one {} (default "This is a sound of {}.")')
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random class partition and of training (default 0)")
-    parser.add_argument("--save-adapter", metavar="PATH", help="also train the adapter on all the dataset's classes and save it (.npz) for run/classify")
+    parser.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="folder with labels.csv (path,label) or an ESC-50 folder (meta/esc50.csv, audio/)",
+    )
+    parser.add_argument(
+        "--model", default="auto", metavar="DIR", help="exported model directory, 'offline' or 'auto' (default auto)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("zero-shot", "class-folds"),
+        default="zero-shot",
+        help="zero-shot: rank all classes; class-folds: train on seen classes, test on an unseen fold (default zero-shot)",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="number of class folds (default 5; category partition: one per category)",
+    )
+    parser.add_argument(
+        "--partition", choices=("random", "category"), default="random", help="how classes are grouped into folds"
+    )
+    parser.add_argument(
+        "--adapter",
+        default="none",
+        metavar="METHOD|FILE",
+        help="none | bilinear | nonlinear | prototype, or a trained adapter .npz to evaluate (zero-shot)",
+    )
+    parser.add_argument(
+        "--semantic",
+        default=None,
+        metavar="KIND",
+        help="label embeddings for adapters: text | minilm | glove | a+b (default: minilm offline, text CLAP)",
+    )
+    parser.add_argument(
+        "--template",
+        action="append",
+        metavar="T",
+        help='prompt template with one {} (default "This is a sound of {}.")',
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random class partition and of training (default 0)"
+    )
+    parser.add_argument(
+        "--save-adapter",
+        metavar="PATH",
+        help="also train the adapter on all the dataset's classes and save it (.npz) for run/classify",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.add_argument("--report", metavar="DIR", help="write report.md, confusion.png, per_class.png and result.json into DIR")
+    parser.add_argument(
+        "--report", metavar="DIR", help="write report.md, confusion.png, per_class.png and result.json into DIR"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     parser.add_argument("--cache-dir", metavar="DIR", help="embedding cache (default <state_dir>/eval-cache)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
@@ -70,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         if args.protocol != "zero-shot":
             raise UserError("--adapter FILE evaluates a trained adapter on all classes: use --protocol zero-shot")
     if args.protocol == "zero-shot" and method in ("bilinear", "nonlinear") and not args.save_adapter:
-        raise UserError(f"--adapter {method} is trained on seen classes: use --protocol class-folds (or --save-adapter PATH)")
+        raise UserError(
+            f"--adapter {method} is trained on seen classes: use --protocol class-folds (or --save-adapter PATH)"
+        )
     if args.save_adapter and method not in ("bilinear", "nonlinear"):
         raise UserError("--save-adapter needs --adapter bilinear or --adapter nonlinear")
     if args.semantic:
@@ -82,8 +122,15 @@ def run(args: argparse.Namespace) -> int:
     folds = None
     if args.protocol == "class-folds":
         cats = ds.class_categories() if args.partition == "category" else None
-        if args.partition == "category" and args.folds is not None and cats is not None and args.folds != len(set(cats.values())):
-            raise UserError(f"--partition category makes one fold per category ({len(set(cats.values()))}); drop --folds")
+        if (
+            args.partition == "category"
+            and args.folds is not None
+            and cats is not None
+            and args.folds != len(set(cats.values()))
+        ):
+            raise UserError(
+                f"--partition category makes one fold per category ({len(set(cats.values()))}); drop --folds"
+            )
         folds = evaluate.class_folds(ds.classes, args.folds or 5, args.partition, args.seed, cats)
 
     try:
@@ -91,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
     state = Config().state_path
-    cache_root = None if args.no_cache else Path(args.cache_dir).expanduser() if args.cache_dir else state / "eval-cache"
+    cache_root = (
+        None if args.no_cache else Path(args.cache_dir).expanduser() if args.cache_dir else state / "eval-cache"
+    )
     label_cache = None if cache_root is None else cache_root / "label-cache"
     semantic = args.semantic or (adapter_file.meta.get("semantic") if adapter_file else adapt.default_semantic(backend))
     theta_kind = "features" if hasattr(backend, "embed_audio_features") else "audio"
@@ -122,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
             scores = evaluate.loo_prototype_scores(emb.audio, ds.y, len(ds.classes))
         elif method == "file":
             if phi.shape[1] != adapter_file.d_s or emb.theta.shape[1] != adapter_file.d_a:
-                raise UserError(f"{args.adapter}: adapter dims ({adapter_file.d_a}, {adapter_file.d_s}) do not fit this model "
-                                f"({emb.theta.shape[1]}, {phi.shape[1]})")
+                raise UserError(
+                    f"{args.adapter}: adapter dims ({adapter_file.d_a}, {adapter_file.d_s}) do not fit this model "
+                    f"({emb.theta.shape[1]}, {phi.shape[1]})"
+                )
             scores = adapter_file.scores(emb.theta, phi)
         else:
             scores = None
@@ -138,17 +189,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = evaluate.json_result(result, extra)
     if args.report:
-        cmd = "sound-monitor eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else "sound-monitor eval"
-        md = evaluate.write_report(args.report, result, ds.classes, f"eval: {ds.root.name}, {args.protocol}, adapter {args.adapter}", cmd)
+        cmd = (
+            "sound-monitor eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+            if len(sys.argv) > 2
+            else "sound-monitor eval"
+        )
+        md = evaluate.write_report(
+            args.report, result, ds.classes, f"eval: {ds.root.name}, {args.protocol}, adapter {args.adapter}", cmd
+        )
         _say(f"report written to {md}")
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(f"{ds.root.name}: {out['n_clips']} clips, {out['n_classes']} classes, {args.protocol}, adapter {args.adapter}, {backend.name}")
-        print(f"  top-1 {out['top1']:.3f} (chance {out['chance_top1']:.3f})   top-5 {out['top5']:.3f} "
-              f"(chance {out['chance_top5']:.3f})   mAP {out['map']:.3f} (chance {out['chance_map']:.3f})")
+        print(
+            f"{ds.root.name}: {out['n_clips']} clips, {out['n_classes']} classes, {args.protocol}, adapter {args.adapter}, {backend.name}"
+        )
+        print(
+            f"  top-1 {out['top1']:.3f} (chance {out['chance_top1']:.3f})   top-5 {out['top5']:.3f} "
+            f"(chance {out['chance_top5']:.3f})   mAP {out['map']:.3f} (chance {out['chance_map']:.3f})"
+        )
         for i, f in enumerate(out.get("folds", [])):
-            print(f"  fold {i}: top-1 {f['top1']:.3f} mAP {f['map']:.3f} chance mAP {f['chance_map']:.3f}  [{', '.join(f['test_classes'])}]")
+            print(
+                f"  fold {i}: top-1 {f['top1']:.3f} mAP {f['map']:.3f} chance mAP {f['chance_map']:.3f}  [{', '.join(f['test_classes'])}]"
+            )
     return 0
 
 
@@ -175,8 +238,14 @@ def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates,
     s = f.adapter.scores(th, phi)
     u = f.adapter.label_vectors(phi)
     f.adapter.meta.update(
-        backend_name=backend.name, backend_cache_key=backend.cache_key, semantic=semantic, theta=theta_kind,
-        templates=list(templates), classes=list(ds.classes), dataset=str(ds.root),
-        logit_scale=adapt.calibrate_scale(s, y), label_norm=float(np.median(np.linalg.norm(u, axis=1))),
+        backend_name=backend.name,
+        backend_cache_key=backend.cache_key,
+        semantic=semantic,
+        theta=theta_kind,
+        templates=list(templates),
+        classes=list(ds.classes),
+        dataset=str(ds.root),
+        logit_scale=adapt.calibrate_scale(s, y),
+        label_norm=float(np.median(np.linalg.norm(u, axis=1))),
     )
     return f.adapter.save(args.save_adapter)

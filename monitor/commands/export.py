@@ -19,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SRC",
         help=f"Hugging Face id or local Hugging Face directory (default {DEFAULT_SOURCE})",
     )
-    parser.add_argument("--out", metavar="DIR",
-                        help="output directory (default ~/.local/share/sound-monitor/models/<name of SRC>, where "
-                             "model: auto finds it)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (default ~/.local/share/sound-monitor/models/<name of SRC>, where model: auto finds it)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 audio encoder")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for export checks (default 2)")
 

@@ -18,18 +18,33 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="models_cmd", metavar="ACTION", required=True)
     f = sub.add_parser("fetch", help="download, verify and prepare a model")
     f.add_argument("which", choices=["offline", "clap"], help="the model to fetch")
-    f.add_argument("--out", "--dir", dest="out", metavar="DIR",
-                   help="target folder (default: <models-dir>/clap-htsat-unfused[-int8], or <models-dir>/offline)")
+    f.add_argument(
+        "--out",
+        "--dir",
+        dest="out",
+        metavar="DIR",
+        help="target folder (default: <models-dir>/clap-htsat-unfused[-int8], or <models-dir>/offline)",
+    )
     f.add_argument("--models-dir", default=None, help="default: model.models_dir, ~/.local/share/sound-monitor/models")
-    f.add_argument("--variant", choices=["fp32", "int8"], default=_HUB.variant,
-                   help="clap: fp32 (about 620 MB) or int8 (about 161 MB, quantised audio and text encoders)")
+    f.add_argument(
+        "--variant",
+        choices=["fp32", "int8"],
+        default=_HUB.variant,
+        help="clap: fp32 (about 620 MB) or int8 (about 161 MB, quantised audio and text encoders)",
+    )
     f.add_argument("--repo", default=_HUB.repo, help=f"clap: the ONNX repository (default {_HUB.repo})")
     f.add_argument("--revision", default=_HUB.revision, help="clap: commit of --repo (default: the pinned one)")
-    f.add_argument("--checkpoint-repo", default=_HUB.checkpoint_repo,
-                   help=f"clap: the original checkpoint whose logit scale is read (default {_HUB.checkpoint_repo})")
+    f.add_argument(
+        "--checkpoint-repo",
+        default=_HUB.checkpoint_repo,
+        help=f"clap: the original checkpoint whose logit scale is read (default {_HUB.checkpoint_repo})",
+    )
     f.add_argument("--checkpoint-revision", default=_HUB.checkpoint_revision)
-    f.add_argument("--int8", action="store_true",
-                   help="clap fp32: also quantise the audio encoder here with the project's int8 (for model.int8: true)")
+    f.add_argument(
+        "--int8",
+        action="store_true",
+        help="clap fp32: also quantise the audio encoder here with the project's int8 (for model.int8: true)",
+    )
     f.add_argument("--threads", type=int, default=2, help="CPU threads for the graph checks")
     lst = sub.add_parser("list", help="list the models present")
     lst.add_argument("--models-dir", default=None, help="default: ~/.local/share/sound-monitor/models")
@@ -62,19 +77,25 @@ def run(args) -> int:
         from monitor.errors import UserError
 
         try:  # the flags are validated as the config's model.hub section is
-            source = HubConfig(repo=args.repo, revision=args.revision, checkpoint_repo=args.checkpoint_repo,
-                               checkpoint_revision=args.checkpoint_revision, variant=args.variant)
+            source = HubConfig(
+                repo=args.repo,
+                revision=args.revision,
+                checkpoint_repo=args.checkpoint_repo,
+                checkpoint_revision=args.checkpoint_revision,
+                variant=args.variant,
+            )
         except ValidationError as e:
             raise UserError(format_validation_error(e, "models fetch clap")) from None
         target = Path(args.out) if args.out else default_out(args.models_dir, args.variant)
         m = fetch_clap(target, source, say=_say, threads=max(1, args.threads), int8=args.int8)
         print(target)
-        _say(f"embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}; "
-             f"use it with --model {target} (or model: auto finds it in {target.parent})")
+        _say(
+            f"embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}; "
+            f"use it with --model {target} (or model: auto finds it in {target.parent})"
+        )
         return 0
-    from monitor.model_select import find_clap_export
-
     from monitor.files import read_manifest, verify_listed
+    from monitor.model_select import find_clap_export
 
     def checked(folder: Path) -> str:
         """`folder (ok: N files verified)` or what is wrong (every file is hashed)."""

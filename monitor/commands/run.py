@@ -15,9 +15,12 @@ DEFAULT_LABELS = ("smoke alarm", "dog barking", "glass breaking", "baby crying",
 
 def add_arguments(p) -> None:
     p.add_argument("--config", help="YAML config (default: ./config.yaml if present)")
-    p.add_argument("--source", action="append",
-                   help="mic | mic:DEVICE | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin); repeat it to "
-                        "monitor several sources with one model")
+    p.add_argument(
+        "--source",
+        action="append",
+        help="mic | mic:DEVICE | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin); repeat it to "
+        "monitor several sources with one model",
+    )
     p.add_argument("--fast", action="store_true", help="process a file as fast as possible and exit at its end")
     p.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
     p.add_argument("--events", help="write events as JSON lines to PATH (- = stdout)")
@@ -27,16 +30,22 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", help='comma-separated labels, e.g. "dog barking,smoke alarm"')
     p.add_argument("--scoring", choices=["softmax", "vs-background"])
     p.add_argument("--template", help='prompt template, e.g. "This is a sound of {}."')
-    p.add_argument("--threshold", type=float,
-                   help="event threshold for every label (0..1); overrides per-label thresholds in the config")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="event threshold for every label (0..1); overrides per-label thresholds in the config",
+    )
     p.add_argument("--mqtt", help="mqtt://[user@]host[:port] or mqtts://... (password: env/file only)")
     p.add_argument("--rate", type=int, help="stdin/mic sample rate in Hz")
     p.add_argument("--channels", type=int, help="stdin/mic channel count")
     p.add_argument("--format", choices=["s16le", "f32le"], help="stdin sample format")
     p.add_argument("--hop", type=float, help="seconds between windows (default 1.0)")
-    p.add_argument("--watch-config", action="store_true",
-                   help="reload the config file when it changes (SIGHUP reloads it when the monitor runs "
-                        "detached, e.g. under systemd; from a terminal SIGHUP stops it)")
+    p.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="reload the config file when it changes (SIGHUP reloads it when the monitor runs "
+        "detached, e.g. under systemd; from a terminal SIGHUP stops it)",
+    )
 
 
 def _overrides(args) -> dict:
@@ -96,8 +105,8 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
     A microphone that is not there is waited for (reported ``lost``, reopened with backoff);
     only a bare start (``demo_ok``: no source and no MQTT configured) plays the bundled demo
     recording instead, so a configured monitor never publishes demo audio."""
-    from monitor.errors import UserError
     from monitor import sources
+    from monitor.errors import UserError
 
     sc = cfg.source
     spec = sc.inputs[0] if spec is None else spec
@@ -109,8 +118,10 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
 
         present = sources.has_input_device()
         if not present and demo_ok and not several:
-            say("no audio input device found: running on the bundled DEMO recording instead "
-                "(animal sounds; use --source PATH or - for other audio)")
+            say(
+                "no audio input device found: running on the bundled DEMO recording instead "
+                "(animal sounds; use --source PATH or - for other audio)"
+            )
             return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
         try:
             if present:
@@ -198,8 +209,11 @@ def with_default_labels(cfg, say):
 
     if cfg.labels:
         return cfg
-    say("no labels configured: using the defaults " + ", ".join(DEFAULT_LABELS)
-        + " (set `labels:` in config.yaml or --labels)")
+    say(
+        "no labels configured: using the defaults "
+        + ", ".join(DEFAULT_LABELS)
+        + " (set `labels:` in config.yaml or --labels)"
+    )
     return with_overrides(cfg, {"labels": list(DEFAULT_LABELS)})
 
 
@@ -249,8 +263,10 @@ def _run(args, cfg, say) -> int:
     say(f"model {backend.name}: {selected.reason}")
     for src, name in zip(srcs, names):
         say(f"source {name} ({src.sample_rate_hz} Hz, {src.channels} ch)")
-    say(f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
-        + (f"; {len(srcs)} sources share one model" if several else ""))
+    say(
+        f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
+        + (f"; {len(srcs)} sources share one model" if several else "")
+    )
 
     cache_dir = cfg.state_path / "label-cache"
     scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=cache_dir)
@@ -293,9 +309,24 @@ def _run(args, cfg, say) -> int:
     for (src, _, reopen), name in zip(made, names):
         tracker = EventTracker(rules, device_id=cfg.device, source=name, model=backend.name, next_seq=seq.next)
         # each pipeline has its own stop: a file that ends must not end the other sources
-        pipes.append(Pipeline(src, backend, scorer, tracker, sinks + own_sinks[name], cfg.stream,
-                              buffer_s=cfg.source.buffer_s, stop=threading.Event(), source_cfg=cfg.source,
-                              reopen=reopen, encoder=encoder, name=name, out_lock=out_lock, close_sinks=False))
+        pipes.append(
+            Pipeline(
+                src,
+                backend,
+                scorer,
+                tracker,
+                sinks + own_sinks[name],
+                cfg.stream,
+                buffer_s=cfg.source.buffer_s,
+                stop=threading.Event(),
+                source_cfg=cfg.source,
+                reopen=reopen,
+                encoder=encoder,
+                name=name,
+                out_lock=out_lock,
+                close_sinks=False,
+            )
+        )
 
     def stop_all() -> None:
         stop.set()
@@ -314,8 +345,14 @@ def _run(args, cfg, say) -> int:
             pipe.swap_live(new_scorer, new_rules)
 
     config_path = args.config
-    reloader = ConfigReloader(lambda: with_default_labels(load_effective_config(args), say), apply_live, cfg, stop,
-                              watch_path=config_path if args.watch_config else None, say=say)
+    reloader = ConfigReloader(
+        lambda: with_default_labels(load_effective_config(args), say),
+        apply_live,
+        cfg,
+        stop,
+        watch_path=config_path if args.watch_config else None,
+        say=say,
+    )
 
     def _on_signal(signum, frame):  # noqa: ARG001
         say("stopping (closing open events, flushing outputs)")
@@ -339,6 +376,7 @@ def _run(args, cfg, say) -> int:
     results: list[dict] = [{} for _ in pipes]
     workers = []
     for pipe, result in zip(pipes, results):
+
         def _work(pipe=pipe, result=result):
             try:
                 result["stats"] = pipe.run()
@@ -371,7 +409,9 @@ def _run(args, cfg, say) -> int:
                 text += f", backlog {st['backlog']}" + (f" ({st['backlog_age_s']:.0f} s)" if st["backlog"] else "")
             sinks_status[s.name] = text
         state.sinks = sinks_status
-        status = [p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in pipes]
+        status = [
+            p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in pipes
+        ]
         state.source_status = status[0] if not several else ", ".join(f"{p.name}: {st}" for p, st in zip(pipes, status))
 
     try:
@@ -396,18 +436,26 @@ def _run(args, cfg, say) -> int:
         if st is None:
             continue
         who = f"{pipe.name}: " if several else ""
-        say(f"{who}finished: {st.windows} windows ({st.gated} below the gate), "
+        say(
+            f"{who}finished: {st.windows} windows ({st.gated} below the gate), "
             f"{st.events_started} event(s) ({st.events} start/end messages), "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
             + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
-            + (f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
-               f"reopen(s), {st.gaps} gap(s) totalling {st.gap_s:.1f} s" if st.source_losses else "")
-            + (f"; {st.reloads} config reload(s)" if st.reloads else ""))
+            + (
+                f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
+                f"reopen(s), {st.gaps} gap(s) totalling {st.gap_s:.1f} s"
+                if st.source_losses
+                else ""
+            )
+            + (f"; {st.reloads} config reload(s)" if st.reloads else "")
+        )
         if st.source_error:
             say(f"{who}source error: {st.source_error}")
             rc = 1
     if several:
         b = encoder.summary()
-        say(f"encoder: {b['windows']} windows in {b['model_calls']} model calls "
-            f"({b['mixed_batches']} shared by several sources)")
+        say(
+            f"encoder: {b['windows']} windows in {b['model_calls']} model calls "
+            f"({b['mixed_batches']} shared by several sources)"
+        )
     return rc

@@ -16,18 +16,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from monitor.backend import l2_normalise
 from monitor.errors import ModelError
 from monitor.files import read_manifest
+from monitor.logs import say as _say
 from monitor.offline import features
 from monitor.offline.fetch import FILES, default_dir, fetch_offline, is_complete, sha256_file
-from monitor.logs import say as _say
 
 TOP_K = 5
 TEMPERATURE = 0.03
@@ -69,10 +68,15 @@ class OfflineBackend:
             if not p.is_file():
                 raise ModelError(f"{p} is missing; run `sound-monitor models fetch offline`")
             if sha256_file(p) != manifest["files"].get(f):
-                raise ModelError(f"{p} does not match its sha256 in {mpath} (corrupt?); delete {self.dir} and fetch again")
-        self.cache_key = "offline-" + hashlib.sha256(
-            json.dumps(manifest["files"], sort_keys=True).encode() + f"{TOP_K}/{TEMPERATURE}".encode()
-        ).hexdigest()[:16]
+                raise ModelError(
+                    f"{p} does not match its sha256 in {mpath} (corrupt?); delete {self.dir} and fetch again"
+                )
+        self.cache_key = (
+            "offline-"
+            + hashlib.sha256(
+                json.dumps(manifest["files"], sort_keys=True).encode() + f"{TOP_K}/{TEMPERATURE}".encode()
+            ).hexdigest()[:16]
+        )
         self.threads = threads
         self._yamnet = _session(self.dir / "yamnet.onnx", threads)
         self._minilm = None
@@ -83,11 +87,11 @@ class OfflineBackend:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path, threads: int = 2) -> "OfflineBackend":
+    def from_dir(cls, path, threads: int = 2) -> OfflineBackend:
         return cls(Path(path), threads)
 
     @classmethod
-    def load(cls, threads: int = 2, cache_dir=None, models_dir=None, fetch: bool = True) -> "OfflineBackend":
+    def load(cls, threads: int = 2, cache_dir=None, models_dir=None, fetch: bool = True) -> OfflineBackend:
         target = Path(cache_dir) if cache_dir else default_dir(models_dir)
         if not is_complete(target):
             if not fetch:
@@ -145,8 +149,9 @@ class OfflineBackend:
             enc = self._tok.encode_batch(texts[a : a + 64])
             ids = np.array([e.ids for e in enc], dtype=np.int64)
             mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            hidden = self._minilm.run(None, {"input_ids": ids, "attention_mask": mask,
-                                             "token_type_ids": np.zeros_like(ids)})[0]
+            hidden = self._minilm.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )[0]
             m = mask[:, :, None].astype(np.float32)
             out.append((hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0))
         return l2_normalise(np.concatenate(out))

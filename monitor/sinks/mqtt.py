@@ -29,8 +29,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
 from monitor import __version__
@@ -57,8 +57,9 @@ def parse_mqtt_url(url: str) -> dict:
     if not u.hostname:
         raise UserError(f"invalid MQTT URL {url!r}: no host")
     if u.password is not None:
-        raise UserError("do not put the MQTT password in the URL: set SOUND_MONITOR_MQTT_PASSWORD "
-                         "or mqtt.password_file")
+        raise UserError(
+            "do not put the MQTT password in the URL: set SOUND_MONITOR_MQTT_PASSWORD or mqtt.password_file"
+        )
     tls = u.scheme == "mqtts"
     ov = {"mqtt.host": u.hostname, "mqtt.port": port or (8883 if tls else 1883), "mqtt.tls.enabled": tls}
     if u.username:
@@ -71,8 +72,10 @@ def read_password(cfg: MQTTConfig) -> str | None:
         try:
             return Path(cfg.password_file).expanduser().read_text(encoding="utf-8").splitlines()[0].strip()
         except (OSError, IndexError) as e:
-            raise UserError(f"cannot read the MQTT password file {cfg.password_file}: "
-                            f"{e.strerror if isinstance(e, OSError) else 'empty file'}") from None
+            raise UserError(
+                f"cannot read the MQTT password file {cfg.password_file}: "
+                f"{e.strerror if isinstance(e, OSError) else 'empty file'}"
+            ) from None
     if cfg.password_env:
         return os.environ.get(cfg.password_env) or None
     return None
@@ -111,8 +114,16 @@ def diagnose(host: str, port: int, tls: ssl.SSLContext | None, timeout_s: float 
 class MqttSink(Sink):
     name = "mqtt"
 
-    def __init__(self, cfg: MQTTConfig, *, device_id: str, labels: Sequence[str], state_dir: Path,
-                 model_name: str, source_name: str):
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        *,
+        device_id: str,
+        labels: Sequence[str],
+        state_dir: Path,
+        model_name: str,
+        source_name: str,
+    ):
         import paho.mqtt.client as mqtt
 
         self.cfg = cfg
@@ -149,8 +160,9 @@ class MqttSink(Sink):
         if cfg.protocol == "5":
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                                      protocol=mqtt.MQTTv311)
+            self.client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+            )
         self.client.max_inflight_messages_set(20)
         self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         if cfg.username:
@@ -164,7 +176,9 @@ class MqttSink(Sink):
             except (OSError, ssl.SSLError, ValueError) as e:
                 raise UserError(f"MQTT TLS setup failed: {e}") from None
             if cfg.tls.insecure:
-                log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure): the broker is not authenticated")
+                log.warning(
+                    "MQTT TLS certificate verification is OFF (mqtt.tls.insecure): the broker is not authenticated"
+                )
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
             self._tls = ctx
@@ -190,10 +204,24 @@ class MqttSink(Sink):
         self.client.loop_start()
 
     @classmethod
-    def from_config(cls, mqtt_cfg: MQTTConfig, *, device_id: str, labels: Sequence[str], state_dir: Path,
-                    model_name: str, source_name: str) -> "MqttSink":
-        return cls(mqtt_cfg, device_id=device_id, labels=labels, state_dir=state_dir,
-                   model_name=model_name, source_name=source_name)
+    def from_config(
+        cls,
+        mqtt_cfg: MQTTConfig,
+        *,
+        device_id: str,
+        labels: Sequence[str],
+        state_dir: Path,
+        model_name: str,
+        source_name: str,
+    ) -> MqttSink:
+        return cls(
+            mqtt_cfg,
+            device_id=device_id,
+            labels=labels,
+            state_dir=state_dir,
+            model_name=model_name,
+            source_name=source_name,
+        )
 
     # -- connection state (logged once per change) ------------------------------------------
     @property
@@ -222,8 +250,13 @@ class MqttSink(Sink):
         reason = diagnose(self.cfg.host, self.cfg.port, self._tls)
         with self._lock:
             self._state = f"unreachable: {reason}"
-        self._log_state("fail:" + reason, "MQTT cannot connect to %s: %s (retrying, waits double up to %g s)",
-                        self._where, reason, self.cfg.reconnect_max_s)
+        self._log_state(
+            "fail:" + reason,
+            "MQTT cannot connect to %s: %s (retrying, waits double up to %g s)",
+            self._where,
+            reason,
+            self.cfg.reconnect_max_s,
+        )
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -233,9 +266,14 @@ class MqttSink(Sink):
             with self._lock:
                 self._connected = False
                 self._state = f"refused: {reason_code}"
-            self._log_state(f"refused:{reason_code}", "MQTT broker %s refused the connection: %s (check username, "
-                            "password and ACL; retrying, waits double up to %g s)", self._where, reason_code,
-                            self.cfg.reconnect_max_s)
+            self._log_state(
+                f"refused:{reason_code}",
+                "MQTT broker %s refused the connection: %s (check username, "
+                "password and ACL; retrying, waits double up to %g s)",
+                self._where,
+                reason_code,
+                self.cfg.reconnect_max_s,
+            )
             return
         self._pub(self.topics.availability, "online", retain=True)
         if self.cfg.discovery:
@@ -249,9 +287,14 @@ class MqttSink(Sink):
         failures, since = self._failures, self._down_since
         self._failures, self._down_since = 0, None
         if since is not None:
-            self._log_state("connected", "MQTT connected to %s again after %.0f s (%d failed attempt(s)); "
-                            "%d event(s) in the outbox go out now", self._where, time.monotonic() - since, failures,
-                            self.outbox.size())
+            self._log_state(
+                "connected",
+                "MQTT connected to %s again after %.0f s (%d failed attempt(s)); %d event(s) in the outbox go out now",
+                self._where,
+                time.monotonic() - since,
+                failures,
+                self.outbox.size(),
+            )
         else:
             self._log_state("connected", "MQTT connected to %s", self._where, level=logging.INFO)
 
@@ -265,8 +308,13 @@ class MqttSink(Sink):
             return
         if self._down_since is None:
             self._down_since = time.monotonic()
-        self._log_state("disconnected", "MQTT connection to %s lost (%s); %d event(s) wait in the outbox",
-                        self._where, reason_code, self.outbox.size())
+        self._log_state(
+            "disconnected",
+            "MQTT connection to %s lost (%s); %d event(s) wait in the outbox",
+            self._where,
+            reason_code,
+            self.outbox.size(),
+        )
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self._mid_lock:
@@ -289,9 +337,14 @@ class MqttSink(Sink):
             key = f"events:{reason_code}"
             if key not in self._rejected_logged:
                 self._rejected_logged.add(key)
-                log.error("MQTT broker %s rejected event seq %s on %s: %s (an ACL that denies the topic?); it "
-                          "stays in the outbox and is sent again after the next start", self._where, value,
-                          self.topics.events, reason_code)
+                log.error(
+                    "MQTT broker %s rejected event seq %s on %s: %s (an ACL that denies the topic?); it "
+                    "stays in the outbox and is sent again after the next start",
+                    self._where,
+                    value,
+                    self.topics.events,
+                    reason_code,
+                )
         elif failed and value not in self._rejected_logged:
             self._rejected_logged.add(str(value))
             log.error("MQTT broker %s rejected the publish to %s: %s", self._where, value, reason_code)
@@ -343,8 +396,9 @@ class MqttSink(Sink):
         except FileNotFoundError:
             return None
         except (OSError, ValueError, AttributeError) as e:
-            log.warning("cannot read %s (%s): retained topics of removed labels may stay on the broker",
-                        self._known_path, e)
+            log.warning(
+                "cannot read %s (%s): retained topics of removed labels may stay on the broker", self._known_path, e
+            )
             return None
 
     def _clear_stale(self) -> None:
@@ -412,8 +466,9 @@ class MqttSink(Sink):
             return
         self._last_scores_t = now
         if self._connected:
-            self._pub(self.topics.scores, json.dumps({"t_s": scores.start_s, "scores": scores.as_dict()}),
-                      retain=False, qos=0)
+            self._pub(
+                self.topics.scores, json.dumps({"t_s": scores.start_s, "scores": scores.as_dict()}), retain=False, qos=0
+            )
 
     def set_labels(self, labels: Sequence[str]) -> None:
         with self._lock:
@@ -435,8 +490,12 @@ class MqttSink(Sink):
             state += f"; outbox not writable, {self.outbox.in_memory} event(s) in memory"
         if self.rejected:
             state += f"; {self.rejected} event(s) rejected by the broker"
-        return {"state": state, "backlog": self.outbox.size(), "backlog_age_s": round(self.outbox.oldest_age_s(), 1),
-                "rejected": self.rejected}
+        return {
+            "state": state,
+            "backlog": self.outbox.size(),
+            "backlog_age_s": round(self.outbox.oldest_age_s(), 1),
+            "rejected": self.rejected,
+        }
 
     def close(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from monitor.logs import NAME, under_live
 from monitor.sinks.base import Sink
@@ -102,7 +102,9 @@ def render(state: ViewState, height: int | None = None):
         mark = "● ACTIVE"
         if on and several and state.active_sources.get(lab):
             mark += " (" + ", ".join(sorted(state.active_sources[lab])) + ")"
-        t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), Text(mark, style="bold red") if on else "")
+        t.add_row(
+            Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), Text(mark, style="bold red") if on else ""
+        )
     if hidden:
         t.add_row(Text(f"… {hidden} more label(s) below these scores", style="dim"))
     if several:
@@ -118,11 +120,11 @@ def render(state: ViewState, height: int | None = None):
         meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 30)
         levels = f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
     info = Text(
-        levels
-        + f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
+        levels + f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
         f"dropped windows {state.dropped_windows}  dropped samples {state.dropped_frames}\n"
         + f"source: {state.source_status}  "
-        + "sinks: " + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
+        + "sinks: "
+        + ", ".join(f"{k}: {v}" for k, v in state.sinks.items())
     )
     recent = Text("\n".join(state.recent[-n_recent:]) or "no events yet")
     return Panel(Group(t, info, Text("recent events:", style="bold"), recent), title=title)
@@ -133,10 +135,7 @@ def format_event(ev: Event) -> str:
         return f"START {ev.label!r} at {ev.start_s:.1f} s (score {ev.score:.2f})"
     if ev.end_s is None:  # ended on the next start after a crash
         return f"END   {ev.label!r} from {ev.start_s:.1f} s ({ev.reason or 'ended'}; peak {ev.peak_score:.2f})"
-    return (
-        f"END   {ev.label!r} {ev.start_s:.1f}–{ev.end_s:.1f} s "
-        f"({ev.duration_s:.1f} s, peak {ev.peak_score:.2f})"
-    )
+    return f"END   {ev.label!r} {ev.start_s:.1f}–{ev.end_s:.1f} s ({ev.duration_s:.1f} s, peak {ev.peak_score:.2f})"
 
 
 class TerminalSink(Sink):
@@ -183,7 +182,10 @@ class TerminalSink(Sink):
             self.state.scores = scores.as_dict()
             if scores.source:
                 self.state.by_source[scores.source] = {
-                    "scores": self.state.scores, "level_dbfs": scores.level_dbfs, "stream_s": scores.end_s}
+                    "scores": self.state.scores,
+                    "level_dbfs": scores.level_dbfs,
+                    "stream_s": scores.end_s,
+                }
             self.state.level_dbfs = scores.level_dbfs
             self.state.stream_s = scores.end_s
             self.state.windows += 1
@@ -196,8 +198,14 @@ class TerminalSink(Sink):
             top = sorted(self.state.scores.items(), key=lambda kv: -kv[1])[:3]
             tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
             who = f"[{scores.source}] " if len(self.state.by_source) > 1 else ""
-            self._log.info("%st=%.1fs level %.1f dBFS%s top: %s", who, scores.end_s, scores.level_dbfs,
-                           " (gated)" if scores.gated else "", tops)
+            self._log.info(
+                "%st=%.1fs level %.1f dBFS%s top: %s",
+                who,
+                scores.end_s,
+                scores.level_dbfs,
+                " (gated)" if scores.gated else "",
+                tops,
+            )
 
     def run_live(self, refresh: Callable[[ViewState], None], done: threading.Event) -> None:
         """Draw the live view until ``done`` is set (called on the main thread)."""
@@ -205,8 +213,12 @@ class TerminalSink(Sink):
         from rich.live import Live
 
         console = Console(file=self._stream)
-        with Live(render(self.state, console.size.height), console=console, refresh_per_second=4,
-                  transient=False) as live, under_live(live.console):
+        with (
+            Live(
+                render(self.state, console.size.height), console=console, refresh_per_second=4, transient=False
+            ) as live,
+            under_live(live.console),
+        ):
             while not done.wait(0.25):
                 refresh(self.state)
                 with self._lock:
