@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
 
 MARGIN = 1.0
@@ -341,7 +341,7 @@ def parse_semantic(spec: str) -> tuple[str, ...]:
 
 def default_semantic(backend) -> str:
     """MiniLM sentence embeddings for the offline backend, the model's own text encoder otherwise."""
-    return "minilm" if hasattr(backend, "embed_label_semantics") else "text"
+    return "minilm" if backend.has_label_semantics else "text"
 
 
 def semantic_embeddings(
@@ -364,12 +364,11 @@ def semantic_embeddings(
                 label_embeddings(backend, list(names), tuple(templates) or (DEFAULT_TEMPLATE,), cache_dir=cache_dir)
             )
         elif src == "minilm":
-            fn = getattr(backend, "embed_label_semantics", None)
-            if fn is None:
+            if not backend.has_label_semantics:
                 raise UserError(
                     "--semantic minilm needs the offline backend (--model offline); use --semantic text with CLAP"
                 )
-            parts.append(fn(list(names)))
+            parts.append(backend.embed_label_semantics(list(names)))
         else:
             from monitor.offline.glove import Glove
 
@@ -384,12 +383,14 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(a) + "(.+?)" + re.escape(b) + "$", re.DOTALL)
 
 
-class AdaptedBackend:
+class AdaptedBackend(Backend):
     """A backend whose audio vectors are θ̂(x) and whose label vectors are u_y (see module doc).
 
     Drop-in for the Scorer, ``run`` and ``classify``: ``logit_scale * (θ̂ @ u.T)`` is the
     calibrated compatibility. Prompts rendered with a template the adapter was trained
-    with are reduced to the label itself for the minilm/glove sources.
+    with are reduced to the label itself for the minilm/glove sources. Streaming goes
+    through the base backend's ``prepare`` (its per-stream front-end) when θ is the base's
+    audio embedding; θ from audio features embeds the windows' samples.
     """
 
     normalise_labels = False
@@ -416,14 +417,29 @@ class AdaptedBackend:
         self.logit_scale = float(meta.get("logit_scale", 1.0))
         self.label_norm = float(meta.get("label_norm", 1.0))
         self.cache_key = f"{base.cache_key}-{adapter.kind}-{adapter.sha256()[:16]}"
-        if self.theta_kind == "audio" and hasattr(base, "embed_windows"):
-            self.embed_windows = lambda windows, stream="main": adapter.prep(base.embed_windows(windows, stream))
-        if self.theta_kind == "audio" and hasattr(base, "embed_features") and hasattr(base, "frontend"):
-            # the encoder stage (monitor/encode.py) computes features itself and batches them
-            self.frontend = base.frontend
-            self.embed_features = lambda features: adapter.prep(base.embed_features(features))
-        if self.theta_kind == "features" and not hasattr(base, "embed_audio_features"):
+        self.has_label_semantics = base.has_label_semantics
+        if self.theta_kind == "features" and not base.has_audio_features:
             raise UserError(f"this adapter needs {meta.get('backend_name')}'s audio features; {base.name} has none")
+
+    @property
+    def prototype_key(self) -> str:
+        return self.base.prototype_key  # prototypes are the base model's audio embeddings
+
+    def prepare(self, windows, stream: str) -> np.ndarray:
+        if self.theta_kind == "audio":
+            return self.base.prepare(windows, stream)
+        return super().prepare(windows, stream)
+
+    def embed_prepared(self, rows: np.ndarray) -> np.ndarray:
+        if self.theta_kind == "audio":
+            return self.adapter.prep(self.base.embed_prepared(rows))
+        return self.embed_audio(rows)
+
+    def end_stream(self, stream: str) -> None:
+        self.base.end_stream(stream)
+
+    def embed_label_semantics(self, texts: Sequence[str]) -> np.ndarray:
+        return self.base.embed_label_semantics(texts)
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         if self.theta_kind == "features":
@@ -459,9 +475,7 @@ class AdaptedBackend:
         return self.adapter.label_vectors(phi)
 
     def release_text(self) -> None:
-        release = getattr(self.base, "release_text", None)
-        if release is not None:
-            release()
+        self.base.release_text()
 
 
 def maybe_adapt(backend, adapter_path: str | os.PathLike | None):

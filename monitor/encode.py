@@ -4,12 +4,10 @@ One ``SharedEncoder`` serves every pipeline of a ``run`` (one per source), so se
 microphones share one model in memory and their windows go through the model together:
 
 - a pipeline's worker calls ``embed(windows, stream)`` and blocks until its vectors are
-  back. The front-end runs on the caller's thread (so sources compute their features in
-  parallel); a backend with a mel front-end (CLAP) gets one ``StreamingFrontend`` per
-  stream, which reuses the STFT frames that a stream's overlapping windows share.
-- one encoder thread takes all queued requests, stacks the inputs of equal shape and runs
-  the model once per shape (``embed_features`` for CLAP features, ``embed_audio`` for raw
-  samples), then hands each request its rows.
+  back. ``backend.prepare(windows, stream)`` runs on the caller's thread (so sources
+  compute their features in parallel; CLAP keeps one streaming front-end per stream).
+- one encoder thread takes all queued requests, stacks the prepared rows of equal shape
+  and runs ``backend.embed_prepared`` once per shape, then hands each request its rows.
 - so that sources whose windows complete at nearly the same moment share a batch, the
   encoder thread waits up to ``linger_s`` after the first request for the other streams
   that are *expected*: registered, and with a request in the last ``expect_s`` seconds (a
@@ -30,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monitor.clap.frontend import ClapFrontend, StreamingFrontend
+from monitor.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Request:
     stream: str
-    inputs: np.ndarray  # [n, ...] rows of one kind (features or samples)
-    kind: str  # "features" | "samples"
+    inputs: np.ndarray  # [n, ...] rows from backend.prepare
     t_s: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
@@ -51,13 +48,10 @@ class EncoderClosed(RuntimeError):
 
 
 class SharedEncoder:
-    def __init__(self, backend, *, linger_s: float = 0.05, expect_s: float = 3.0):
+    def __init__(self, backend: Backend, *, linger_s: float = 0.05, expect_s: float = 3.0):
         self.backend = backend
         self.linger_s = max(0.0, float(linger_s))
         self.expect_s = float(expect_s)
-        frontend = getattr(backend, "frontend", None)
-        self._features = isinstance(frontend, ClapFrontend) and callable(getattr(backend, "embed_features", None))
-        self._frontends: dict[str, StreamingFrontend] = {}
         self._members: dict[str, float] = {}  # stream -> monotonic time of its last request
         self._queue: list[_Request] = []
         self._cv = threading.Condition()
@@ -82,8 +76,8 @@ class SharedEncoder:
     def unregister(self, stream: str) -> None:
         with self._cv:
             self._members.pop(stream, None)
-            self._frontends.pop(stream, None)
             self._cv.notify_all()
+        self.backend.end_stream(stream)
 
     def close(self) -> None:
         with self._cv:
@@ -102,18 +96,9 @@ class SharedEncoder:
         for w in windows:
             if w.sample_rate_hz != rate:
                 raise ValueError(f"window at {w.sample_rate_hz} Hz, model expects {rate} Hz")
-        if self._features:
-            with self._cv:
-                sf = self._frontends.get(stream)
-                if sf is None:
-                    sf = self._frontends[stream] = StreamingFrontend(self.backend.frontend)
-            feats = [sf.window_features(w.samples, int(round(w.start_s * w.sample_rate_hz))) for w in windows]
-            req = _Request(stream, np.stack(feats), "features")
-        else:
-            lengths = {w.samples.size for w in windows}
-            if len(lengths) > 1:  # a short tail window: one request per length
-                return np.concatenate([self.embed([w], stream) for w in windows])
-            req = _Request(stream, np.stack([np.asarray(w.samples, np.float32) for w in windows]), "samples")
+        if len({w.samples.size for w in windows}) > 1:  # a short tail window: one request per length
+            return np.concatenate([self.embed([w], stream) for w in windows])
+        req = _Request(stream, self.backend.prepare(windows, stream))
         with self._cv:
             if self._closed:
                 raise EncoderClosed("the encoder is closed")
@@ -155,11 +140,11 @@ class SharedEncoder:
                 return
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
-                groups.setdefault((r.kind, r.inputs.shape[1:]), []).append(r)
-            for (kind, _), reqs in groups.items():
+                groups.setdefault(r.inputs.shape[1:], []).append(r)
+            for reqs in groups.values():
                 try:
                     x = np.concatenate([r.inputs for r in reqs])
-                    out = self.backend.embed_features(x) if kind == "features" else self.backend.embed_audio(x)
+                    out = self.backend.embed_prepared(x)
                     at = 0
                     for r in reqs:
                         r.result = out[at : at + len(r.inputs)]

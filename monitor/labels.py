@@ -137,8 +137,8 @@ def label_embeddings(
         label_texts(lab, templates) if (i not in protos or _has_prompts(lab)) else [] for i, lab in enumerate(labels)
     ]
     vectors = embed_texts(backend, [t for texts in per_label for t in texts], cache_dir)
-    normalise = getattr(backend, "normalise_labels", True)
-    proto_norm = float(getattr(backend, "label_norm", 1.0))
+    normalise = backend.normalise_labels
+    proto_norm = float(backend.label_norm)
     out = []
     for i, texts in enumerate(per_label):
         t = np.mean([vectors[x] for x in texts], axis=0) if texts else None
@@ -163,8 +163,7 @@ def _prototypes(backend: Backend, labels: Sequence[LabelLike], cache_dir) -> dic
 
     out: dict[int, np.ndarray] = {}
     state_dir = store_dir_for_cache(cache_dir)
-    base = getattr(backend, "base", backend)  # an adapter wraps the backend the store is keyed by
-    store = PrototypeStore(state_dir, base.cache_key) if state_dir is not None else None
+    store = PrototypeStore(state_dir, backend.prototype_key) if state_dir is not None else None
     for i, lab in enumerate(labels):
         examples = () if isinstance(lab, str) else lab.examples
         if examples:
@@ -178,7 +177,7 @@ def _prototypes(backend: Backend, labels: Sequence[LabelLike], cache_dir) -> dic
         entry = store.find(label_name(lab)) if store is not None else None
         if entry is None:
             continue
-        if base is backend:
+        if backend.prototype_key == backend.cache_key:  # stored in this backend's own space
             v = np.asarray(entry.get("vector", ()), dtype=np.float32)
             if v.shape == (backend.embedding_dim,):
                 out[i] = l2_normalise(v)

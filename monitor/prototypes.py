@@ -53,8 +53,7 @@ def embed_windows_mean(backend, samples: np.ndarray, kind: str = "audio") -> tup
     if kind == "audio":
         v = backend.embed_audio(w)
     elif kind == "features":
-        fn = getattr(backend, "embed_audio_features", None)
-        v = fn(w) if fn is not None else backend.embed_audio(w)
+        v = backend.embed_audio_features(w) if backend.has_audio_features else backend.embed_audio(w)
     else:
         raise ValueError(f"unknown embedding kind {kind!r}")
     return np.asarray(v, dtype=np.float32).mean(axis=0), int(w.shape[0])

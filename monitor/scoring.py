@@ -49,9 +49,7 @@ class Scorer:
             self.background_emb = label_embeddings(backend, list(cfg.background), cfg.templates, cache_dir=cache_dir)
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
-        release = getattr(backend, "release_text", None)
-        if release is not None:
-            release()
+        backend.release_text()
 
     def score(self, audio_emb: np.ndarray) -> np.ndarray:
         """[N, D] normalised audio embeddings -> [N, L] scores."""

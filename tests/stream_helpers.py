@@ -6,17 +6,16 @@ import zlib
 
 import numpy as np
 
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 
 
-class BandEnergyBackend:
+class BandEnergyBackend(Backend):
     """Embeds audio by log band energies and text by a hash-seeded vector: deterministic."""
 
     name = "band-energy-test"
     sample_rate_hz = 16000
     window_s = 5.0
     embedding_dim = 16
-    crop_s = None  # whole clips at once
     logit_scale = 10.0
     cache_key = "band-energy-test-v1"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from monitor import adapt
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
 
 
@@ -107,14 +107,13 @@ def test_nonlinear_learns_the_planted_problem_too():
     assert m > 0.6, m  # chance on 5 classes: 0.457
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """A linear 'model': audio and text vectors are fixed random projections (fast, exact)."""
 
     name = "fake"
     sample_rate_hz = 16000
     window_s = 1.0
     embedding_dim = 8
-    crop_s = None  # whole clips at once
     logit_scale = 10.0
     cache_key = "fake-0"
 

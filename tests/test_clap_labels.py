@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitor.backend import Backend
 from monitor.config import LabelConfig
 from monitor.labels import label_embeddings, label_texts, softmax_scores
 
 
-class CountingBackend:
+class CountingBackend(Backend):
     """A deterministic fake backend that records which texts it had to encode."""
 
     name = "fake"
     sample_rate_hz = 48000
     window_s = 5.0
     embedding_dim = 8
-    crop_s = None  # whole clips at once
     logit_scale = 10.0
 
     def __init__(self, cache_key="k1"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
@@ -60,8 +60,13 @@ def _import_ort():
     return ort
 
 
-class ClapBackend:
-    """CLAP audio + text encoders exported to ONNX (see monitor.backend.Backend)."""
+class ClapBackend(Backend):
+    """CLAP audio + text encoders exported to ONNX (see monitor.backend.Backend).
+
+    Streaming: ``prepare`` computes a window's log-mel features with one
+    ``StreamingFrontend`` per stream (the only place that cache lives), which reuses the
+    STFT frames consecutive windows share; ``embed_prepared`` runs the audio encoder on them.
+    """
 
     def __init__(self, path: Path, manifest: dict, threads: int = 2, int8: bool = False, spinning: bool = False):
         self.path = path
@@ -269,12 +274,10 @@ class ClapBackend:
             return self.embed_features(self.frontend.batch_features(b))
         return np.stack([self.embed_clip(row) for row in b])
 
-    def embed_windows(self, windows, stream: str = "main") -> np.ndarray:
-        """Consecutive windows of one stream (``monitor.types.Window``) -> [B, D].
-
-        Same result as ``embed_audio`` on the windows' samples, but the front-end reuses the
-        STFT frames the windows share (``StreamingFrontend``): ~1/5 of the work per hop.
-        """
+    def prepare(self, windows, stream: str) -> np.ndarray:
+        """Consecutive windows of one stream -> their features [B, 1, frames, mels]; the same as
+        ``frontend.batch_features`` of their samples, but the stream's ``StreamingFrontend``
+        reuses the STFT frames the windows share (~1/5 of the work per hop)."""
         sf = self._streams.get(stream)
         if sf is None:
             sf = self._streams[stream] = StreamingFrontend(self.frontend)
@@ -283,7 +286,13 @@ class ClapBackend:
             if w.sample_rate_hz != self.sample_rate_hz:
                 raise ValueError(f"window at {w.sample_rate_hz} Hz, model expects {self.sample_rate_hz} Hz")
             feats.append(sf.window_features(w.samples, int(round(w.start_s * w.sample_rate_hz))))
-        return self.embed_features(np.stack(feats))
+        return np.stack(feats)
+
+    def embed_prepared(self, rows: np.ndarray) -> np.ndarray:
+        return self.embed_features(rows)
+
+    def end_stream(self, stream: str) -> None:
+        self._streams.pop(stream, None)
 
     def embed_clip(self, clip: np.ndarray) -> np.ndarray:
         """One mono clip of any length -> L2-normalised [D] (crop-averaged beyond 10 s)."""

@@ -61,7 +61,9 @@ def run(args) -> int:
 
     path = Path(args.model).expanduser()
     b32 = load_dir(path, ModelConfig(threads=args.threads, spinning=args.spinning))
-    if not hasattr(b32, "embed_windows"):
+    from monitor.clap.encoder import ClapBackend
+
+    if not isinstance(b32, ClapBackend):
         raise UserError(f"{path} is not a CLAP export: bench measures the CLAP encoder")
     manifest = b32.manifest
     say(f"model {b32.name}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}")

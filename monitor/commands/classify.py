@@ -132,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
-        release = getattr(backend, "release_text", None)  # as Scorer does: the text encoder is done
-        if release is not None:
-            release()
+        backend.release_text()  # as Scorer does: the text encoder is done
     results = []
     for f, info in zip(args.files, infos):
         emb, duration_s = embed_file(f, info)

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     )
     label_cache = None if cache_root is None else cache_root / "label-cache"
     semantic = args.semantic or (adapter_file.meta.get("semantic") if adapter_file else adapt.default_semantic(backend))
-    theta_kind = "features" if hasattr(backend, "embed_audio_features") else "audio"
+    theta_kind = "features" if backend.has_audio_features else "audio"
     _say(f"{len(ds.paths)} clips, {len(ds.classes)} classes from {ds.root}; model {backend.name}")
 
     emb = evaluate.Embeddings()

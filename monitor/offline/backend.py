@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 from monitor.errors import ModelError
 from monitor.files import read_manifest
 from monitor.logs import say as _say
@@ -49,12 +49,14 @@ def _session(path: Path, threads: int):
         raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
-class OfflineBackend:
+class OfflineBackend(Backend):
     name = "offline-yamnet-minilm"
     sample_rate_hz = features.SAMPLE_RATE_HZ
     window_s = 5.0
     embedding_dim = 521
     crop_s = None  # class probabilities are averaged over every 0.96 s patch of the clip
+    has_audio_features = True  # YAMNet's 1024-d patch embeddings (learned adapters, prototypes)
+    has_label_semantics = True  # MiniLM sentence vectors of label names
     logit_scale = 10.0
 
     def __init__(self, directory: Path, threads: int = 2):
