@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test install install-test system-deps export fetch-offline bench clean
+.PHONY: run test lint install install-test system-deps export fetch-offline bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ run: install
 
 test: system-deps install-test
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The gate CI runs before the tests: ruff (lint + format) and mypy (pydantic plugin)
+lint: install-test
+	$(BIN)/ruff check monitor tests scripts
+	$(BIN)/ruff format --check monitor tests scripts
+	$(BIN)/mypy monitor
 
 # Export the real CLAP (needs the Hugging Face Hub) into ~/.local/share/sound-monitor/models
 export: $(BIN)/python

@@ -131,7 +131,7 @@ class Adapter:
             np.savez(
                 f,
                 meta_json=np.array(json.dumps(meta)),
-                **{k: np.asarray(v, np.float32) for k, v in self.params.items()},
+                **{k: np.asarray(v, np.float32) for k, v in self.params.items()},  # type: ignore[arg-type]  # numpy's stub types **kwds like allow_pickle
             )
         return p
 

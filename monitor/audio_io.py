@@ -61,6 +61,8 @@ class quiet_stderr:
     warnings there directly, bypassing Python). Only around a decoder's open and first read,
     so that no other thread's log line is lost for long."""
 
+    _saved: int | None
+
     def __enter__(self):
         import sys
 

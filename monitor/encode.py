@@ -111,6 +111,7 @@ class SharedEncoder:
         req.done.wait()
         if req.error is not None:
             raise req.error
+        assert req.result is not None
         return req.result
 
     # -- the encoder thread ----------------------------------------------------------------

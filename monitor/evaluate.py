@@ -88,7 +88,7 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
         need = {"filename", "target", "category"}
         if rows and not need <= set(rows[0]):
             raise UserError(f"{esc}: expected columns filename,fold,target,category")
-        items = []
+        items: list[tuple[Path, str, str | None]] = []
         for i, r in enumerate(rows, 2):
             try:
                 target = int(r["target"])
@@ -125,12 +125,12 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
     missing = [p for p, _, _ in items if not p.is_file()]
     if missing:
         raise UserError(f"{source}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
-    cats = tuple(c for _, _, c in items)
+    cats = tuple(c or "" for _, _, c in items)
     ds = Dataset(
         root,
         tuple(p for p, _, _ in items),
         tuple(l for _, l, _ in items),
-        None if any(c is None or c == "" for c in cats) else cats,
+        None if any(c == "" for c in cats) else cats,
         tuple(sorted({l for _, l, _ in items})),
     )
     if len(ds.classes) < 2:
@@ -257,8 +257,10 @@ def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, la
     y = np.array([remap[v] for v in y_all[sel]])
     info: dict = {}
     if method == "none":
+        assert emb.audio is not None
         s = l2_normalise(emb.audio[sel]) @ label_vecs[test].T
     elif method == "prototype":
+        assert emb.audio is not None
         s = loo_prototype_scores(emb.audio[sel], y, len(test))
     else:
         val = [index[c] for c in folds[(fold + 1) % k]]
@@ -266,14 +268,17 @@ def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, la
             i for f, names in enumerate(folds) if f not in (fold, (fold + 1) % k) for i in (index[c] for c in names)
         ]
 
+        theta = emb.theta
+        assert theta is not None  # embedded for the learned methods
+
         def part(classes):
             m = np.isin(y_all, classes)
             rm = {c: j for j, c in enumerate(classes)}
-            return emb.theta[m], np.array([rm[v] for v in y_all[m]]), phi[classes]
+            return theta[m], np.array([rm[v] for v in y_all[m]]), phi[classes]
 
         tr, va = part(train), part(val)
         f = adapt.fit(method, tr[0], tr[1], tr[2], va[0], va[1], va[2], seed=seed + fold)
-        s = f.adapter.scores(emb.theta[sel], phi[test])
+        s = f.adapter.scores(theta[sel], phi[test])
         info = {"lambda": f.lam, "epochs": f.epochs, "val_map": f.val_map}
     return s, y, test, info
 

@@ -102,7 +102,7 @@ class Pipeline:
         (``close_sinks=False``). ``name`` tells the sources apart (default: the source's
         description)."""
         self.source = source
-        self.name = name or getattr(source, "description", "source")
+        self.name: str = name or str(source.description)
         self._own_encoder = encoder is None
         self.encoder = encoder or SharedEncoder(backend, linger_s=0.0)
         self._out = out_lock or threading.RLock()

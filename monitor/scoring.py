@@ -57,6 +57,7 @@ class Scorer:
         logits = self.logit_scale * (a @ self.label_emb.T)  # [N, L]
         if self.method == "softmax":
             return _softmax(logits.astype(np.float64)).astype(np.float32)
+        assert self.background_emb is not None  # made for vs-background
         bg = self.logit_scale * (a @ self.background_emb.T)  # [N, K]
         # per label: softmax over [label, bg_1..bg_K] -> the label's probability
         logits = logits.astype(np.float64)

@@ -227,6 +227,7 @@ class SourceSupervisor:
             log.warning("source lost; reopening in %.1f s", delay)
             if self.stop.wait(delay):
                 return False
+            assert self.reopen is not None  # only a restartable source gets here
             try:
                 self.source = self.reopen()
             except Exception as e:  # noqa: BLE001 - the device may still be gone

@@ -69,7 +69,7 @@ class FrontendParams:
         return cls(**d)
 
 
-def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel_slaney(f: np.ndarray | float) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     min_log_hz, min_log_mel, logstep = 1000.0, 15.0, 27.0 / np.log(6.4)
     lin = 3.0 * f / 200.0
@@ -101,7 +101,9 @@ def slaney_mel_filters(n_bins: int, n_mels: int, f_min_hz: float, f_max_hz: floa
 
 def _sparse_filters(filters: np.ndarray):
     """(bin indices, weights, segment starts) of filters with contiguous support, else None."""
-    idx, weights, starts = [], [], []
+    idx: list[int] = []
+    weights: list[float] = []
+    starts: list[int] = []
     for m in range(filters.shape[1]):
         nz = np.flatnonzero(filters[:, m])
         if nz.size == 0 or np.any(np.diff(nz) != 1):
@@ -276,7 +278,7 @@ class StreamingFrontend:
         self.hop = p.hop_length
         self.n_fft = p.n_fft
         self.n_mels = p.n_mels
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[int, tuple | None] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -289,7 +291,7 @@ class StreamingFrontend:
 
     def _plan(self, n: int):
         """Per window length: which frames are stream frames (and their offset), which are edges."""
-        plan = self._plans.get(n)
+        plan: tuple | None = self._plans.get(n)
         if plan is not None:
             return plan
         fe, H, N = self.frontend, self.hop, self.n_fft

@@ -164,6 +164,7 @@ def run(args) -> int:
     tot8 = None
     if manifest["audio"].get("int8_file"):
         b8 = load_dir(path, ModelConfig(threads=args.threads, int8=True, spinning=args.spinning))
+        assert isinstance(b8, ClapBackend)
         say("encoder int8 ...")
         out(
             bench.figure(
@@ -268,7 +269,7 @@ def run(args) -> int:
     out(bench.figure("bench_process_peak_rss_mb", "MB", [bench.peak_rss_mb()], 1))
 
     if args.compare_reference:
-        src = args.reference or manifest.get("source")
+        src = str(args.reference or manifest.get("source") or "")
         say(f"reference: transformers pipeline on {src} ...")
         ref = out(
             bench.figure(

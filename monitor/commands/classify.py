@@ -125,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
         scorer = Scorer(
             backend, [LabelConfig(name=labels[0])], ScoringConfig(templates=tuple(templates)), cache_dir=cache_dir
         )
+        n_bg = 0 if scorer.background_emb is None else len(scorer.background_emb)
         print(
-            f"note: one label: its score is its share against {len(scorer.background_emb)} background prompts "
+            f"note: one label: its score is its share against {n_bg} background prompts "
             "(vs-background), not a softmax over labels",
             file=sys.stderr,
         )
@@ -214,4 +215,5 @@ def embed_streamed(path, backend):
         return backend.embed_audio(buf[None, :]), total / rate
     pending.append(buf[total - L - buf_start :].copy())
     flush()
+    assert acc is not None
     return l2_normalise(acc / count)[None, :], total / rate

@@ -159,17 +159,21 @@ def run(args: argparse.Namespace) -> int:
     if method == "none":
         label_vecs = label_embeddings(backend, list(ds.classes), templates, cache_dir=label_cache)
     if method in ("bilinear", "nonlinear", "file"):
-        phi = adapt.semantic_embeddings(backend, ds.classes, semantic, templates, cache_dir=label_cache)
+        phi = adapt.semantic_embeddings(backend, ds.classes, str(semantic), templates, cache_dir=label_cache)
         extra["semantic"] = semantic
     if args.protocol == "class-folds":
         extra.update(partition=args.partition, seed=args.seed)
-        result = evaluate.run_class_folds(ds, emb, method, folds, label_vecs, phi, args.seed, say=_say)
+        assert folds is not None  # made above for class-folds
+        result: dict | None = evaluate.run_class_folds(ds, emb, method, folds, label_vecs, phi, args.seed, say=_say)
     else:
         if method == "none":
+            assert emb.audio is not None and label_vecs is not None
             scores = l2_normalise(emb.audio) @ label_vecs.T
         elif method == "prototype":
+            assert emb.audio is not None
             scores = evaluate.loo_prototype_scores(emb.audio, ds.y, len(ds.classes))
         elif method == "file":
+            assert phi is not None and emb.theta is not None and adapter_file is not None
             if phi.shape[1] != adapter_file.d_s or emb.theta.shape[1] != adapter_file.d_a:
                 raise UserError(
                     f"{args.adapter}: adapter dims ({adapter_file.d_a}, {adapter_file.d_s}) do not fit this model "
@@ -233,7 +237,8 @@ def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates,
         rm = {c: j for j, c in enumerate(classes)}
         return th[m], np.array([rm[v] for v in y[m]]), phi[classes]
 
-    f = adapt.fit(method, *part(train), *part(val), seed=args.seed)
+    tr, va = part(train), part(val)
+    f = adapt.fit(method, tr[0], tr[1], tr[2], va[0], va[1], va[2], seed=args.seed)
     # the refit's class order is train + val: recompute scores in dataset order for calibration
     s = f.adapter.scores(th, phi)
     u = f.adapter.label_vectors(phi)

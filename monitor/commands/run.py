@@ -166,11 +166,12 @@ def source_names(srcs) -> list[str]:
 def build_sinks(cfg, view_state, backend_name, source_names, live):
     """-> (shared sinks, terminal sink, per-source sinks): clips are kept per source (a
     clip holds the audio of the source whose event it is), everything else is shared."""
+    from monitor.sinks.base import Sink
     from monitor.sinks.jsonl import JsonlEventSink, JsonlScoresSink
     from monitor.sinks.terminal import TerminalSink
 
     several = len(source_names) > 1
-    sinks = []
+    sinks: list[Sink] = []
     out = cfg.output
     if out.events_path:
         sinks.append(JsonlEventSink(out.events_path))

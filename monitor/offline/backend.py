@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,11 +66,11 @@ class OfflineBackend(Backend):
         manifest = read_manifest(mpath, "; run `sound-monitor models fetch offline`")
         if not isinstance(manifest.get("files"), dict):
             raise ModelError(f"{mpath} lists no files; run `sound-monitor models fetch offline`")
-        for f in FILES:
-            p = self.dir / f
+        for name in FILES:
+            p = self.dir / name
             if not p.is_file():
                 raise ModelError(f"{p} is missing; run `sound-monitor models fetch offline`")
-            if sha256_file(p) != manifest["files"].get(f):
+            if sha256_file(p) != manifest["files"].get(name):
                 raise ModelError(
                     f"{p} does not match its sha256 in {mpath} (corrupt?); delete {self.dir} and fetch again"
                 )
@@ -81,11 +82,11 @@ class OfflineBackend(Backend):
         )
         self.threads = threads
         self._yamnet = _session(self.dir / "yamnet.onnx", threads)
-        self._minilm = None
-        self._tok = None
+        self._minilm: Any = None  # onnxruntime session, loaded on first use
+        self._tok: Any = None  # tokenizers.Tokenizer, loaded on first use
         with open(self.dir / "yamnet_class_map.csv", newline="", encoding="utf-8") as f:
             self.class_names = [row["display_name"] for row in csv.DictReader(f)]
-        self._class_emb = None
+        self._class_emb: np.ndarray | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod

@@ -31,6 +31,7 @@ class LineFile:
     def __init__(self, path: str, what: str):
         self.path = path
         self.what = what
+        self._fd: int | None
         self._pending: list[str] = []
         self._newline_first = False  # the file ends in an earlier run's half line
         self._failing = False
@@ -49,6 +50,7 @@ class LineFile:
 
     def _repair(self, p: Path) -> None:
         """A last line without its newline (a crash or a full disk mid-write): end it."""
+        assert self._fd is not None
         try:
             size = os.fstat(self._fd).st_size
             if size == 0:

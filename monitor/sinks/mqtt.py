@@ -126,7 +126,10 @@ class MqttSink(Sink):
     ):
         import paho.mqtt.client as mqtt
 
+        if not cfg.host:
+            raise UserError("MQTT needs a broker host (mqtt.host or --mqtt)")
         self.cfg = cfg
+        self.host: str = cfg.host
         self.topics = Topics(cfg.prefix, device_id, cfg.discovery_prefix)
         self.model_name = model_name
         self.source_name = source_name
@@ -184,7 +187,8 @@ class MqttSink(Sink):
             self._tls = ctx
             self.client.tls_set_context(ctx)
         # paho doubles the wait from min to max and resets it only on a successful CONNACK
-        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # (paho annotates the delays as int; it computes with floats)
+        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -198,7 +202,7 @@ class MqttSink(Sink):
         if backlog:
             log.warning("MQTT outbox holds %d undelivered event(s) from before; they go first", backlog)
         try:
-            self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+            self.client.connect_async(self.host, cfg.port, keepalive=cfg.keepalive_s)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot start MQTT connection to {cfg.host}:{cfg.port}: {e}") from None
         self.client.loop_start()
@@ -247,7 +251,7 @@ class MqttSink(Sink):
         self._failures += 1
         if self._down_since is None:
             self._down_since = time.monotonic()
-        reason = diagnose(self.cfg.host, self.cfg.port, self._tls)
+        reason = diagnose(self.host, self.cfg.port, self._tls)
         with self._lock:
             self._state = f"unreachable: {reason}"
         self._log_state(
@@ -329,7 +333,7 @@ class MqttSink(Sink):
         kind, value = what
         if kind == "seq":
             if not failed:
-                self.outbox.remove(int(value))  # type: ignore[arg-type]
+                self.outbox.remove(int(str(value)))
                 with self._lock:
                     self._wake.notify_all()
                 return
