@@ -1,4 +1,5 @@
-"""Reading whole audio files: wav/flac/mp3/ogg via soundfile, any channel count, any rate.
+"""Reading audio files: wav/flac/mp3/ogg via soundfile, any channel count, any rate; whole
+(``read_audio``), checked without reading (``open_check``) or block by block (``stream_audio``).
 
 Returns float32 mono at the requested rate (soxr, high quality). Samples that are NaN or
 Inf are replaced by 0 and counted; the caller decides whether to warn. Errors are
@@ -28,7 +29,8 @@ class Audio:
 
 
 def sanitise(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Replace NaN/Inf by 0 (counted) and clip to [-1, 1]; returns float32."""
+    """Replace NaN/Inf by 0 and count them; returns float32. Values beyond [-1, 1] are kept
+    (a float file may exceed full scale; the models see what the file holds)."""
     x = np.asarray(x, dtype=np.float32)
     bad = ~np.isfinite(x)
     n_bad = int(bad.sum())

@@ -94,8 +94,9 @@ def matmul_gflops(
     ``export --int8`` quantises the encoder (int8 weights, activations quantised per call),
     which is what bounds the int8 encoder."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from monitor.ort import session
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
     graph = helper.make_graph(
@@ -114,10 +115,7 @@ def matmul_gflops(
             onnx.save(model, str(src))
             quantise_dynamic_int8(src, dst)
             model = onnx.load(str(dst))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString(), threads)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
     ms = time_ms(lambda: sess.run(None, {"x": x}), repeats, warmup=3)
     return [2.0 * m * k * n / (t / 1000.0) / 1e9 for t in ms]
@@ -136,16 +134,11 @@ def graph_gflop(onnx_path: Path, input_shape: Sequence[int], threads: int = 2) -
 
     ``input_shape`` is the encoder input for one window; random input of that shape is run.
     """
-    import onnxruntime as ort
+    from monitor.ort import session
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            so.enable_profiling = True
-            so.profile_file_prefix = str(Path(tmp) / "flop")
-            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+            sess = session(onnx_path, threads, level="basic", profile_prefix=Path(tmp) / "flop")
             inp = sess.get_inputs()[0]
             x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)
             sess.run(None, {inp.name: x})

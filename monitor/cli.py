@@ -1,8 +1,9 @@
-"""Command line: argparse subcommands. The only module that imports every stage.
+"""Command line: argparse subcommands.
 
 Each subcommand lives in ``monitor/commands/<name>.py`` with ``add_arguments(parser)`` and
-``run(args) -> int``; command modules are imported only when chosen, so ``devices`` works
-without onnxruntime and ``classify`` without PortAudio.
+``run(args) -> int``. Every command module is imported to build the parser, but the command
+modules import their stages (onnxruntime, PortAudio, paho) inside ``run``, so ``devices``
+works without onnxruntime and ``classify`` without PortAudio.
 """
 
 from __future__ import annotations

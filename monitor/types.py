@@ -55,7 +55,7 @@ class Scores:
         return dict(zip(self.labels, self.values))
 
     def to_json_line(self, with_source: bool = False) -> str:
-        """The per-window line of ``run --scores`` (DESIGN.md contract); with several
+        """The per-window line of ``run --scores`` (contract: ../shared/DESIGN.md, README "Contracts"); with several
         sources in one run each line also names its ``source``."""
         d = {
             "t_s": round(self.start_s, 6),
@@ -73,7 +73,7 @@ EventType = Literal["start", "end"]
 
 @dataclass(frozen=True)
 class Event:
-    """An event of the schema-1 contract (DESIGN.md "Event")."""
+    """An event of the schema-1 contract (../shared/DESIGN.md "Event", README "Contracts")."""
 
     type: EventType
     event_id: str

@@ -23,6 +23,8 @@ from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFronten
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
 from monitor.files import read_manifest, sha256_file
+from monitor.ort import run_options_shrink
+from monitor.ort import session as ort_session
 
 # windows per onnxruntime call: windows pending after a stall, or of several sources, go
 # through together (on 2-core x86 machines not consistently cheaper per window than one by
@@ -50,14 +52,6 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
-
-
-def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ModelError("onnxruntime is not installed: pip install onnxruntime") from e
-    return ort
 
 
 class ClapBackend(Backend):
@@ -122,8 +116,7 @@ class ClapBackend(Backend):
         self._n_frames = self.frontend.n_frames
         self._n_mels = self.frontend.params.n_mels
         self._audio = self._session(audio_file)
-        self._shrink = _import_ort().RunOptions()
-        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._shrink = run_options_shrink()
         self._recent_batches: deque[int] = deque(maxlen=USUAL_BATCH_CALLS)
         self._check_inputs(self._audio, audio_file, {self._audio_input: [None, 1, self._n_frames, self._n_mels]})
         self._check_output(self._audio, audio_file, self._audio_output[0])
@@ -161,23 +154,10 @@ class ClapBackend(Backend):
 
     def _session(self, name: str):
         f = self._verify(name)
-        ort = _import_ort()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        # onnxruntime's worker threads busy-wait between parallel sections by default: that
-        # buys a few % latency and costs a core's worth of CPU around every window, which an
-        # always-on monitor on a small board should not pay (model.spinning turns it back on)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-        # the shifted-window attention masks with -100: exp() of that underflows to denormal
-        # floats, and x86 multiplies denormals ~10x slower. Flushing them to zero changed no
-        # output bit on our checks and made the encoder ~20 % (fp32) to ~30 % (int8) faster.
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
-            return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+            return ort_session(f, self.threads, spinning=self.spinning)
+        except ModelError:
+            raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {f}: {str(e).splitlines()[0][:200]}") from None
 

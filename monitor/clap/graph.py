@@ -24,19 +24,10 @@ RESIZE_MATMUL_PREFIX = "sound_monitor_resize_as_matmul"
 
 
 def ort_session(path: Path | bytes, threads: int = 2, level: str = "all"):
-    """A plain onnxruntime CPU session for checks (the runtime's own sessions are built in
-    monitor.clap.encoder with its thread/denormal settings)."""
-    import onnxruntime as ort
+    """A plain onnxruntime CPU session for checks (monitor.ort's settings)."""
+    from monitor.ort import session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[level]
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=["CPUExecutionProvider"])
+    return session(path, threads, level=level)
 
 
 def embeddings(session, feats: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
@@ -63,14 +54,9 @@ def save_optimised(
     ``expected`` (L2-normalised when ``output_name`` is given, else raw first output) within
     ``tol``; returns the difference, or None (and no ``dst``) when it does not.
     """
-    import onnxruntime as ort
+    from monitor.ort import session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    session(src, threads, level="extended", denormal_zero=False, save_to=dst)
     s = ort_session(dst, threads)
     if output_name is None:
         got = s.run(None, {input_name: feats})[0]
@@ -97,8 +83,9 @@ def resize_as_matmul(path: Path, feats: np.ndarray, threads: int, dst: Path | No
     int8 quantiser).
     """
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
+
+    from monitor.ort import session
 
     model = onnx.load(str(path))
     g = model.graph
@@ -128,9 +115,9 @@ def resize_as_matmul(path: Path, feats: np.ndarray, threads: int, dst: Path | No
             [numpy_helper.from_array(np.array([1, 1, h_out, h_in], dtype=np.int64), "sizes")],
         )
         opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
-        m = ort.InferenceSession(
-            helper.make_model(one, opset_imports=opset).SerializeToString(), providers=["CPUExecutionProvider"]
-        ).run(None, {"x": np.eye(h_in, dtype=np.float32)[None, None]})[0][0, 0]  # [h_out, h_in]
+        m = session(helper.make_model(one, opset_imports=opset).SerializeToString(), 1, denormal_zero=False).run(
+            None, {"x": np.eye(h_in, dtype=np.float32)[None, None]}
+        )[0][0, 0]  # [h_out, h_in]
         name = f"{RESIZE_MATMUL_PREFIX}_{i}"
         g.initializer.append(numpy_helper.from_array(m.astype(np.float32), f"{name}_matrix"))
         pos = list(g.node).index(node)

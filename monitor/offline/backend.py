@@ -8,7 +8,8 @@ temperature. A label's logit is ``logit_scale * cos(audio, text)``: the normalis
 probability mass of the classes the label means. Prototypes (mean of audio vectors of
 example clips) live in the same space.
 
-onnxruntime and tokenizers are imported only here (and in monitor/clap/encoder.py).
+tokenizers and onnxruntime are imported inside the functions that need them (onnxruntime also
+in monitor/clap/encoder.py, clap/graph.py and bench.py).
 """
 
 from __future__ import annotations
@@ -35,18 +36,13 @@ CLASS_PHRASES = ("{}", "the sound of {}")
 
 
 def _session(path: Path, threads: int):
-    import onnxruntime as ort
+    from monitor.ort import session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # no busy-waiting worker threads between windows (see monitor.clap.encoder)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+        return session(path, threads)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
