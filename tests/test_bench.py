@@ -44,6 +44,7 @@ def test_matmul_flop_count_of_a_known_graph(tmp_path):
     assert bench.graph_gflop(path, (1, 10, 64)) == pytest.approx(2 * 10 * 64 * 32 / 1e9)
 
 
+@pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     code, lines, err = _bench(
         "--model",

@@ -180,6 +180,7 @@ def _cli(*args, env=None):
     )
 
 
+@pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_export_cli_local_dir(tiny_clap_dir, tmp_path):
     out = tmp_path / "exported"
     r = _cli("export", "--model", str(tiny_clap_dir), "--out", str(out))

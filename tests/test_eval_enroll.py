@@ -258,6 +258,7 @@ def test_cli_errors_exit_2_with_one_line(args, match, tmp_path, uiowa_dir, env):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_saved_adapter_runs_in_the_monitor(tmp_path, uiowa_dir, env, tiny_clap_export):
     """eval --save-adapter -> run --adapter: the learned scores drive the streaming monitor."""
     adapter = tmp_path / "bilinear.npz"

@@ -446,6 +446,7 @@ def test_models_list_and_check_config_show_hub_settings(hub, tmp_path):
     assert math.isfinite(json.loads((models / "clap-htsat-unfused" / "manifest.json").read_text())["logit_scale"])
 
 
+@pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_fetched_model_works_with_bench_and_enroll(hub, tmp_path):
     out = fetch.default_out(tmp_path / "models")
     fetch.fetch_clap(out, say=None, int8=True)

@@ -91,6 +91,7 @@ def test_bad_manifest_is_one_line(tmp_path, text):
 # -- item 11: a configured monitor without its microphone waits; it never plays the demo
 
 
+@pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_missing_microphone_is_waited_for_and_demo_never_published(mosquitto, tiny_clap_export, tmp_path):
     b = mosquitto()
     sub = Subscriber(b.port)

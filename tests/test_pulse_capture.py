@@ -22,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 48000
+pytestmark = pytest.mark.slow  # real-time capture: 10-20 s each
 
 
 class Pulse:
