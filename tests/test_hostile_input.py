@@ -401,7 +401,7 @@ def test_logs_go_through_the_live_console(tmp_path):
     out = io.StringIO()
     sink = TerminalSink(ViewState(labels=("a",)), live=True, stream=out)
     done = threading.Event()
-    t = threading.Thread(target=sink.run_live, args=(lambda s: None, done))
+    t = threading.Thread(target=sink.run_live, args=(lambda: None, done))
     t.start()
     time.sleep(0.5)
     logging.getLogger("monitor.test").warning("a warning during the live view")

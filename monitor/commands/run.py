@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 log = logging.getLogger("monitor.run")
@@ -239,22 +237,44 @@ def run(args) -> int:
 
 
 def _run(args, cfg, say) -> int:
-    from monitor.encode import SharedEncoder
-    from monitor.events import EventTracker, rules_for
-    from monitor.model_select import select_backend
-    from monitor.pipeline import Pipeline, close_sinks
-    from monitor.reload import ConfigReloader
-    from monitor.scoring import Scorer
-    from monitor.sinks.terminal import ViewState
-    from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
+    from monitor.service import MonitorService, SourceSlot
 
-    inputs = cfg.source.inputs
-    several = len(inputs) > 1
+    several = len(cfg.source.inputs) > 1
     demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
-    made = [make_source(cfg, say, spec, several, demo_ok) for spec in inputs]
-    srcs = [m[0] for m in made]
-    names = source_names(srcs)
-    demo = any(m[1] for m in made)
+    made = [make_source(cfg, say, spec, several, demo_ok) for spec in cfg.source.inputs]
+    names = source_names([m[0] for m in made])
+    backend = _backend(cfg, say)
+    for (src, _, _), name in zip(made, names):
+        say(f"source {name} ({src.sample_rate_hz} Hz, {src.channels} ch)")
+    say(
+        f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
+        + (f"; {len(made)} sources share one model" if several else "")
+    )
+    live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
+    view = _view(cfg, backend, names, demo=any(m[1] for m in made))
+    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
+    slots = [SourceSlot(src, name, reopen, own_sinks[name]) for (src, _, reopen), name in zip(made, names)]
+    service = MonitorService(
+        cfg,
+        backend,
+        slots,
+        sinks,
+        term,
+        load_config=lambda: with_default_labels(load_effective_config(args), say),
+        watch_path=args.config if args.watch_config else None,
+        say=say,
+    )
+    ended = service.end_left_open()
+    if ended:
+        say(f"ended {ended} event(s) that the previous run left open (reason: restart)")
+    service.install_signals(attached=_has_terminal())
+    outcomes = service.run(live)
+    return _report(outcomes, service, say)
+
+
+def _backend(cfg, say):
+    from monitor.model_select import select_backend
+
     selected = select_backend(cfg.model.spec, cfg.model)
     backend = selected.backend
     if cfg.model.adapter:
@@ -262,181 +282,39 @@ def _run(args, cfg, say) -> int:
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
-    for src, name in zip(srcs, names):
-        say(f"source {name} ({src.sample_rate_hz} Hz, {src.channels} ch)")
-    say(
-        f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
-        + (f"; {len(srcs)} sources share one model" if several else "")
-    )
+    return backend
 
-    cache_dir = cfg.state_path / "label-cache"
-    scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=cache_dir)
+
+def _view(cfg, backend, names, demo: bool):
+    from monitor.events import rules_for
+    from monitor.sinks.terminal import ViewState
+
     rules = rules_for(cfg.labels, cfg.events)
-
-    live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
     view = ViewState(
         model=backend.name,
         source=", ".join(names),
-        labels=scorer.labels,
+        labels=tuple(l.name for l in cfg.labels),
         thresholds={k: r.threshold for k, r in rules.items()},
         gate_dbfs=cfg.stream.gate_dbfs,
         demo=demo,
     )
-    if several:  # a column per source in the live view from the start
+    if len(names) > 1:  # a column per source in the live view from the start
         view.by_source = {n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names}
-    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
-    journal = OpenEventsJournal(cfg.state_path, cfg.device)
-    sinks.insert(0, journal)
-    all_sinks = sinks + [x for name in names for x in own_sinks[name]]
-    for s in all_sinks:
-        s.set_labels(list(scorer.labels))
-    # numbering continues after the highest seq anything has on record (never repeats)
-    seq = SeqCounter(cfg.state_path, cfg.device, floor=highest_seq(all_sinks))
-    restart_ends = journal.close_left_open(seq.next)
-    if restart_ends:
-        say(f"ending {len(restart_ends)} event(s) that the previous run left open (reason: restart)")
-    for ev in restart_ends:
-        for s in sinks:
-            try:
-                s.publish(ev)
-            except Exception as e:  # noqa: BLE001
-                log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
+    return view
 
-    stop = threading.Event()
-    # one encoder (one model in memory) for every source; windows are batched across them
-    encoder = SharedEncoder(backend, linger_s=cfg.stream.batch_wait_s if several else 0.0)
-    out_lock = threading.RLock()
-    pipes = []
-    for (src, _, reopen), name in zip(made, names):
-        tracker = EventTracker(rules, device_id=cfg.device, source=name, model=backend.name, next_seq=seq.next)
-        # each pipeline has its own stop: a file that ends must not end the other sources
-        pipes.append(
-            Pipeline(
-                src,
-                backend,
-                scorer,
-                tracker,
-                sinks + own_sinks[name],
-                cfg.stream,
-                buffer_s=cfg.source.buffer_s,
-                stop=threading.Event(),
-                source_cfg=cfg.source,
-                reopen=reopen,
-                encoder=encoder,
-                name=name,
-                out_lock=out_lock,
-                close_sinks=False,
-            )
-        )
 
-    def stop_all() -> None:
-        stop.set()
-        for pipe in pipes:
-            pipe.stop.set()
-
-    def apply_live(new_cfg) -> None:
-        """Build the new scorer here (reload thread); the workers swap it in between windows."""
-        new_scorer = Scorer(backend, new_cfg.labels, new_cfg.scoring, cache_dir=cache_dir)
-        new_rules = rules_for(new_cfg.labels, new_cfg.events)
-        with term._lock:
-            view.labels = new_scorer.labels
-            view.thresholds = {k: r.threshold for k, r in new_rules.items()}
-            view.active &= set(new_scorer.labels)
-        for pipe in pipes:
-            pipe.swap_live(new_scorer, new_rules)
-
-    config_path = args.config
-    reloader = ConfigReloader(
-        lambda: with_default_labels(load_effective_config(args), say),
-        apply_live,
-        cfg,
-        stop,
-        watch_path=config_path if args.watch_config else None,
-        say=say,
-    )
-
-    def _on_signal(signum, frame):  # noqa: ARG001
-        say("stopping (closing open events, flushing outputs)")
-        stop_all()
-
-    attached = _has_terminal()
-
-    def _on_hup(signum, frame):  # noqa: ARG001
-        if attached:  # the terminal went away: a monitor must not live on, orphaned
-            say("the terminal closed (SIGHUP): stopping")
-            stop_all()
-        else:  # detached (systemd, nohup, setsid): SIGHUP means reload the config
-            reloader.request()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _on_hup)
-    reloader.start()
-
-    results: list[dict] = [{} for _ in pipes]
-    workers = []
-    for pipe, result in zip(pipes, results):
-
-        def _work(pipe=pipe, result=result):
-            try:
-                result["stats"] = pipe.run()
-            except BaseException as e:  # noqa: BLE001 - reported by the main thread
-                result["error"] = e
-                stop_all()  # one source failing on a bug stops the run (nothing is left half-open)
-
-        t = threading.Thread(target=_work, name=f"worker {pipe.name}", daemon=True)
-        t.start()
-        workers.append(t)
-    done = threading.Event()
-
-    def _wait_all():
-        for t in workers:
-            t.join()
-        done.set()
-
-    threading.Thread(target=_wait_all, name="join", daemon=True).start()
-
-    def refresh(state):
-        state.dropped_windows = sum(p.stats.dropped_windows for p in pipes)
-        state.dropped_frames = sum(p.stats.dropped_frames for p in pipes)
-        sinks_status = {}
-        for s in all_sinks:
-            if s is term or s is journal:
-                continue
-            st = s.status()
-            text = st.get("state", "ok")
-            if "backlog" in st:  # the MQTT outbox: what waits for the broker, and for how long
-                text += f", backlog {st['backlog']}" + (f" ({st['backlog_age_s']:.0f} s)" if st["backlog"] else "")
-            sinks_status[s.name] = text
-        state.sinks = sinks_status
-        status = [
-            p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in pipes
-        ]
-        state.source_status = status[0] if not several else ", ".join(f"{p.name}: {st}" for p, st in zip(pipes, status))
-
-    try:
-        if live:
-            term.run_live(refresh, done)
-        else:
-            while not done.wait(0.5):
-                pass
-    finally:
-        stop_all()
-        reloader.join()
-        for t in workers:
-            t.join(timeout=10)
-        encoder.close()
-        close_sinks(all_sinks)
-    for result in results:
-        if "error" in result:
-            raise result["error"]
+def _report(outcomes, service, say) -> int:
+    """The final summary per source; a pipeline's bug is raised, a source error is rc 1."""
+    for o in outcomes:
+        if o.error is not None:
+            raise o.error
     rc = 0
-    for pipe, result in zip(pipes, results):
-        st = result.get("stats")
+    several = len(outcomes) > 1
+    for o in outcomes:
+        st = o.stats
         if st is None:
             continue
-        who = f"{pipe.name}: " if several else ""
+        who = f"{o.name}: " if several else ""
         say(
             f"{who}finished: {st.windows} windows ({st.gated} below the gate), "
             f"{st.events_started} event(s) ({st.events} start/end messages), "
@@ -454,7 +332,7 @@ def _run(args, cfg, say) -> int:
             say(f"{who}source error: {st.source_error}")
             rc = 1
     if several:
-        b = encoder.summary()
+        b = service.encoder.summary()
         say(
             f"encoder: {b['windows']} windows in {b['model_calls']} model calls "
             f"({b['mixed_batches']} shared by several sources)"

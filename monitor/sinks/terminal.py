@@ -207,8 +207,23 @@ class TerminalSink(Sink):
                 tops,
             )
 
-    def run_live(self, refresh: Callable[[ViewState], None], done: threading.Event) -> None:
-        """Draw the live view until ``done`` is set (called on the main thread)."""
+    # -- the only writers of the view state besides publish/on_scores (all under the lock) --
+    def set_rules(self, labels, thresholds: dict) -> None:
+        """The label set and thresholds changed (hot reload)."""
+        with self._lock:
+            self.state.labels = tuple(labels)
+            self.state.thresholds = dict(thresholds)
+            self.state.active &= set(labels)
+
+    def set_status(self, **fields) -> None:
+        """One snapshot of run status (dropped windows/samples, sinks, source) for the view."""
+        with self._lock:
+            for k, v in fields.items():
+                setattr(self.state, k, v)
+
+    def run_live(self, refresh: Callable[[], None], done: threading.Event) -> None:
+        """Draw the live view until ``done`` is set (called on the main thread); ``refresh``
+        is called before each frame (it reports status through ``set_status``)."""
         from rich.console import Console
         from rich.live import Live
 
@@ -220,9 +235,9 @@ class TerminalSink(Sink):
             under_live(live.console),
         ):
             while not done.wait(0.25):
-                refresh(self.state)
+                refresh()
                 with self._lock:
                     live.update(render(self.state, live.console.size.height))
-            refresh(self.state)
+            refresh()
             with self._lock:
                 live.update(render(self.state, live.console.size.height))

@@ -1,0 +1,227 @@
+"""The monitor's runtime: one run of one or several sources with one model.
+
+``MonitorService`` owns what the sources share and what a run's lifetime is made of:
+
+- the scorer and event rules (swapped live on a reload), the ``seq`` counter, one
+  ``SharedEncoder`` (one model in memory, windows batched across sources) and the output
+  lock that makes assigning ``seq`` and handing an event to the sinks one step;
+- one ``Pipeline`` per source, each with its own stop (a file that ends does not end the
+  others) and its own sinks (clips) next to the shared ones;
+- the worker threads, the config reloader, signal handling (SIGINT/SIGTERM stop; SIGHUP
+  reloads when detached, stops when the terminal closed) and an orderly shutdown: stop,
+  join, close the encoder, close every sink once.
+
+``commands/run.py`` parses the command line, builds sources, backend and sinks, hands them
+here and reports the results. Status for the live view goes to the terminal sink as one
+snapshot (``TerminalSink.set_status``), never by writing its state from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from monitor.backend import Backend
+from monitor.config import Config
+from monitor.encode import SharedEncoder
+from monitor.events import EventTracker, rules_for
+from monitor.pipeline import Pipeline, Stats, close_sinks
+from monitor.reload import ConfigReloader
+from monitor.scoring import Scorer
+from monitor.sinks.base import Sink
+from monitor.sinks.terminal import TerminalSink
+from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
+from monitor.types import Event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceSlot:
+    """One source of the run: the source, its unique name, how to reopen it, its own sinks."""
+
+    source: object
+    name: str
+    reopen: Callable[[], object] | None = None
+    own_sinks: list[Sink] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """What one source's pipeline ended with."""
+
+    name: str
+    stats: Stats | None = None
+    error: BaseException | None = None
+
+
+def publish_to(sinks: list[Sink], ev: Event) -> None:
+    for s in sinks:
+        try:
+            s.publish(ev)
+        except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
+            log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
+
+
+class MonitorService:
+    def __init__(
+        self,
+        cfg: Config,
+        backend: Backend,
+        slots: list[SourceSlot],
+        shared_sinks: list[Sink],
+        term: TerminalSink,
+        *,
+        load_config: Callable[[], Config],
+        watch_path: str | None = None,
+        say: Callable[[str], None] = log.warning,
+    ):
+        self.cfg = cfg
+        self.backend = backend
+        self.slots = slots
+        self.term = term
+        self.say = say
+        self.several = len(slots) > 1
+        self.cache_dir = cfg.state_path / "label-cache"
+        self.scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir)
+        self.rules = rules_for(cfg.labels, cfg.events)
+        self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
+        self.shared_sinks = [self.journal, *shared_sinks]
+        self.all_sinks = self.shared_sinks + [s for slot in slots for s in slot.own_sinks]
+        for s in self.all_sinks:
+            s.set_labels(list(self.scorer.labels))
+        # numbering continues after the highest seq anything has on record (never repeats)
+        self.seq = SeqCounter(cfg.state_path, cfg.device, floor=highest_seq(self.all_sinks))
+        self.stop = threading.Event()
+        self.encoder = SharedEncoder(backend, linger_s=cfg.stream.batch_wait_s if self.several else 0.0)
+        self.out_lock = threading.RLock()
+        self.pipes = [self._pipeline(slot) for slot in slots]
+        self.reloader = ConfigReloader(load_config, self.apply_live, cfg, self.stop, watch_path=watch_path, say=say)
+
+    def _pipeline(self, slot: SourceSlot) -> Pipeline:
+        cfg = self.cfg
+        tracker = EventTracker(
+            self.rules, device_id=cfg.device, source=slot.name, model=self.backend.name, next_seq=self.seq.next
+        )
+        return Pipeline(
+            slot.source,
+            self.backend,
+            self.scorer,
+            tracker,
+            self.shared_sinks + slot.own_sinks,
+            cfg.stream,
+            buffer_s=cfg.source.buffer_s,
+            stop=threading.Event(),
+            source_cfg=cfg.source,
+            reopen=slot.reopen,
+            encoder=self.encoder,
+            name=slot.name,
+            out_lock=self.out_lock,
+            close_sinks=False,
+        )
+
+    # -- control ---------------------------------------------------------------------------
+    def end_left_open(self) -> int:
+        """End the events a killed earlier run left open (``reason: restart``); how many."""
+        ends = self.journal.close_left_open(self.seq.next)
+        for ev in ends:
+            publish_to(self.shared_sinks, ev)
+        return len(ends)
+
+    def stop_all(self) -> None:
+        self.stop.set()
+        for pipe in self.pipes:
+            pipe.stop.set()
+
+    def apply_live(self, new_cfg: Config) -> None:
+        """Build the new scorer here (reload thread); the workers swap it in between windows."""
+        new_scorer = Scorer(self.backend, new_cfg.labels, new_cfg.scoring, cache_dir=self.cache_dir)
+        new_rules = rules_for(new_cfg.labels, new_cfg.events)
+        self.term.set_rules(new_scorer.labels, {k: r.threshold for k, r in new_rules.items()})
+        for pipe in self.pipes:
+            pipe.swap_live(new_scorer, new_rules)
+
+    def install_signals(self, attached: bool) -> None:
+        """SIGINT/SIGTERM stop; SIGHUP stops when started from a terminal (it closed), else reloads."""
+
+        def _on_stop(signum, frame):  # noqa: ARG001
+            self.say("stopping (closing open events, flushing outputs)")
+            self.stop_all()
+
+        def _on_hup(signum, frame):  # noqa: ARG001
+            if attached:  # the terminal went away: a monitor must not live on, orphaned
+                self.say("the terminal closed (SIGHUP): stopping")
+                self.stop_all()
+            else:  # detached (systemd, nohup, setsid): SIGHUP means reload the config
+                self.reloader.request()
+
+        signal.signal(signal.SIGINT, _on_stop)
+        signal.signal(signal.SIGTERM, _on_stop)
+        signal.signal(signal.SIGHUP, _on_hup)
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, live: bool) -> list[Outcome]:
+        """Run every pipeline until all have ended (or ``stop_all``); shut down in order."""
+        self.reloader.start()
+        outcomes = [Outcome(p.name) for p in self.pipes]
+        workers = [
+            threading.Thread(target=self._work, args=(p, o), name=f"worker {p.name}", daemon=True)
+            for p, o in zip(self.pipes, outcomes)
+        ]
+        for t in workers:
+            t.start()
+        done = threading.Event()
+
+        def _wait_all() -> None:
+            for t in workers:
+                t.join()
+            done.set()
+
+        threading.Thread(target=_wait_all, name="join", daemon=True).start()
+        try:
+            if live:
+                self.term.run_live(self.refresh, done)
+            else:
+                while not done.wait(0.5):
+                    pass
+        finally:
+            self.stop_all()
+            self.reloader.join()
+            for t in workers:
+                t.join(timeout=10)
+            self.encoder.close()
+            close_sinks(self.all_sinks)
+        return outcomes
+
+    def _work(self, pipe: Pipeline, outcome: Outcome) -> None:
+        try:
+            outcome.stats = pipe.run()
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            outcome.error = e
+            self.stop_all()  # one source failing on a bug stops the run (nothing is left half-open)
+
+    def refresh(self) -> None:
+        """Status snapshot for the live view: drops, sinks (with the MQTT backlog), sources."""
+        sinks = {}
+        for s in self.all_sinks:
+            if s is self.term or s is self.journal:
+                continue
+            st = s.status()
+            text = st.get("state", "ok")
+            if "backlog" in st:  # the MQTT outbox: what waits for the broker, and for how long
+                text += f", backlog {st['backlog']}" + (f" ({st['backlog_age_s']:.0f} s)" if st["backlog"] else "")
+            sinks[s.name] = text
+        status = [
+            p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in self.pipes
+        ]
+        self.term.set_status(
+            dropped_windows=sum(p.stats.dropped_windows for p in self.pipes),
+            dropped_frames=sum(p.stats.dropped_frames for p in self.pipes),
+            sinks=sinks,
+            source_status=status[0]
+            if not self.several
+            else ", ".join(f"{p.name}: {st}" for p, st in zip(self.pipes, status)),
+        )
