@@ -35,9 +35,9 @@ from monitor.events import EventTracker
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
-from monitor.supervise import OK, SILENT, SourceLost, SourceResumed, SourceSupervisor
+from monitor.supervise import OK, SILENT, STARTING, SourceLost, SourceResumed, SourceStatus, SourceSupervisor
 from monitor.types import Scores, Window
-from monitor.windows import Windower
+from monitor.windows import Windower, adaptive_hop_s
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class Pipeline:
         self._drop_late = bool(getattr(source, "realtime", False))
         self.stats = Stats()
         self._arrived: dict[int, float] = {}
+        self._last_source = SourceStatus(STARTING, "", 0, 0, 0, None)
         sc = source_cfg or SourceConfig()
         self.supervisor = SourceSupervisor(
             source,
@@ -152,14 +153,14 @@ class Pipeline:
             return self.buffer.put(block)
         return self.buffer.put(block, block_when_full=True, timeout=None)
 
-    def _on_source_status(self, status: str, detail: str) -> None:
-        sup = self.supervisor if hasattr(self, "supervisor") else None
-        st = self.stats
-        if sup is not None:
-            st.source_restarts, st.source_stalls, st.source_losses = sup.restarts, sup.stalls, sup.losses
-            st.source_last_error = sup.last_error
-        st.source_detail = detail
-        st.source_status = SILENT if (status == OK and self._silent) else status
+    def _on_source_status(self, st: SourceStatus) -> None:
+        """The supervisor's report (a value: this pipeline never reads the supervisor back)."""
+        self._last_source = st
+        stats = self.stats
+        stats.source_restarts, stats.source_stalls, stats.source_losses = st.restarts, st.stalls, st.losses
+        stats.source_last_error = st.last_error
+        stats.source_detail = st.detail
+        stats.source_status = SILENT if (st.status == OK and self._silent) else st.status
 
     def _set_silent(self, silent: bool, run_s: float) -> None:
         if silent == self._silent:
@@ -169,7 +170,8 @@ class Pipeline:
             log.warning("source delivers only zeros (digital silence) for %.1f s: muted or disconnected input?", run_s)
         else:
             log.warning("source delivers sound again after %.1f s of digital silence", run_s)
-        self._on_source_status(self.supervisor.status, "only zeros" if silent else "")
+        last = self._last_source
+        self._on_source_status(dataclasses.replace(last, detail="only zeros" if silent else ""))
 
     # -- threads ----------------------------------------------------------------------
     def _capture(self) -> None:
@@ -441,14 +443,13 @@ class Pipeline:
     def _adapt_hop(self, sc: Scores) -> None:
         """Adaptive hop: ``idle_hop_s`` while no event is open and no score is within reach of
         its label's threshold (above its off level); ``hop_s`` again as soon as one is."""
-        rules = self.tracker.rules
-        near = any(v >= rules[l].off_level for l, v in zip(sc.labels, sc.values) if l in rules)
-        busy = near or bool(self.tracker.active_labels())
-        hop_s = self.cfg.hop_s if busy else self.cfg.idle_hop_s
+        off = {name: r.off_level for name, r in self.tracker.rules.items()}
+        any_open = bool(self.tracker.active_labels())
+        hop_s = adaptive_hop_s(sc.labels, sc.values, off, any_open, self.cfg.hop_s, self.cfg.idle_hop_s)
         if self.windower.hop_n != int(round(hop_s * self.windower.sample_rate_hz)):
             self.windower.set_hop(hop_s)
             self.stats.hop_changes += 1
-            log.debug("hop now %.2f s (%s)", hop_s, "activity" if busy else "idle")
+            log.debug("hop now %.2f s (%s)", hop_s, "idle" if hop_s == self.cfg.idle_hop_s else "activity")
 
     def _publish(self, ev) -> None:
         self.stats.events += 1

@@ -48,6 +48,18 @@ OK, STARTING, STALLED, LOST, RETRYING, SILENT, ENDED, FAILED = (
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """What the supervisor reports on every change: the state and its counters, as a value."""
+
+    status: str
+    detail: str
+    restarts: int
+    stalls: int
+    losses: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class SourceLost:
     reason: str
 
@@ -79,7 +91,7 @@ class SourceSupervisor:
         stall_timeout_s: float = 5.0,
         retry_max_s: float = 30.0,
         retry_first_s: float = 0.5,
-        on_status: Callable[[str, str], None] | None = None,
+        on_status: Callable[[SourceStatus], None] | None = None,
     ):
         self.source = source
         self._down_put = put
@@ -117,7 +129,10 @@ class SourceSupervisor:
         self.status = status
         self.history.append((time.monotonic(), status, detail))
         if self._on_status is not None:
-            self._on_status(status, detail)
+            self._on_status(self.snapshot(detail))
+
+    def snapshot(self, detail: str = "") -> SourceStatus:
+        return SourceStatus(self.status, detail, self.restarts, self.stalls, self.losses, self.last_error)
 
     # -- capture side (may run inside the audio callback) ----------------------------------
     def put(self, block: np.ndarray):

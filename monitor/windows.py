@@ -8,6 +8,7 @@ short window at its end (CLAP repeat-pads it), so a 3 s clip is still scored.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -76,3 +77,18 @@ class Windower:
         if self._index == 0 and self.total_samples > 0:
             return [self._make(0, self._buf[: self.total_samples].copy())]
         return []
+
+
+def adaptive_hop_s(
+    labels: Sequence[str],
+    values: Sequence[float],
+    off_levels: Mapping[str, float],
+    any_open: bool,
+    hop_s: float,
+    idle_hop_s: float,
+) -> float:
+    """The hop for the next windows (``stream.idle_hop_s``): the long ``idle_hop_s`` while no
+    event is open and no label's score reaches its off level (threshold - hysteresis), the
+    normal ``hop_s`` as soon as one does. Pure: scores and rules in, seconds out."""
+    near = any(v >= off_levels[lab] for lab, v in zip(labels, values) if lab in off_levels)
+    return hop_s if (near or any_open) else idle_hop_s

@@ -347,3 +347,13 @@ def test_adaptive_hop_config_bounds():
     with pytest.raises(Exception, match="idle_hop_s"):
         StreamConfig(hop_s=2.0, idle_hop_s=1.0)
     assert StreamConfig(hop_s=1.0, idle_hop_s=5.0).idle_hop_s == 5.0
+
+
+def test_adaptive_hop_is_a_pure_function_of_scores_and_rules():
+    from monitor.windows import adaptive_hop_s
+
+    off = {"dog": 0.4, "alarm": 0.3}
+    assert adaptive_hop_s(("dog", "alarm"), (0.1, 0.2), off, False, 1.0, 3.0) == 3.0  # idle
+    assert adaptive_hop_s(("dog", "alarm"), (0.1, 0.3), off, False, 1.0, 3.0) == 1.0  # alarm reached its off level
+    assert adaptive_hop_s(("dog", "alarm"), (0.0, 0.0), off, True, 1.0, 3.0) == 1.0  # an event is open
+    assert adaptive_hop_s(("cat",), (0.9,), off, False, 1.0, 3.0) == 3.0  # a label without a rule does not count
