@@ -44,6 +44,7 @@ import numpy as np
 
 from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
+from monitor.numeric import true_ranks
 
 MARGIN = 1.0
 LAMBDAS = (0.0, 0.01, 1.0, 10.0)
@@ -200,10 +201,7 @@ def gradient(kind: str, params, theta, phi, y, lam: float) -> dict[str, np.ndarr
 
 def mean_ap_of_scores(scores: np.ndarray, y: np.ndarray) -> float:
     """mAP of single-label samples = mean of 1/rank of the true class (ties count against)."""
-    s = np.asarray(scores)
-    true = s[np.arange(len(y)), y]
-    rank = 1 + (s > true[:, None]).sum(axis=1) + ((s == true[:, None]).sum(axis=1) - 1)
-    return float(np.mean(1.0 / rank))
+    return float(np.mean(1.0 / true_ranks(scores, y)))
 
 
 def train(

@@ -39,6 +39,7 @@ import numpy as np
 
 from monitor.backend import l2_normalise
 from monitor.errors import UserError
+from monitor.numeric import true_ranks
 
 ESC50_CATEGORIES = ("animals", "natural soundscapes", "human non-speech", "interior/domestic", "exterior/urban")
 
@@ -139,13 +140,6 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
 
 
 # -- metrics ------------------------------------------------------------------------------------------
-def true_ranks(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """1-based rank of the true class per row; ties with the true class count against it."""
-    s = np.asarray(scores, dtype=np.float64)
-    true = s[np.arange(len(y)), y]
-    return (s >= true[:, None]).sum(axis=1)
-
-
 def harmonic(n: int) -> float:
     return float(np.sum(1.0 / np.arange(1, n + 1)))
 

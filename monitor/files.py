@@ -34,16 +34,25 @@ def atomic_savez(path: Path, prefix: str, **arrays: np.ndarray) -> None:
         raise
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write ``obj`` as indented JSON to ``path`` through a temp file and a rename (readers see
-    the old file or the new one, never half of one). Raises OSError like any write."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file beside it and a rename (readers see the
+    old file or the new one, never half of one); the temp file never outlives a failure.
+    Raises OSError like any write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: object, indent: int | None = 2) -> None:
+    """``obj`` as JSON through ``write_text_atomic``."""
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def read_manifest(path: str | os.PathLike, hint: str = "") -> dict:

@@ -190,7 +190,7 @@ def _prototypes(backend: Backend, labels: Sequence[LabelLike], cache_dir) -> dic
 
 def softmax_scores(audio: np.ndarray, label_vectors: np.ndarray, logit_scale: float) -> np.ndarray:
     """Softmax over labels of ``logit_scale * cos``: audio [B, D], labels [L, D] -> [B, L]."""
+    from monitor.numeric import softmax
+
     logits = float(logit_scale) * (np.asarray(audio, dtype=np.float64) @ np.asarray(label_vectors, dtype=np.float64).T)
-    logits -= logits.max(axis=-1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=-1, keepdims=True)
+    return softmax(logits)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.backend import l2_normalise
-from monitor.files import atomic_savez
+from monitor.files import atomic_savez, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +194,7 @@ class PrototypeStore:
             "files": [str(f) for f in files],
             "n_windows": int(n_windows),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".prototypes-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(data))
 
 
 def store_dir_for_cache(cache_dir: str | os.PathLike | None) -> Path | None:

@@ -17,12 +17,7 @@ import numpy as np
 
 from monitor.backend import Backend
 from monitor.config import LabelConfig, ScoringConfig
-
-
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+from monitor.numeric import softmax
 
 
 class Scorer:
@@ -56,7 +51,7 @@ class Scorer:
         a = np.atleast_2d(np.asarray(audio_emb, dtype=np.float32))
         logits = self.logit_scale * (a @ self.label_emb.T)  # [N, L]
         if self.method == "softmax":
-            return _softmax(logits.astype(np.float64)).astype(np.float32)
+            return softmax(logits).astype(np.float32)
         assert self.background_emb is not None  # made for vs-background
         bg = self.logit_scale * (a @ self.background_emb.T)  # [N, K]
         # per label: softmax over [label, bg_1..bg_K] -> the label's probability

@@ -11,13 +11,13 @@ import errno
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from monitor.errors import UserError
 from monitor.events import utc_now_iso
+from monitor.files import write_text_atomic
 from monitor.sinks.base import Sink
 from monitor.topics import device_slug
 from monitor.types import Event
@@ -28,19 +28,6 @@ log = logging.getLogger(__name__)
 def state_file(state_dir: str | os.PathLike, stem: str, device_id: str, suffix: str) -> Path:
     """``<state_dir>/<stem>-<device slug><suffix>``: one name rule for every per-device file."""
     return Path(state_dir).expanduser() / f"{stem}-{device_slug(device_id)}{suffix}"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + rename; the temp file never outlives a failure. Raises OSError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StateLock:

@@ -107,13 +107,12 @@ def _add_to_config(path: Path, label: str, files: list[str], prompts: list[str])
     The document is rewritten by the YAML library: comments are not kept, so the previous
     file is saved as ``<name>.bak`` first. The result is validated before it replaces the file.
     """
-    import os
     import shutil
-    import tempfile
 
     import yaml
 
     from monitor.config import parse_config
+    from monitor.files import write_text_atomic
 
     text = path.read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
@@ -137,7 +136,4 @@ def _add_to_config(path: Path, label: str, files: list[str], prompts: list[str])
     data["labels"] = out
     parse_config(data, where=str(path))  # never write a config that would not load
     shutil.copy2(path, path.with_name(path.name + ".bak"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

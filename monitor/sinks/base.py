@@ -41,3 +41,31 @@ class Sink:
 
     def close(self) -> None:
         """Flush and release resources; called once."""
+
+
+class OpenLabels:
+    """Which labels are ON: a label is ON while any source has an event of it open (with
+    several sources one start is not undone by another source's end). Not thread-safe: the
+    sink that owns it locks."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, dict[str, str]] = {}  # label -> {event_id: source}
+
+    def apply(self, event: Event) -> bool:
+        """Take a start or end into account; True when ``event.label`` is ON afterwards."""
+        ids = self._open.setdefault(event.label, {})
+        if event.type == "start":
+            ids[event.event_id] = event.source
+        else:
+            ids.pop(event.event_id, None)
+        return bool(ids)
+
+    def is_on(self, label: str) -> bool:
+        return bool(self._open.get(label))
+
+    def sources(self, label: str) -> set[str]:
+        return set(self._open.get(label, {}).values())
+
+    def keep(self, labels: Sequence[str]) -> None:
+        """Forget labels that are no longer configured."""
+        self._open = {lab: self._open[lab] for lab in labels if lab in self._open}

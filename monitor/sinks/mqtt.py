@@ -36,9 +36,10 @@ from urllib.parse import unquote, urlsplit
 from monitor import __version__
 from monitor.config import MQTTConfig
 from monitor.errors import UserError
+from monitor.files import write_text_atomic
 from monitor.outbox import Outbox
-from monitor.sinks.base import Sink
-from monitor.state import state_file, write_text_atomic
+from monitor.sinks.base import OpenLabels, Sink
+from monitor.state import state_file
 from monitor.topics import Topics, label_slugs, slugify
 from monitor.types import Event, Scores
 
@@ -148,7 +149,7 @@ class MqttSink(Sink):
         self._slugs: dict[str, str] = {}
         # label -> event_ids of its open events: with several sources a label is ON while
         # any source has it open, OFF only when the last one ends
-        self._open: dict[str, set[str]] = {}
+        self._open = OpenLabels()
         self._last_scores_t = 0.0
         self._logged = ""  # the connection state last written to the log
         self._failures = 0  # attempts in a row without a successful CONNACK
@@ -384,7 +385,7 @@ class MqttSink(Sink):
         with self._lock:
             labels = list(self._labels)
             slugs = dict(self._slugs)
-            on = {lab: bool(ids) for lab, ids in self._open.items()}
+            on = {lab: self._open.is_on(lab) for lab in labels}
         for lab in labels:
             s = slugs[lab]
             if self.cfg.discovery:
@@ -448,14 +449,7 @@ class MqttSink(Sink):
     def publish(self, event: Event) -> None:
         self.outbox.add(event.seq, self.topics.events, event.to_json())
         with self._lock:
-            on = False
-            if event.label in self._slugs:
-                ids = self._open.setdefault(event.label, set())
-                if event.type == "start":
-                    ids.add(event.event_id)
-                else:
-                    ids.discard(event.event_id)
-                on = bool(ids)
+            on = self._open.apply(event) if event.label in self._slugs else False
             slug = self._slugs.get(event.label)
             connected = self._connected
             self._wake.notify_all()
@@ -478,7 +472,7 @@ class MqttSink(Sink):
         with self._lock:
             self._labels = list(labels)
             self._slugs = label_slugs(self._labels)
-            self._open = {l: self._open.get(l, set()) for l in self._labels}
+            self._open.keep(self._labels)
             connected = self._connected
         if connected:
             self._publish_labels()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from monitor.logs import NAME, under_live
-from monitor.sinks.base import Sink
+from monitor.sinks.base import OpenLabels, Sink
 from monitor.types import Event, Scores
 
 
@@ -154,24 +154,18 @@ class TerminalSink(Sink):
         self._last_status: dict[str, float] = {}
         self._lock = threading.Lock()
         self._live = None
-        self._open: dict[str, dict[str, str]] = {}  # label -> {event_id: source}
+        self._open = OpenLabels()
 
     def publish(self, event: Event) -> None:
         line = format_event(event)
         if event.source and len(self.state.by_source) > 1:
             line += f" [{event.source}]"
         with self._lock:
-            # a label stays active while any source has it open
-            ids = self._open.setdefault(event.label, {})
-            if event.type == "start":
-                ids[event.event_id] = event.source
-            else:
-                ids.pop(event.event_id, None)
-            if ids:
+            if self._open.apply(event):
                 self.state.active.add(event.label)
             else:
                 self.state.active.discard(event.label)
-            self.state.active_sources[event.label] = set(ids.values())
+            self.state.active_sources[event.label] = self._open.sources(event.label)
             self.state.recent.append(f"{event.wall_time[11:19]}Z {line}")
             del self.state.recent[:-20]
         if not self.live:
