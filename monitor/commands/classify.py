@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
     backend = selected.backend
     if args.adapter:
-        from monitor.adapt import maybe_adapt
+        from monitor.adapter import maybe_adapt
 
         backend = maybe_adapt(backend, args.adapter)
     log.info("model: %s (%s)", backend.name, selected.reason)

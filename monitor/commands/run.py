@@ -278,7 +278,7 @@ def _backend(cfg, say):
     selected = select_backend(cfg.model.spec, cfg.model)
     backend = selected.backend
     if cfg.model.adapter:
-        from monitor.adapt import maybe_adapt
+        from monitor.adapter import maybe_adapt
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
