@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.supervise import OK, SILENT, STARTING, SourceLost, SourceResumed, SourceStatus, SourceSupervisor
 from monitor.types import Scores, Window
-from monitor.windows import Windower, adaptive_hop_s
+from monitor.windows import StreamClock, Windower, adaptive_hop_s
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +137,7 @@ class Pipeline:
         self._silent_run_n = 0  # source samples of exact zeros in a row
         self._silent = False
         # segments: after a gap the windows are shifted by an offset (whole hops of samples)
-        self._offset_n = 0  # model-rate samples before the current segment
-        self._index_base = 0
-        self._next_index = 0
+        self.clock = StreamClock(backend.sample_rate_hz)
         self._segment_lost = False
         self._swap_lock = threading.Lock()
         self._swap: tuple | None = None
@@ -250,8 +247,8 @@ class Pipeline:
         if not self._segment_lost:
             tail = self.resampler.process(np.zeros(0, np.float32), last=True)
             pending.extend(self._push(tail))
-            if self._offset_n == 0:  # only a whole stream shorter than a window gives a short one
-                pending.extend(self._shift(w) for w in self.windower.flush())
+            if self.clock.first_segment:  # only a whole stream shorter than a window gives a short one
+                pending.extend(self.clock.shift(w) for w in self.windower.flush())
         self._apply_swap()
         if pending:
             self._process(pending)
@@ -278,25 +275,16 @@ class Pipeline:
     def _push(self, y: np.ndarray) -> list[Window]:
         """Model-rate samples -> windows (shifted into stream time); audio sinks see them first."""
         if self._audio_sinks and y.size:
-            t0 = (self._offset_n + self.windower.total_samples) / self.windower.sample_rate_hz
+            t0 = self.clock.position_n(self.windower.total_samples) / self.windower.sample_rate_hz
             for s in self._audio_sinks:
                 try:
                     s.on_audio(t0, y, self.windower.sample_rate_hz)
                 except Exception as e:  # noqa: BLE001 - a clip writer must not stop monitoring
                     log.error("sink %s failed on audio: %s", s.name, e)
-        return [self._shift(w) for w in self.windower.push(y)]
-
-    def _shift(self, w: Window) -> Window:
-        self._next_index = self._index_base + w.index + 1
-        if self._offset_n == 0 and self._index_base == 0:
-            return w
-        off_s = self._offset_n / w.sample_rate_hz
-        return dataclasses.replace(
-            w, index=self._index_base + w.index, start_s=w.start_s + off_s, end_s=w.end_s + off_s
-        )
+        return [self.clock.shift(w) for w in self.windower.push(y)]
 
     def _stream_pos_n(self) -> int:
-        return self._offset_n + self.windower.total_samples
+        return self.clock.position_n(self.windower.total_samples)
 
     def _end_segment(self) -> list[Window]:
         """The source was lost: the windows its last samples complete (a partial one is dropped)."""
@@ -331,18 +319,11 @@ class Pipeline:
     def _new_segment(self, gap_s: float, source_rate_hz: int) -> float:
         """Start windowing afresh ``gap_s`` after the current stream position; returns its start."""
         rate = self.windower.sample_rate_hz
-        hop_n = self.windower.hop_n
-        # the new segment starts after the gap, on a 10 ms grid so front-end frame caches
-        # (CLAP's streaming STFT hops 10 ms) stay aligned; the rounding adds < 10 ms
-        align = math.gcd(hop_n, max(1, rate // 100))
-        start_n = self._stream_pos_n() + int(math.ceil(gap_s * rate))
-        start_n = int(math.ceil(start_n / align)) * align
         old = self.windower
+        start_n = self.clock.start_after_gap(old.total_samples, gap_s, old.hop_n)
         self.windower = Windower(rate, self.cfg.window_s, self.cfg.hop_s)
         self.windower.hop_n = old.hop_n
         self.resampler = StreamResampler(source_rate_hz, rate)
-        self._offset_n = start_n
-        self._index_base = self._next_index
         self._segment_lost = False
         return start_n / rate
 

@@ -7,6 +7,7 @@ short window at its end (CLAP repeat-pads it), so a 3 s clip is still scored.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
@@ -92,3 +93,46 @@ def adaptive_hop_s(
     normal ``hop_s`` as soon as one does. Pure: scores and rules in, seconds out."""
     near = any(v >= off_levels[lab] for lab, v in zip(labels, values) if lab in off_levels)
     return hop_s if (near or any_open) else idle_hop_s
+
+
+class StreamClock:
+    """Stream time across segments (pure bookkeeping, no audio).
+
+    A segment is the audio of one opening of a source. Windows are cut per segment (a
+    fresh ``Windower``) and shifted here into stream time, their indices continuing across
+    segments. After a gap the next segment starts ``gap_s`` after the last sample, rounded up
+    to a 10 ms grid that the hop also lies on, so front-end frame caches (CLAP's streaming
+    STFT hops 10 ms) stay aligned; the rounding adds < 10 ms. Stream time never repeats.
+    """
+
+    def __init__(self, sample_rate_hz: int):
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.offset_n = 0  # model-rate samples before the current segment
+        self.index_base = 0  # index of the current segment's first window
+        self.next_index = 0  # index the next window will get
+
+    @property
+    def first_segment(self) -> bool:
+        return self.offset_n == 0
+
+    def position_n(self, segment_samples: int) -> int:
+        """Stream position (samples) after ``segment_samples`` of the current segment."""
+        return self.offset_n + int(segment_samples)
+
+    def shift(self, w: Window) -> Window:
+        """A window of the current segment -> the same window in stream time."""
+        self.next_index = self.index_base + w.index + 1
+        if self.offset_n == 0 and self.index_base == 0:
+            return w
+        off_s = self.offset_n / w.sample_rate_hz
+        return dataclasses.replace(w, index=self.index_base + w.index, start_s=w.start_s + off_s, end_s=w.end_s + off_s)
+
+    def start_after_gap(self, segment_samples: int, gap_s: float, hop_n: int) -> int:
+        """Begin a new segment ``gap_s`` after the current position; returns its start sample."""
+        rate = self.sample_rate_hz
+        align = math.gcd(int(hop_n), max(1, rate // 100))
+        start_n = self.position_n(segment_samples) + int(math.ceil(gap_s * rate))
+        start_n = int(math.ceil(start_n / align)) * align
+        self.offset_n = start_n
+        self.index_base = self.next_index
+        return start_n

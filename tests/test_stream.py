@@ -357,3 +357,20 @@ def test_adaptive_hop_is_a_pure_function_of_scores_and_rules():
     assert adaptive_hop_s(("dog", "alarm"), (0.1, 0.3), off, False, 1.0, 3.0) == 1.0  # alarm reached its off level
     assert adaptive_hop_s(("dog", "alarm"), (0.0, 0.0), off, True, 1.0, 3.0) == 1.0  # an event is open
     assert adaptive_hop_s(("cat",), (0.9,), off, False, 1.0, 3.0) == 3.0  # a label without a rule does not count
+
+
+def test_stream_clock_segments_are_monotonic_and_aligned():
+    from monitor.types import Window
+    from monitor.windows import StreamClock
+
+    rate = 16000
+    c = StreamClock(rate)
+    w = Window(3, np.zeros(5 * rate, np.float32), rate, 3.0, 8.0, -20.0)
+    assert c.shift(w) is w and c.next_index == 4  # first segment: unchanged
+    start = c.start_after_gap(segment_samples=10 * rate + 7, gap_s=2.345, hop_n=rate)
+    assert start % (rate // 100) == 0 and start >= 10 * rate + 7 + int(2.345 * rate)
+    assert start - (10 * rate + 7 + 2.345 * rate) < rate / 100  # the rounding adds < 10 ms
+    first = Window(0, w.samples, rate, 0.0, 5.0, -20.0)
+    s = c.shift(first)
+    assert s.index == 4 and s.start_s == pytest.approx(start / rate) and s.end_s == pytest.approx(start / rate + 5.0)
+    assert not c.first_segment and c.position_n(100) == start + 100
