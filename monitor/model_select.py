@@ -46,7 +46,7 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if kind == "offline":
         from monitor.offline.backend import OfflineBackend
 
-        return OfflineBackend.from_dir(path, threads=cfg.threads)
+        return OfflineBackend.from_dir(path, threads=cfg.threads, spinning=cfg.spinning)
     from monitor.clap.encoder import ClapBackend
 
     return ClapBackend.from_dir(path, threads=cfg.threads, int8=cfg.int8, spinning=cfg.spinning)
@@ -58,7 +58,8 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
         from monitor.offline.backend import OfflineBackend
 
         return Selected(
-            OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path), "offline backend requested"
+            OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning),
+            "offline backend requested",
         )
     if spec == "auto":
         return select_auto(cfg)
@@ -149,5 +150,5 @@ def select_auto(
         why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
     from monitor.offline.backend import OfflineBackend
 
-    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path)
+    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning)
     return Selected(backend, f"auto: {why} -> offline YAMNet+MiniLM backend (zero-shot via AudioSet classes)")

@@ -188,3 +188,11 @@ def test_classify_cli_with_offline_model(offline_model_dir, tmp_path):
     out = json.loads(r.stdout)
     assert out[0]["scores"][0]["label"] == "cow"
     assert abs(sum(s["score"] for s in out[0]["scores"]) - 1.0) < 1e-4
+
+
+def test_model_config_reaches_the_offline_backend(offline_model_dir):
+    from monitor.config import ModelConfig
+    from monitor.model_select import load_dir
+
+    b = load_dir(offline_model_dir, ModelConfig(threads=1, spinning=True))
+    assert b.spinning is True and b.threads == 1  # model.spinning used to be ignored here

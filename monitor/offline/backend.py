@@ -35,11 +35,11 @@ TEMPERATURE = 0.03
 CLASS_PHRASES = ("{}", "the sound of {}")
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, spinning: bool = False):
     from monitor.ort import session
 
     try:
-        return session(path, threads)
+        return session(path, threads, spinning=spinning)
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -56,7 +56,7 @@ class OfflineBackend(Backend):
     has_label_semantics = True  # MiniLM sentence vectors of label names
     logit_scale = 10.0
 
-    def __init__(self, directory: Path, threads: int = 2):
+    def __init__(self, directory: Path, threads: int = 2, spinning: bool = False):
         self.dir = Path(directory)
         mpath = self.dir / "manifest.json"
         manifest = read_manifest(mpath, "; run `sound-monitor models fetch offline`")
@@ -77,7 +77,8 @@ class OfflineBackend(Backend):
             ).hexdigest()[:16]
         )
         self.threads = threads
-        self._yamnet = _session(self.dir / "yamnet.onnx", threads)
+        self.spinning = bool(spinning)
+        self._yamnet = _session(self.dir / "yamnet.onnx", threads, self.spinning)
         self._minilm: Any = None  # onnxruntime session, loaded on first use
         self._tok: Any = None  # tokenizers.Tokenizer, loaded on first use
         with open(self.dir / "yamnet_class_map.csv", newline="", encoding="utf-8") as f:
@@ -86,17 +87,19 @@ class OfflineBackend(Backend):
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path, threads: int = 2) -> OfflineBackend:
-        return cls(Path(path), threads)
+    def from_dir(cls, path, threads: int = 2, spinning: bool = False) -> OfflineBackend:
+        return cls(Path(path), threads, spinning)
 
     @classmethod
-    def load(cls, threads: int = 2, cache_dir=None, models_dir=None, fetch: bool = True) -> OfflineBackend:
+    def load(
+        cls, threads: int = 2, cache_dir=None, models_dir=None, fetch: bool = True, spinning: bool = False
+    ) -> OfflineBackend:
         target = Path(cache_dir) if cache_dir else default_dir(models_dir)
         if not is_complete(target):
             if not fetch:
                 raise ModelError(f"the offline model is not in {target}; run `sound-monitor models fetch offline`")
             fetch_offline(target, say=_say)
-        return cls(target, threads)
+        return cls(target, threads, spinning)
 
     # -- audio ---------------------------------------------------------------------------------
     def _run_patches(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +144,7 @@ class OfflineBackend(Backend):
             self._tok = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
             self._tok.enable_truncation(128)
             self._tok.enable_padding(pad_id=0, pad_token="[PAD]")
-            self._minilm = _session(self.dir / "minilm.onnx", self.threads)
+            self._minilm = _session(self.dir / "minilm.onnx", self.threads, self.spinning)
         out = []
         texts = list(texts)
         for a in range(0, len(texts), 64):
