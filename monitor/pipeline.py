@@ -84,28 +84,25 @@ class Pipeline:
         sinks: Sequence[Sink],
         stream_cfg: StreamConfig,
         *,
+        encoder: SharedEncoder,
         buffer_s: float = 10.0,
         max_pending_windows: int = 4,
         stop: threading.Event | None = None,
         source_cfg: SourceConfig | None = None,
         reopen: Callable[[], object] | None = None,
-        encoder: SharedEncoder | None = None,
         name: str | None = None,
-        out_lock=None,
-        close_sinks: bool = True,
+        out_lock: threading.RLock | None = None,
     ):
-        """Several sources in one process (``run`` with more than one source): each has its
-        own Pipeline; they share one ``encoder`` (windows batched across sources), the sinks,
-        and ``out_lock``, which makes assigning an event's ``seq`` and handing it to the
-        sinks one step (so sinks see ``seq`` in order); the caller then closes the sinks
-        (``close_sinks=False``). ``name`` tells the sources apart (default: the source's
-        description)."""
+        """The pipeline owns its source's capture, buffer, resampler, windower and event
+        tracking; what it shares belongs to the caller (``MonitorService``, or
+        ``SinglePipeline`` for one source alone): the ``encoder`` (one model, windows batched
+        across sources), the sinks (closed by the caller), and ``out_lock``, which makes
+        assigning an event's ``seq`` and handing it to the sinks one step across pipelines.
+        ``name`` tells the sources apart (default: the source's description)."""
         self.source = source
         self.name: str = name or str(source.description)
-        self._own_encoder = encoder is None
-        self.encoder = encoder or SharedEncoder(backend, linger_s=0.0)
+        self.encoder = encoder
         self._out = out_lock or threading.RLock()
-        self._close_sinks = close_sinks
         self.backend = backend
         self.scorer = scorer
         self.tracker = tracker
@@ -449,10 +446,6 @@ class Pipeline:
             for ev in self.tracker.close_all():
                 self._publish(ev)
         self.stats.finished = True
-        if self._own_encoder:
-            self.encoder.close()
-        if self._close_sinks:
-            close_sinks(self.sinks)
 
 
 def close_sinks(sinks: Sequence[Sink]) -> None:
@@ -462,3 +455,29 @@ def close_sinks(sinks: Sequence[Sink]) -> None:
             s.close()
         except Exception as e:  # noqa: BLE001
             log.error("sink %s failed to close: %s", s.name, e)
+
+
+class SinglePipeline(Pipeline):
+    """One source by itself (tests, scripts, one-off runs): it has its own encoder and closes
+    its sinks when it ends. The monitor's runtime (monitor/service.py) uses ``Pipeline``."""
+
+    def __init__(
+        self,
+        source,
+        backend: Backend,
+        scorer: Scorer,
+        tracker: EventTracker,
+        sinks: Sequence[Sink],
+        stream_cfg: StreamConfig,
+        **kw,
+    ):
+        super().__init__(
+            source, backend, scorer, tracker, sinks, stream_cfg, encoder=SharedEncoder(backend, linger_s=0.0), **kw
+        )
+
+    def run(self) -> Stats:
+        try:
+            return super().run()
+        finally:
+            self.encoder.close()
+            close_sinks(self.sinks)

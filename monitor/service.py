@@ -120,7 +120,6 @@ class MonitorService:
             encoder=self.encoder,
             name=slot.name,
             out_lock=self.out_lock,
-            close_sinks=False,
         )
 
     # -- control ---------------------------------------------------------------------------

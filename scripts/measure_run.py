@@ -28,7 +28,7 @@ from monitor.bench import rss_mb  # noqa: E402
 from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig  # noqa: E402
 from monitor.events import EventTracker, rules_for  # noqa: E402
 from monitor.model_select import select_backend  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
+from monitor.pipeline import SinglePipeline  # noqa: E402
 from monitor.scoring import Scorer  # noqa: E402
 from monitor.sinks.jsonl import JsonlEventSink  # noqa: E402
 from monitor.sources import FileSource  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
         next_seq=lambda: next(c),
     )
     src = FileSource(wav, 1024, realtime=True)
-    pipe = Pipeline(
+    pipe = SinglePipeline(
         src, sel.backend, scorer, tracker, [JsonlEventSink(str(tmp / "events.jsonl"))], StreamConfig(hop_s=a.hop)
     )
     samples = []

@@ -39,7 +39,7 @@ from monitor.config import (
     StreamConfig,
 )
 from monitor.events import EventTracker, rules_for  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
+from monitor.pipeline import SinglePipeline  # noqa: E402
 from monitor.scoring import Scorer  # noqa: E402
 from monitor.sinks.jsonl import JsonlEventSink  # noqa: E402
 from monitor.sinks.mqtt import MqttSink  # noqa: E402
@@ -233,7 +233,7 @@ def main() -> int:
         source_name="soak",
     )
     source = SoakSource(audio, a.speed, faults)
-    pipe = Pipeline(
+    pipe = SinglePipeline(
         source,
         backend,
         scorer,

@@ -11,7 +11,7 @@ from stream_helpers import BandEnergyBackend
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import Pipeline
+from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 
@@ -114,7 +114,7 @@ def make_pipeline(
         next_seq=lambda: next(counter),
     )
     collect = Collect()
-    pipe = Pipeline(
+    pipe = SinglePipeline(
         source,
         backend,
         scorer,

@@ -15,7 +15,7 @@ from stream_helpers import BandEnergyBackend, fake_sounddevice
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import Pipeline
+from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import ArraySource
@@ -53,7 +53,7 @@ def run_pipeline(samples, rate, block, backend=None, scoring="vs-background", **
     )
     sink = Collect()
     src = ArraySource(samples, rate, "test", block_frames=block, realtime=False)
-    Pipeline(src, backend, scorer, tracker, [sink], StreamConfig(**stream_kw)).run()
+    SinglePipeline(src, backend, scorer, tracker, [sink], StreamConfig(**stream_kw)).run()
     return sink
 
 
@@ -324,7 +324,7 @@ def test_adaptive_hop_follows_activity():
         next_seq=lambda: next(counter),
     )
     src = ArraySource(np.zeros(16000, np.float32), 16000, "test", realtime=False)
-    pipe = Pipeline(src, backend, scorer, tracker, [Collect()], StreamConfig(hop_s=1.0, idle_hop_s=4.0))
+    pipe = SinglePipeline(src, backend, scorer, tracker, [Collect()], StreamConfig(hop_s=1.0, idle_hop_s=4.0))
     names = tuple(l.name for l in LABELS)
 
     def emit(i, values):
