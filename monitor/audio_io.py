@@ -94,11 +94,8 @@ def decode_error(p: Path, e: Exception) -> str:
     return f"cannot decode audio file {p}: {msg}"
 
 
-def open_check(path: str | os.PathLike):
-    """A file that can be decoded and holds samples -> its soundfile info; else AudioError
-    with one line (not found, empty, not audio, no samples). Reads one block, not the file."""
-    import soundfile as sf
-
+def _existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a non-empty file; else AudioError naming what it is."""
     p = Path(path)
     if not p.exists():
         raise AudioError(f"audio file not found: {p}")
@@ -106,6 +103,15 @@ def open_check(path: str | os.PathLike):
         raise AudioError(f"expected an audio file, got a directory: {p}")
     if p.stat().st_size == 0:
         raise AudioError(f"audio file is empty (0 bytes): {p}")
+    return p
+
+
+def open_check(path: str | os.PathLike):
+    """A file that can be decoded and holds samples -> its soundfile info; else AudioError
+    with one line (not found, empty, not audio, no samples). Reads one block, not the file."""
+    import soundfile as sf
+
+    p = _existing_file(path)
     try:
         with quiet_stderr():
             info = sf.info(str(p))
@@ -122,13 +128,7 @@ def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Au
     """Read an audio file as float32 mono, resampled to ``sample_rate_hz`` when given."""
     import soundfile as sf
 
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"audio file not found: {p}")
-    if p.is_dir():
-        raise AudioError(f"expected an audio file, got a directory: {p}")
-    if p.stat().st_size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {p}")
+    p = _existing_file(path)
     try:
         with quiet_stderr():
             data, rate = sf.read(str(p), dtype="float32", always_2d=True)
