@@ -193,8 +193,6 @@ class Outbox:
             seq = max(max(self._mem), self._high) + 1
         self._mem[seq] = (topic, payload, created)
         self._high = max(self._high, seq)
-        if self._db is None and not self._failing:
-            self._report(False, "open", None)
 
     def after(self, seq: int, limit: int = 100) -> list[tuple[int, str, str]]:
         """Entries with a key above ``seq``, oldest first (database and memory)."""
