@@ -35,7 +35,7 @@ from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.supervise import OK, SILENT, STARTING, SourceLost, SourceResumed, SourceStatus, SourceSupervisor
-from monitor.types import Scores, Window
+from monitor.types import Event, Scores, Window
 from monitor.windows import StreamClock, Windower, adaptive_hop_s
 
 log = logging.getLogger(__name__)
@@ -433,11 +433,7 @@ class Pipeline:
         self.stats.events += 1
         if ev.type == "start":
             self.stats.events_started += 1
-        for s in self.sinks:
-            try:
-                s.publish(ev)
-            except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
-                log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
+        publish_to(self.sinks, ev)
 
     def _finish(self) -> None:
         self.stats.received_frames = self.buffer.received_frames
@@ -446,6 +442,15 @@ class Pipeline:
             for ev in self.tracker.close_all():
                 self._publish(ev)
         self.stats.finished = True
+
+
+def publish_to(sinks: Sequence[Sink], ev: Event) -> None:
+    """Hand an event to every sink; one sink's failure is logged and does not stop the rest."""
+    for s in sinks:
+        try:
+            s.publish(ev)
+        except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
+            log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
 
 
 def close_sinks(sinks: Sequence[Sink]) -> None:

@@ -28,13 +28,12 @@ from monitor.backend import Backend
 from monitor.config import Config
 from monitor.encode import SharedEncoder
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import Pipeline, Stats, close_sinks
+from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sinks.terminal import TerminalSink
 from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
-from monitor.types import Event
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ class Outcome:
     name: str
     stats: Stats | None = None
     error: BaseException | None = None
-
-
-def publish_to(sinks: list[Sink], ev: Event) -> None:
-    for s in sinks:
-        try:
-            s.publish(ev)
-        except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
-            log.error("sink %s failed to publish event %s: %s", s.name, ev.seq, e)
 
 
 class MonitorService:
