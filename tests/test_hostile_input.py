@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from cli_helpers import ROOT, cli, start
 from fixtures_mqtt import Subscriber
-from test_reliability import LABELS, OWL, ROOT, cli, lines, no_traceback, run_owl
+from test_reliability import LABELS, OWL, lines, no_traceback, run_owl
 
 
 def one_line_error(r, *needles) -> None:
@@ -97,34 +98,27 @@ def test_missing_microphone_is_waited_for_and_demo_never_published(mosquitto, ti
     sub = Subscriber(b.port)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("source:\n  input: mic:no-such-microphone\n  retry_max_s: 1\n")
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--config",
-            str(cfg),
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            "dog barking,owl",
-            "--scoring",
-            "softmax",
-            "--threshold",
-            "0.0",
-            "--mqtt",
-            f"mqtt://127.0.0.1:{b.port}",
-            "--events",
-            str(tmp_path / "e.jsonl"),
-        ],
+    p = start(
+        "run",
+        "--config",
+        str(cfg),
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        "dog barking,owl",
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.0",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{b.port}",
+        "--events",
+        str(tmp_path / "e.jsonl"),
+        state=tmp_path / "state",
         stdout=subprocess.DEVNULL,
         stderr=open(err, "wb"),
-        env=env,
-        cwd=ROOT,
         start_new_session=True,
     )
     try:
@@ -182,28 +176,22 @@ def test_reload_after_implicit_config_deleted_keeps_running_config(tiny_clap_exp
     work = tmp_path / "work"
     work.mkdir()
     (work / "config.yaml").write_text("labels: [owl, dog barking]\nscoring:\n  method: softmax\n")
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            "-",
-            "--rate",
-            "16000",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--scores",
-            str(tmp_path / "s.jsonl"),
-        ],
+    p = start(
+        "run",
+        "--source",
+        "-",
+        "--rate",
+        "16000",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--scores",
+        str(tmp_path / "s.jsonl"),
+        state=tmp_path / "state",
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=open(err, "wb"),
-        env=env,
         cwd=work,
         start_new_session=True,
     )

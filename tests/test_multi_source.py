@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_helpers import start
 from fixtures_mqtt import Subscriber
 from stream_helpers import BandEnergyBackend
 
@@ -391,30 +392,25 @@ def test_run_several_sources_with_a_missing_microphone_waits_for_it(tiny_clap_ex
     sources: the file is monitored meanwhile, the microphone is reported lost and retried."""
     x = tmp_path / "x.wav"
     sf.write(x, (0.1 * np.random.default_rng(0).standard_normal(16000 * 7)).astype(np.float32), 16000)
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err = tmp_path / "err.txt"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--fast",
-            "--no-tui",
-            "--source",
-            "mic:no-such-microphone",
-            "--source",
-            str(x),
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            "owl,dog",
-            "--scores",
-            str(tmp_path / "s.jsonl"),
-        ],
+    p = start(
+        "run",
+        "--fast",
+        "--no-tui",
+        "--source",
+        "mic:no-such-microphone",
+        "--source",
+        str(x),
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        "owl,dog",
+        "--scores",
+        str(tmp_path / "s.jsonl"),
+        state=tmp_path / "state",
+        base_env={"PATH": "/usr/bin:/bin"},
         stdout=subprocess.DEVNULL,
         stderr=open(err, "wb"),
-        env=env,
         start_new_session=True,
     )
     try:

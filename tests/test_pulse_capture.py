@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import start
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 48000
@@ -117,26 +118,20 @@ def tone_wav(path: Path, seconds: float, level: float = 0.1) -> Path:
 
 def monitor(pulse: Pulse, tmp_path: Path, model: Path, *args, name: str = "m") -> tuple[subprocess.Popen, Path]:
     err = tmp_path / f"{name}.err"
-    env = {**pulse.env, "SOUND_MONITOR_STATE": str(tmp_path / f"state-{name}")}
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--no-tui",
-            "--model",
-            str(model),
-            "--labels",
-            "owl,dog barking,smoke alarm",
-            "--scoring",
-            "softmax",
-            *map(str, args),
-        ],
+    p = start(
+        "run",
+        "--no-tui",
+        "--model",
+        str(model),
+        "--labels",
+        "owl,dog barking,smoke alarm",
+        "--scoring",
+        "softmax",
+        *map(str, args),
+        state=tmp_path / f"state-{name}",
+        base_env=pulse.env,
         stdout=subprocess.DEVNULL,
         stderr=open(err, "wb"),
-        env=env,
-        cwd=ROOT,
         start_new_session=True,
     )
     return p, err

@@ -9,32 +9,17 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import ROOT, cli, start
 from fixtures_mqtt import Subscriber, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 OWL = ROOT / "monitor" / "demo" / "owl.mp3"
 LABELS = "owl,dog barking,smoke alarm"
-
-
-def cli(*args, state: Path, env_extra: dict | None = None, timeout: float = 300, **kw):
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(state), "NO_COLOR": "1"}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=kw.pop("cwd", ROOT),
-        **kw,
-    )
 
 
 def run_owl(model: Path, state: Path, *extra, **kw):
@@ -139,28 +124,21 @@ def test_outbox_never_replaces_an_undelivered_row(tmp_path):
 
 def test_second_instance_on_same_state_dir_is_refused(tiny_clap_export, tmp_path):
     state = tmp_path / "state"
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(state)}
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            "-",
-            "--rate",
-            "16000",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            LABELS,
-        ],
+    first = start(
+        "run",
+        "--source",
+        "-",
+        "--rate",
+        "16000",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        LABELS,
+        state=state,
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
-        cwd=ROOT,
     )
     try:
         deadline = time.time() + 60
@@ -251,33 +229,26 @@ def test_half_line_from_earlier_run_is_ended(tiny_clap_export, tmp_path):
 def test_kill9_open_event_is_ended_on_next_start(tiny_clap_export, tmp_path):
     state = tmp_path / "state"
     ev = tmp_path / "events.jsonl"
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(state)}
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            "-",
-            "--rate",
-            "16000",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            LABELS,
-            "--scoring",
-            "softmax",
-            "--threshold",
-            "0.0",
-            "--events",
-            str(ev),
-        ],
+    p = start(
+        "run",
+        "--source",
+        "-",
+        "--rate",
+        "16000",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        LABELS,
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.0",
+        "--events",
+        str(ev),
+        state=state,
         stdin=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=ROOT,
     )
     stop = threading.Event()
 
@@ -366,30 +337,23 @@ def test_terminal_hangup_stops_a_monitor_started_from_a_terminal(tiny_clap_expor
         fd = os.open(slave_name, os.O_RDWR)
         os.close(fd)
 
-    env = {**os.environ, "SOUND_MONITOR_STATE": str(tmp_path / "state")}
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            "-",
-            "--rate",
-            "16000",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            LABELS,
-            "--events",
-            str(tmp_path / "e.jsonl"),
-        ],
+    p = start(
+        "run",
+        "--source",
+        "-",
+        "--rate",
+        "16000",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        LABELS,
+        "--events",
+        str(tmp_path / "e.jsonl"),
+        state=tmp_path / "state",
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "err.txt", "wb"),
-        env=env,
-        cwd=ROOT,
         preexec_fn=take_terminal,
     )
     try:
