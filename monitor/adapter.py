@@ -18,6 +18,7 @@ import numpy as np
 
 from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
+from monitor.types import Window
 
 SEMANTIC_SOURCES = ("text", "minilm", "glove")
 FORMAT_VERSION = 1
@@ -122,7 +123,7 @@ class AdaptedBackend(Backend):
 
     normalise_labels = False
 
-    def __init__(self, base, adapter: Adapter, glove_dir=None):
+    def __init__(self, base: Backend, adapter: Adapter, glove_dir: str | os.PathLike | None = None):
         meta = adapter.meta
         if meta.get("backend_cache_key") not in (None, base.cache_key):
             raise UserError(
@@ -152,7 +153,7 @@ class AdaptedBackend(Backend):
     def prototype_key(self) -> str:
         return self.base.prototype_key  # prototypes are the base model's audio embeddings
 
-    def prepare(self, windows, stream: str) -> np.ndarray:
+    def prepare(self, windows: Sequence[Window], stream: str) -> np.ndarray:
         if self.theta_kind == "audio":
             return self.base.prepare(windows, stream)
         return super().prepare(windows, stream)
@@ -205,7 +206,7 @@ class AdaptedBackend(Backend):
         self.base.release_text()
 
 
-def maybe_adapt(backend, adapter_path: str | os.PathLike | None):
+def maybe_adapt(backend: Backend, adapter_path: str | os.PathLike | None) -> Backend:
     """Wrap ``backend`` with the adapter at ``adapter_path`` (None: unchanged)."""
     if not adapter_path:
         return backend

@@ -9,8 +9,10 @@ Inf are replaced by 0 and counted; the caller decides whether to warn. Errors ar
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,7 +67,7 @@ class quiet_stderr:
 
     _saved: int | None
 
-    def __enter__(self):
+    def __enter__(self) -> quiet_stderr:
         import sys
 
         try:
@@ -78,7 +80,7 @@ class quiet_stderr:
             self._saved = None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._saved is not None:
             os.dup2(self._saved, 2)
             os.close(self._saved)
@@ -106,7 +108,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def open_check(path: str | os.PathLike):
+def open_check(path: str | os.PathLike) -> Any:
     """A file that can be decoded and holds samples -> its soundfile info; else AudioError
     with one line (not found, empty, not audio, no samples). Reads one block, not the file."""
     import soundfile as sf
@@ -143,7 +145,9 @@ def read_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> Au
     return Audio(mono, out_rate, int(rate), channels, n_bad)
 
 
-def stream_audio(path: str | os.PathLike, sample_rate_hz: int, block_s: float = 2.0):
+def stream_audio(
+    path: str | os.PathLike, sample_rate_hz: int, block_s: float = 2.0
+) -> tuple[Any, Generator[np.ndarray, None, int]]:
     """Decode a file block by block -> (info, generator of float32 mono blocks at
     ``sample_rate_hz``), resampled as one stream (soxr VHQ, the quality of ``read_audio``):
     memory stays at a few blocks whatever the file's length. The generator's return value
@@ -159,7 +163,7 @@ def stream_audio(path: str | os.PathLike, sample_rate_hz: int, block_s: float = 
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError, EOFError) as e:
         raise AudioError(decode_error(p, e)) from None
 
-    def blocks():
+    def blocks() -> Generator[np.ndarray, None, int]:
         rs = StreamResampler(int(info.samplerate), int(sample_rate_hz), quality="VHQ")
         bad = 0
         frames = max(1, int(block_s * info.samplerate))

@@ -29,6 +29,10 @@ default that works, so callers ask the backend instead of probing it:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from monitor.types import Window
 
 import numpy as np
 
@@ -53,7 +57,7 @@ class Backend:
         raise NotImplementedError
 
     # -- streaming (the encoder stage) -------------------------------------------------------
-    def prepare(self, windows, stream: str) -> np.ndarray:
+    def prepare(self, windows: Sequence[Window], stream: str) -> np.ndarray:
         """Consecutive windows of ``stream`` (``monitor.types.Window``) -> model input rows."""
         return np.stack([np.asarray(w.samples, np.float32) for w in windows])
 
@@ -61,7 +65,7 @@ class Backend:
         """Rows from ``prepare`` (of one or several streams, equal shape) -> [n, D]."""
         return self.embed_audio(rows)
 
-    def embed_windows(self, windows, stream: str = "main") -> np.ndarray:
+    def embed_windows(self, windows: Sequence[Window], stream: str = "main") -> np.ndarray:
         """Consecutive windows of one stream -> [n, D] (``embed_audio`` of their samples)."""
         return self.embed_prepared(self.prepare(windows, stream))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class RingBuffer:
             self._blocks.append(marker)
             self._cond.notify_all()
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> Any:
         """Next block (or marker), or None after ``timeout`` (or when closed and empty)."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._blocks or self.closed, timeout):

@@ -10,6 +10,7 @@ import os
 import socket
 import string
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,7 +110,7 @@ class SourceConfig(_Section):
 
     @field_validator("input")
     @classmethod
-    def _inputs(cls, v):
+    def _inputs(cls, v: str | Sequence[str]) -> str | tuple[str, ...]:
         items = [v] if isinstance(v, str) else list(v)
         if not items:
             raise ValueError("at least one source is needed")
@@ -262,7 +263,7 @@ class MQTTConfig(_Section):
 
     @field_validator("protocol", mode="before")
     @classmethod
-    def _protocol(cls, v):
+    def _protocol(cls, v: object) -> object:
         # YAML reads `protocol: 5` as a number and `3.1.1` as text
         return {5: "5", 311: "3.1.1"}.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
@@ -393,7 +394,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
 
 
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -423,7 +424,7 @@ def load_config(path: str | os.PathLike | None) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read config file {p}: {e}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

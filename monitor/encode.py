@@ -24,11 +24,13 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from monitor.backend import Backend
+from monitor.types import Window
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class SharedEncoder:
             t.join(timeout=30)
 
     # -- the callers' side ---------------------------------------------------------------------
-    def embed(self, windows, stream: str) -> np.ndarray:
+    def embed(self, windows: Sequence[Window], stream: str) -> np.ndarray:
         """Consecutive windows of ``stream`` (``monitor.types.Window``) -> [n, D]."""
         if not windows:
             return np.zeros((0, int(self.backend.embedding_dim)), np.float32)

@@ -157,7 +157,9 @@ def _has_prompts(label: LabelLike) -> bool:
     return not isinstance(label, str) and bool(label.prompts)
 
 
-def _prototypes(backend: Backend, labels: Sequence[LabelLike], cache_dir) -> dict[int, np.ndarray]:
+def _prototypes(
+    backend: Backend, labels: Sequence[LabelLike], cache_dir: str | os.PathLike | None
+) -> dict[int, np.ndarray]:
     """{label index: unit prototype} for labels with examples or an enrolled prototype."""
     from monitor.prototypes import PrototypeStore, prototype, store_dir_for_cache
 

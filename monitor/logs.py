@@ -12,17 +12,21 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Literal, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAME = "sound-monitor"  # the logger of what the monitor says to its user (banner, events)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class UTCFormatter(logging.Formatter):
-    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # logging's name
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
-def setup(verbosity: int = 0, stream=None) -> None:
+def setup(verbosity: int = 0, stream: TextIO | None = None) -> None:
     """stderr handler with the UTC format; the user's lines at INFO, the modules' at WARNING
     (-v: INFO, -vv: DEBUG); SOUND_MONITOR_LOG_LEVEL (a number) overrides the modules' level."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -52,7 +56,7 @@ def say(msg: str) -> None:
 class ConsoleHandler(logging.Handler):
     """Log records printed through a rich Console (above a Live view, not through it)."""
 
-    def __init__(self, console):
+    def __init__(self, console: Console) -> None:
         super().__init__()
         self.console = console
         self.setFormatter(UTCFormatter(FORMAT))
@@ -67,11 +71,11 @@ class ConsoleHandler(logging.Handler):
 class under_live:
     """Context: while a Live view draws on ``console``, log lines go through it."""
 
-    def __init__(self, console):
+    def __init__(self, console: Console) -> None:
         self.handler = ConsoleHandler(console)
         self._saved: list[logging.Handler] = []
 
-    def __enter__(self):
+    def __enter__(self) -> under_live:
         root = logging.getLogger()
         self._saved = list(root.handlers)
         for h in self._saved:
@@ -79,7 +83,7 @@ class under_live:
         root.addHandler(self.handler)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         root = logging.getLogger()
         root.removeHandler(self.handler)
         for h in self._saved:

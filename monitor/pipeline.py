@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from monitor.events import EventTracker
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
+from monitor.sources import Source, SourceSlot
 from monitor.supervise import OK, SILENT, STARTING, SourceLost, SourceResumed, SourceStatus, SourceSupervisor
 from monitor.types import Event, Scores, Window
 from monitor.windows import StreamClock, Windower, adaptive_hop_s
@@ -77,55 +79,50 @@ class Stats:
 class Pipeline:
     def __init__(
         self,
-        source,
-        backend: Backend,
+        slot: SourceSlot,
         scorer: Scorer,
         tracker: EventTracker,
         sinks: Sequence[Sink],
         stream_cfg: StreamConfig,
+        source_cfg: SourceConfig | None = None,
         *,
         encoder: SharedEncoder,
-        buffer_s: float = 10.0,
-        max_pending_windows: int = 4,
-        stop: threading.Event | None = None,
-        source_cfg: SourceConfig | None = None,
-        reopen: Callable[[], object] | None = None,
-        name: str | None = None,
         out_lock: threading.RLock | None = None,
+        stop: threading.Event | None = None,
+        max_pending_windows: int = 4,
     ):
         """The pipeline owns its source's capture, buffer, resampler, windower and event
         tracking; what it shares belongs to the caller (``MonitorService``, or
         ``SinglePipeline`` for one source alone): the ``encoder`` (one model, windows batched
-        across sources), the sinks (closed by the caller), and ``out_lock``, which makes
-        assigning an event's ``seq`` and handing it to the sinks one step across pipelines.
-        ``name`` tells the sources apart (default: the source's description)."""
+        across sources; the pipeline's backend is the encoder's), the sinks (closed by the
+        caller), and ``out_lock``, which makes assigning an event's ``seq`` and handing it to
+        the sinks one step across pipelines. ``slot.name`` tells the sources apart."""
+        source = slot.source
         self.source = source
-        self.name: str = name or str(source.description)
+        self.name: str = slot.name
         self.encoder = encoder
         self._out = out_lock or threading.RLock()
-        self.backend = backend
+        self.backend: Backend = encoder.backend
         self.scorer = scorer
         self.tracker = tracker
         self.sinks = list(sinks)
         self.cfg = stream_cfg
         self.stop = stop or threading.Event()
-        self.buffer = RingBuffer(int(buffer_s * source.sample_rate_hz))
-        self.resampler = StreamResampler(source.sample_rate_hz, backend.sample_rate_hz)
-        self.windower = Windower(backend.sample_rate_hz, stream_cfg.window_s, stream_cfg.hop_s)
+        sc = source_cfg or SourceConfig()
+        rate = self.backend.sample_rate_hz
+        self.buffer = RingBuffer(int(sc.buffer_s * source.sample_rate_hz))
+        self.resampler = StreamResampler(source.sample_rate_hz, rate)
+        self.windower = Windower(rate, stream_cfg.window_s, stream_cfg.hop_s)
         self.max_pending = max(1, max_pending_windows)
-        # a real-time device must never wait; files and pipes may (nothing is lost)
-        self._never_block = bool(getattr(source, "never_block", False))
-        self._drop_late = bool(getattr(source, "realtime", False))
         self.stats = Stats()
         self._arrived: dict[int, float] = {}
         self._last_source = SourceStatus(STARTING, "", 0, 0, 0, None)
-        sc = source_cfg or SourceConfig()
         self.supervisor = SourceSupervisor(
             source,
             put=self._buffer_put,
             signal=self.buffer.put_marker,
             stop=self.stop,
-            reopen=reopen,
+            reopen=slot.reopen,
             stall_timeout_s=sc.stall_timeout_s,
             retry_max_s=sc.retry_max_s,
             on_status=self._on_source_status,
@@ -134,7 +131,7 @@ class Pipeline:
         self._silent_run_n = 0  # source samples of exact zeros in a row
         self._silent = False
         # segments: after a gap the windows are shifted by an offset (whole hops of samples)
-        self.clock = StreamClock(backend.sample_rate_hz)
+        self.clock = StreamClock(rate)
         self._segment_lost = False
         self._swap_lock = threading.Lock()
         self._swap: tuple | None = None
@@ -142,8 +139,9 @@ class Pipeline:
         self._failed_score_sinks: set[str] = set()
 
     # -- source status ---------------------------------------------------------------------
-    def _buffer_put(self, block: np.ndarray):
-        if self._never_block:
+    def _buffer_put(self, block: np.ndarray) -> object:
+        # a real-time device must never wait; files and pipes may (nothing is lost)
+        if self.source.never_block:
             return self.buffer.put(block)
         return self.buffer.put(block, block_when_full=True, timeout=None)
 
@@ -223,7 +221,7 @@ class Pipeline:
             for w in new:
                 self._arrived[w.index] = t_block
             pending.extend(new)
-            if self._drop_late and len(pending) > self.max_pending:
+            if self.source.realtime and len(pending) > self.max_pending:
                 n = len(pending) - self.max_pending
                 self.stats.dropped_windows += n
                 log.warning("inference cannot keep up: dropped %d window(s)", n)
@@ -235,7 +233,7 @@ class Pipeline:
             caught_up = self.buffer.frames == 0
             if pending and (
                 caught_up
-                or (not self._drop_late and len(pending) >= self.max_pending)
+                or (not self.source.realtime and len(pending) >= self.max_pending)
                 or time.perf_counter() - t_last > 2.0
             ):
                 self._process(pending)
@@ -348,7 +346,7 @@ class Pipeline:
             for s in self.sinks:
                 try:
                     s.set_labels(list(scorer.labels))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - one failing sink must not stop a reload
                     log.error("sink %s failed to change labels: %s", s.name, e)
         self.stats.reloads += 1
         if on_applied is not None:
@@ -429,7 +427,7 @@ class Pipeline:
             self.stats.hop_changes += 1
             log.debug("hop now %.2f s (%s)", hop_s, "idle" if hop_s == self.cfg.idle_hop_s else "activity")
 
-    def _publish(self, ev) -> None:
+    def _publish(self, ev: Event) -> None:
         self.stats.events += 1
         if ev.type == "start":
             self.stats.events_started += 1
@@ -458,7 +456,7 @@ def close_sinks(sinks: Sequence[Sink]) -> None:
     for s in sinks:
         try:
             s.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - one failing sink must not keep the rest open
             log.error("sink %s failed to close: %s", s.name, e)
 
 
@@ -468,16 +466,26 @@ class SinglePipeline(Pipeline):
 
     def __init__(
         self,
-        source,
+        source: Source,
         backend: Backend,
         scorer: Scorer,
         tracker: EventTracker,
         sinks: Sequence[Sink],
         stream_cfg: StreamConfig,
-        **kw,
+        source_cfg: SourceConfig | None = None,
+        *,
+        reopen: Callable[[], Source] | None = None,
+        **kw: Any,
     ):
         super().__init__(
-            source, backend, scorer, tracker, sinks, stream_cfg, encoder=SharedEncoder(backend, linger_s=0.0), **kw
+            SourceSlot(source, source.description, reopen),
+            scorer,
+            tracker,
+            sinks,
+            stream_cfg,
+            source_cfg,
+            encoder=SharedEncoder(backend, linger_s=0.0),
+            **kw,
         )
 
     def run(self) -> Stats:

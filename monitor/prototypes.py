@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import l2_normalise
+from monitor.backend import Backend, l2_normalise
 from monitor.files import atomic_savez, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def clip_windows(samples: np.ndarray, sample_rate_hz: int, window_s: float) -> n
     return np.stack([x[s : s + n] for s in starts])
 
 
-def embed_windows_mean(backend, samples: np.ndarray, kind: str = "audio") -> tuple[np.ndarray, int]:
+def embed_windows_mean(backend: Backend, samples: np.ndarray, kind: str = "audio") -> tuple[np.ndarray, int]:
     """One clip -> (mean of its windows' embeddings [D] (not re-normalised), number of windows)."""
     w = clip_windows(samples, backend.sample_rate_hz, backend.window_s)
     if kind == "audio":
@@ -124,7 +124,7 @@ def stderr_progress(label: str) -> Callable[[int, int], None]:
 
 
 def embed_files(
-    backend,
+    backend: Backend,
     paths: Sequence[str | os.PathLike],
     kind: str = "audio",
     cache_dir: str | os.PathLike | None = None,
@@ -155,7 +155,9 @@ def embed_files(
     return np.stack(out).astype(np.float32)
 
 
-def prototype(backend, paths: Sequence[str | os.PathLike], cache_dir=None) -> np.ndarray:
+def prototype(
+    backend: Backend, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None = None
+) -> np.ndarray:
     """The label vector taught by example clips: mean of the clips' window embeddings, L2-normalised.
 
     Each clip weighs the same whatever its length (mean of per-clip means).

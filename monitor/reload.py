@@ -62,7 +62,7 @@ class ConfigReloader:
         self.rejected = 0
         self.last_message = ""
 
-    def _stat(self):
+    def _stat(self) -> tuple[int, int] | None:
         if not self.watch_path:
             return None
         try:

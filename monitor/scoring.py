@@ -11,6 +11,7 @@ Label and background embeddings are computed once (prompt ensembling, disk cache
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +27,7 @@ class Scorer:
         backend: Backend,
         labels: Sequence[LabelConfig],
         cfg: ScoringConfig,
-        cache_dir=None,
+        cache_dir: str | os.PathLike | None = None,
         label_matrix: np.ndarray | None = None,
     ):
         from monitor.labels import label_embeddings

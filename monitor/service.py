@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from monitor.backend import Backend
 from monitor.config import Config
@@ -33,19 +33,10 @@ from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sinks.terminal import TerminalSink
+from monitor.sources import SourceSlot
 from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SourceSlot:
-    """One source of the run: the source, its unique name, how to reopen it, its own sinks."""
-
-    source: object
-    name: str
-    reopen: Callable[[], object] | None = None
-    own_sinks: list[Sink] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +55,7 @@ class MonitorService:
         backend: Backend,
         slots: list[SourceSlot],
         shared_sinks: list[Sink],
+        own_sinks: dict[str, list[Sink]],
         term: TerminalSink,
         *,
         load_config: Callable[[], Config],
@@ -81,7 +73,8 @@ class MonitorService:
         self.rules = rules_for(cfg.labels, cfg.events)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
         self.shared_sinks = [self.journal, *shared_sinks]
-        self.all_sinks = self.shared_sinks + [s for slot in slots for s in slot.own_sinks]
+        self.own_sinks = own_sinks  # by source name: sinks of one source only (its --scores file)
+        self.all_sinks = self.shared_sinks + [s for slot in slots for s in own_sinks.get(slot.name, [])]
         for s in self.all_sinks:
             s.set_labels(list(self.scorer.labels))
         # numbering continues after the highest seq anything has on record (never repeats)
@@ -98,18 +91,13 @@ class MonitorService:
             self.rules, device_id=cfg.device, source=slot.name, model=self.backend.name, next_seq=self.seq.next
         )
         return Pipeline(
-            slot.source,
-            self.backend,
+            slot,
             self.scorer,
             tracker,
-            self.shared_sinks + slot.own_sinks,
+            self.shared_sinks + self.own_sinks.get(slot.name, []),
             cfg.stream,
-            buffer_s=cfg.source.buffer_s,
-            stop=threading.Event(),
-            source_cfg=cfg.source,
-            reopen=slot.reopen,
+            cfg.source,
             encoder=self.encoder,
-            name=slot.name,
             out_lock=self.out_lock,
         )
 
@@ -137,11 +125,11 @@ class MonitorService:
     def install_signals(self, attached: bool) -> None:
         """SIGINT/SIGTERM stop; SIGHUP stops when started from a terminal (it closed), else reloads."""
 
-        def _on_stop(signum, frame):  # noqa: ARG001
+        def _on_stop(signum: int, frame: object) -> None:
             self.say("stopping (closing open events, flushing outputs)")
             self.stop_all()
 
-        def _on_hup(signum, frame):  # noqa: ARG001
+        def _on_hup(signum: int, frame: object) -> None:
             if attached:  # the terminal went away: a monitor must not live on, orphaned
                 self.say("the terminal closed (SIGHUP): stopping")
                 self.stop_all()

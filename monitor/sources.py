@@ -1,9 +1,11 @@
 """Audio sources: microphone (sounddevice), file (soundfile), raw PCM on stdin.
 
-Each source has ``sample_rate_hz``, ``channels``, ``description`` and ``run(put, stop)``,
-which delivers float32 [frames, channels] blocks through ``put`` until the audio ends or
-``stop`` is set. sounddevice is imported only here and only when a microphone is used,
-so files and stdin work without PortAudio.
+Every source subclasses ``Source``, which declares what the rest of the run may ask of it:
+``sample_rate_hz``, ``channels``, ``description``, the abilities ``realtime`` and
+``never_block``, ``finished``, and ``run(put, stop)``, which delivers float32
+[frames, channels] blocks through ``put`` until the audio ends or ``stop`` is set.
+sounddevice is imported only here and only when a microphone is used, so files and stdin
+work without PortAudio.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -26,9 +29,42 @@ log = logging.getLogger(__name__)
 Put = Callable[[np.ndarray], object]
 
 
-def import_sounddevice():
+class Source:
+    """What a source is and declares (class defaults; a source overrides what differs).
+
+    - ``realtime``: the audio arrives at the pace of the world (microphone, a file replayed
+      at real-time pace); a worker that falls behind drops whole windows rather than lag.
+    - ``never_block``: ``put`` is called from an audio callback and must never wait (a full
+      buffer drops the oldest audio, counted); otherwise ``put`` waits for room and nothing
+      is lost.
+    - ``finished``: set by a restartable source whose programme is over, so the supervisor
+      ends the run instead of reopening it.
+    """
+
+    sample_rate_hz: int
+    channels: int = 1
+    description: str = "source"
+    realtime: bool = False
+    never_block: bool = False
+    finished: bool = False
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SourceSlot:
+    """One source of a run: the source, its unique name, and how to reopen it after a loss
+    (``None``: it cannot be reopened and resumes by itself, or ends)."""
+
+    source: Source
+    name: str
+    reopen: Callable[[], Source] | None = None
+
+
+def import_sounddevice() -> Any:
     try:
-        import sounddevice as sd  # noqa: PLC0415 - lazily, PortAudio may be missing
+        import sounddevice as sd  # lazily: PortAudio may be missing
     except OSError as e:
         raise UserError(
             f"PortAudio is not available ({e}); install it with `sudo apt-get install libportaudio2`"
@@ -63,14 +99,20 @@ def has_input_device() -> bool:
         return False
 
 
-class MicSource:
+class MicSource(Source):
     """sounddevice InputStream; the callback only copies the block and enqueues it."""
 
-    def __init__(self, device=None, sample_rate_hz: int | None = None, channels: int = 1, block_frames: int = 1024):
+    def __init__(
+        self,
+        device: int | str | None = None,
+        sample_rate_hz: int | None = None,
+        channels: int = 1,
+        block_frames: int = 1024,
+    ):
         sd = import_sounddevice()
         try:
             info = sd.query_devices(device, "input")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - PortAudio's errors have no common type
             raise UserError(f"no usable input device {device!r}: {e}") from None
         self._sd = sd
         self.device = device
@@ -82,7 +124,7 @@ class MicSource:
         self.realtime = True
         self.never_block = True  # the audio callback must never wait
 
-    def callback(self, indata, frames, time_info, status) -> None:
+    def callback(self, indata: np.ndarray, frames: int, time_info: object, status: object) -> None:
         """sounddevice's callback signature; copy + enqueue, nothing more."""
         if status:
             self.status_flags += 1
@@ -107,7 +149,7 @@ class MicSource:
                     raise AudioError("the microphone stream stopped (device lost?)")
 
 
-class AbsentSource:
+class AbsentSource(Source):
     """A microphone that is not there (yet): its ``run`` fails at once, so the supervisor
     reports it ``lost`` and reopens the real one with backoff until it appears (a USB
     microphone that is not ready at boot). It never produces audio."""
@@ -124,7 +166,7 @@ class AbsentSource:
         raise AudioError(self.reason)
 
 
-class FileSource:
+class FileSource(Source):
     """An audio file in blocks; real-time pace unless ``realtime=False`` (``--fast``)."""
 
     def __init__(self, path: str | Path, block_frames: int = 1024, realtime: bool = True):
@@ -160,7 +202,7 @@ class FileSource:
             raise AudioError(f"error while decoding {self.path}: {e}") from None
 
 
-class ArraySource:
+class ArraySource(Source):
     """In-memory audio (demo recording, tests), same pacing rules as a file."""
 
     def __init__(
@@ -190,7 +232,7 @@ class ArraySource:
                     break
 
 
-class StdinSource:
+class StdinSource(Source):
     """Raw interleaved PCM (s16le or f32le) on stdin, e.g. from arecord or ffmpeg."""
 
     def __init__(
@@ -210,7 +252,7 @@ class StdinSource:
         self._stream = stream
         self._dtype = np.dtype("<i2") if fmt == "s16le" else np.dtype("<f4")
 
-    def _reader(self, stream, want: int, stop: threading.Event):
+    def _reader(self, stream: BinaryIO, want: int, stop: threading.Event) -> Callable[[], bytes | None]:
         """A read function that returns b"" at EOF and None when ``stop`` was set.
 
         A real pipe is read with select + os.read on its descriptor: the read never blocks
@@ -225,7 +267,7 @@ class StdinSource:
             return lambda: None if stop.is_set() else stream.read(want)
         import select
 
-        def read():
+        def read() -> bytes | None:
             while not stop.is_set():
                 ready, _, _ = select.select([fd], [], [], 0.2)
                 if ready:

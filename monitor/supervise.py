@@ -27,10 +27,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from monitor.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class SourceResumed:
     description: str
 
 
-def backoff_delays(first_s: float, max_s: float):
+def backoff_delays(first_s: float, max_s: float) -> Iterator[float]:
     """first, 2*first, 4*first, ... capped at max_s (an endless generator)."""
     d = min(first_s, max_s)
     while True:
@@ -82,12 +84,12 @@ def backoff_delays(first_s: float, max_s: float):
 class SourceSupervisor:
     def __init__(
         self,
-        source,
+        source: Source,
         *,
         put: Callable[[np.ndarray], object],
         signal: Callable[[object], None],
         stop: threading.Event,
-        reopen: Callable[[], object] | None = None,
+        reopen: Callable[[], Source] | None = None,
         stall_timeout_s: float = 5.0,
         retry_max_s: float = 30.0,
         retry_first_s: float = 0.5,
@@ -135,7 +137,7 @@ class SourceSupervisor:
         return SourceStatus(self.status, detail, self.restarts, self.stalls, self.losses, self.last_error)
 
     # -- capture side (may run inside the audio callback) ----------------------------------
-    def put(self, block: np.ndarray):
+    def put(self, block: np.ndarray) -> object:
         with self._lock:
             self._in_put = True
             if self._lost:
@@ -217,7 +219,7 @@ class SourceSupervisor:
                 failure = str(e) or type(e).__name__
             if self.stop.is_set():
                 return
-            if failure is None and (not self.restartable or getattr(self.source, "finished", False)):
+            if failure is None and (not self.restartable or self.source.finished):
                 self._set_status(ENDED)
                 return  # a file or pipe that ends normally (or a source that says so) ends the run
             if failure is not None:
@@ -234,7 +236,7 @@ class SourceSupervisor:
             if not self._reopen(delays):
                 return
 
-    def _reopen(self, delays) -> bool:
+    def _reopen(self, delays: Iterator[float]) -> bool:
         """Reopen with backoff until it works (True) or stop is set (False)."""
         while True:
             delay = next(delays)

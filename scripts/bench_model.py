@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.clap.export import export_clap, make_random_checkpoint  # noqa: E402
+from monitor.clap.export import export_clap, make_random_checkpoint
 
 DEFAULT_DIR = Path.home() / ".cache" / "sound-monitor" / "bench-full-random"
 

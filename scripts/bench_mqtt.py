@@ -16,11 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fixtures_mqtt import Broker  # noqa: E402
+from fixtures_mqtt import Broker
 
-from monitor.config import MQTTConfig  # noqa: E402
-from monitor.sinks.mqtt import MqttSink  # noqa: E402
-from monitor.types import Event  # noqa: E402
+from monitor.config import MQTTConfig
+from monitor.sinks.mqtt import MqttSink
+from monitor.types import Event
 
 
 def ev(seq):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor import bench  # noqa: E402
-from monitor.offline import features  # noqa: E402
-from monitor.offline.backend import OfflineBackend  # noqa: E402
+from monitor import bench
+from monitor.offline import features
+from monitor.offline.backend import OfflineBackend
 
 
 def main() -> int:

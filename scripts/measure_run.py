@@ -23,15 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.audio_io import read_audio  # noqa: E402
-from monitor.bench import rss_mb  # noqa: E402
-from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig  # noqa: E402
-from monitor.events import EventTracker, rules_for  # noqa: E402
-from monitor.model_select import select_backend  # noqa: E402
-from monitor.pipeline import SinglePipeline  # noqa: E402
-from monitor.scoring import Scorer  # noqa: E402
-from monitor.sinks.jsonl import JsonlEventSink  # noqa: E402
-from monitor.sources import FileSource  # noqa: E402
+from monitor.audio_io import read_audio
+from monitor.bench import rss_mb
+from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig
+from monitor.events import EventTracker, rules_for
+from monitor.model_select import select_backend
+from monitor.pipeline import SinglePipeline
+from monitor.scoring import Scorer
+from monitor.sinks.jsonl import JsonlEventSink
+from monitor.sources import FileSource
 
 
 def make_file(path: Path, minutes: float) -> None:

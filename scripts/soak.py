@@ -28,21 +28,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.audio_io import read_audio  # noqa: E402
-from monitor.bench import rss_mb  # noqa: E402
+from monitor.audio_io import read_audio
+from monitor.bench import rss_mb
 from monitor.config import (
     EventsConfig,
     LabelConfig,
     MQTTConfig,
     ScoringConfig,
-    SourceConfig,  # noqa: E402
+    SourceConfig,
     StreamConfig,
 )
-from monitor.events import EventTracker, rules_for  # noqa: E402
-from monitor.pipeline import SinglePipeline  # noqa: E402
-from monitor.scoring import Scorer  # noqa: E402
-from monitor.sinks.jsonl import JsonlEventSink  # noqa: E402
-from monitor.sinks.mqtt import MqttSink  # noqa: E402
+from monitor.events import EventTracker, rules_for
+from monitor.pipeline import SinglePipeline
+from monitor.scoring import Scorer
+from monitor.sinks.jsonl import JsonlEventSink
+from monitor.sinks.mqtt import MqttSink
+from monitor.sources import Source
 
 DEMO = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 LABELS = ["dog barking", "rooster crowing", "cow mooing", "cat meowing", "owl hooting", "smoke alarm"]
@@ -90,7 +91,7 @@ class Audio:
         return self.pos >= self.total_n
 
 
-class SoakSource:
+class SoakSource(Source):
     """Plays ``Audio`` in blocks; stalls or raises once at given stream positions (faults)."""
 
     never_block = False

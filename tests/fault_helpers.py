@@ -14,6 +14,7 @@ from monitor.events import EventTracker, rules_for
 from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
+from monitor.sources import Source
 
 RATE = 16000
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]
@@ -24,7 +25,7 @@ def noise(seconds: float, level: float = 0.1, seed: int = 0) -> np.ndarray:
     return (level * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
 
 
-class ScriptSource:
+class ScriptSource(Source):
     """Plays steps at ``speed`` x real time: ("audio", samples) | ("stall", wall_s) | ("raise", msg)
     | ("stop", event) (sets an event, e.g. the pipeline's stop, and returns)."""
 
@@ -121,10 +122,9 @@ def make_pipeline(
         tracker,
         [collect, *sinks],
         stream or StreamConfig(),
-        buffer_s=buffer_s,
+        source_cfg or SourceConfig(stall_timeout_s=0.25, retry_max_s=0.2, silence_timeout_s=60.0, buffer_s=buffer_s),
         stop=stop,
         max_pending_windows=max_pending_windows,
-        source_cfg=source_cfg or SourceConfig(stall_timeout_s=0.25, retry_max_s=0.2, silence_timeout_s=60.0),
         reopen=reopen,
     )
     collect.pipe = pipe

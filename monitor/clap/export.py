@@ -36,7 +36,7 @@ import numpy as np
 from monitor.clap.frontend import FrontendParams
 from monitor.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file, write_json_atomic  # noqa: F401 - sha256_file is also imported from here by tests
+from monitor.files import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 

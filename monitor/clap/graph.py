@@ -134,7 +134,7 @@ def check_model(path: Path) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the checker raises several unrelated types
         raise ModelError(f"onnx.checker rejected {path.name}: {str(e).splitlines()[0][:200]}") from None
 
 

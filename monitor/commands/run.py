@@ -237,7 +237,8 @@ def run(args) -> int:
 
 
 def _run(args, cfg, say) -> int:
-    from monitor.service import MonitorService, SourceSlot
+    from monitor.service import MonitorService
+    from monitor.sources import SourceSlot
 
     several = len(cfg.source.inputs) > 1
     demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
@@ -253,12 +254,13 @@ def _run(args, cfg, say) -> int:
     live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
     view = _view(cfg, backend, names, demo=any(m[1] for m in made))
     sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
-    slots = [SourceSlot(src, name, reopen, own_sinks[name]) for (src, _, reopen), name in zip(made, names)]
+    slots = [SourceSlot(src, name, reopen) for (src, _, reopen), name in zip(made, names)]
     service = MonitorService(
         cfg,
         backend,
         slots,
         sinks,
+        own_sinks,
         term,
         load_config=lambda: with_default_labels(load_effective_config(args), say),
         watch_path=args.config if args.watch_config else None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from monitor.types import Event, Scores
 
 
@@ -23,7 +25,7 @@ class Sink:
     def on_scores(self, scores: Scores) -> None:
         """Per-window scores; most sinks ignore them."""
 
-    def on_audio(self, start_s: float, samples, sample_rate_hz: int) -> None:
+    def on_audio(self, start_s: float, samples: np.ndarray, sample_rate_hz: int) -> None:
         """Model-rate mono audio as it is windowed (stream time ``start_s``); only sinks
         that override this (clips) receive it. Audio never leaves the device."""
 

@@ -96,7 +96,7 @@ class ClipsSink(Sink):
         self.deleted += len(enforce_budget(self.dir, self.max_total_bytes, self.max_age_s))
 
     # -- audio ring (worker thread) -----------------------------------------------------------
-    def on_audio(self, start_s: float, samples, sample_rate_hz: int) -> None:
+    def on_audio(self, start_s: float, samples: np.ndarray, sample_rate_hz: int) -> None:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         start_n = int(round(start_s * sample_rate_hz))
         with self._lock:

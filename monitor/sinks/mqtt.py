@@ -29,8 +29,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from monitor import __version__
@@ -233,7 +234,7 @@ class MqttSink(Sink):
     def _where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port}"
 
-    def _log_state(self, key: str, msg: str, *args, level: int = logging.WARNING) -> None:
+    def _log_state(self, key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
         if key != self._logged:
             log.log(level, msg, *args)
             self._logged = key
@@ -242,13 +243,13 @@ class MqttSink(Sink):
         return min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** max(0, self._failures - 1))
 
     # -- paho callbacks (network thread) -------------------------------------------------------
-    def _on_pre_connect(self, client, userdata):
+    def _on_pre_connect(self, client: Any, userdata: Any) -> None:
         # jitter on every reconnect: many devices must not hit a restarted broker together
         if self._attempts:
             self._net_stop.wait(random.uniform(0.0, 0.25 * self._backoff_s()))
         self._attempts += 1
 
-    def _on_connect_fail(self, client, userdata):
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         self._failures += 1
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -263,7 +264,7 @@ class MqttSink(Sink):
             self.cfg.reconnect_max_s,
         )
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._failures += 1
             if self._down_since is None:
@@ -303,7 +304,7 @@ class MqttSink(Sink):
         else:
             self._log_state("connected", "MQTT connected to %s", self._where, level=logging.INFO)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._lock:
             self._connected = False
             refused = self._state.startswith("refused")
@@ -321,7 +322,7 @@ class MqttSink(Sink):
             self.outbox.size(),
         )
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties):
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._mid_lock:
             what = self._mids.pop(mid, None)
             if what is None:
@@ -329,7 +330,7 @@ class MqttSink(Sink):
                 return
         self._acked(what, reason_code)
 
-    def _acked(self, what: tuple[str, object], reason_code) -> None:
+    def _acked(self, what: tuple[str, object], reason_code: Any) -> None:
         failed = bool(getattr(reason_code, "is_failure", False))
         kind, value = what
         if kind == "seq":
@@ -354,12 +355,14 @@ class MqttSink(Sink):
             self._rejected_logged.add(str(value))
             log.error("MQTT broker %s rejected the publish to %s: %s", self._where, value, reason_code)
 
-    def _on_message(self, client, userdata, msg):
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         if msg.topic == self.topics.ha_status and msg.payload == b"online":
             self._publish_labels(states=False)
 
     # -- publishing ----------------------------------------------------------------------------
-    def _pub(self, topic: str, payload, *, retain: bool, seq: int | None = None, qos: int = 1) -> None:
+    def _pub(
+        self, topic: str, payload: str | bytes | None, *, retain: bool, seq: int | None = None, qos: int = 1
+    ) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             with self._mid_lock:
@@ -373,7 +376,7 @@ class MqttSink(Sink):
         if early is not None:
             self._acked(what, early)
 
-    def _label_topics(self, slugs) -> set[str]:
+    def _label_topics(self, slugs: Iterable[str]) -> set[str]:
         out = set()
         for s in slugs:
             out.add(self.topics.state(s))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from monitor.logs import NAME, under_live
 from monitor.sinks.base import OpenLabels, Sink
@@ -56,7 +57,7 @@ def _bar(value: float, threshold: float, width: int = 30) -> str:
 FIXED_ROWS = 12  # panel border, title, header, level/status lines, recent-events heading
 
 
-def render(state: ViewState, height: int | None = None):
+def render(state: ViewState, height: int | None = None) -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -80,7 +81,7 @@ def render(state: ViewState, height: int | None = None):
             n_recent = max(1, min(n_recent, height - FIXED_ROWS - 4))
             room = max(1, height - FIXED_ROWS - n_recent - 1 - (len(state.by_source) if several else 0))
 
-            def score(lab):
+            def score(lab: str) -> float:
                 if several:
                     return max(float(state.by_source[n]["scores"].get(lab, 0.0)) for n in names)
                 return float(state.scores.get(lab, 0.0))
@@ -143,7 +144,7 @@ class TerminalSink(Sink):
 
     name = "terminal"
 
-    def __init__(self, state: ViewState, *, live: bool, status_every_s: float = 10.0, stream=None):
+    def __init__(self, state: ViewState, *, live: bool, status_every_s: float = 10.0, stream: TextIO | None = None):
         import sys
 
         self.state = state
@@ -202,14 +203,14 @@ class TerminalSink(Sink):
             )
 
     # -- the only writers of the view state besides publish/on_scores (all under the lock) --
-    def set_rules(self, labels, thresholds: dict) -> None:
+    def set_rules(self, labels: Sequence[str], thresholds: dict) -> None:
         """The label set and thresholds changed (hot reload)."""
         with self._lock:
             self.state.labels = tuple(labels)
             self.state.thresholds = dict(thresholds)
             self.state.active &= set(labels)
 
-    def set_status(self, **fields) -> None:
+    def set_status(self, **fields: object) -> None:
         """One snapshot of run status (dropped windows/samples, sinks, source) for the view."""
         with self._lock:
             for k, v in fields.items():
