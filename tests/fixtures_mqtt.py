@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
@@ -128,12 +129,7 @@ class Subscriber:
             return [p for t, p, _ in self.messages if t == topic]
 
     def wait_for(self, pred, timeout=20.0) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if pred(self):
-                return True
-            time.sleep(0.05)
-        return pred(self)
+        return wait_until(lambda: pred(self), timeout)
 
     def close(self):
         self.c.loop_stop()

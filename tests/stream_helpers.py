@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -36,6 +38,54 @@ class BandEnergyBackend(Backend):
             rng = np.random.default_rng(zlib.crc32(p.encode()))
             out.append(rng.standard_normal(self.embedding_dim))
         return l2_normalise(np.array(out))
+
+
+def fake_input_stream(real_sd, n_blocks=lambda k: 40, overflow_at=(), pause_s: float = 0.0):
+    """A stand-in for ``sounddevice.InputStream`` (its constructor and context protocol):
+    on enter a thread drives the source's callback with ``n_blocks(k)`` blocks of noise for
+    the k-th stream opened (0 first), with real ``CallbackFlags`` (``overflow_at``: block
+    indices flagged ``input_overflow``), reusing its buffer after each call as a driver
+    does; then the stream goes inactive, as PortAudio's does when a device is unplugged.
+    ``.opened`` lists the streams opened so far."""
+
+    class FakeInputStream:
+        opened: list = []
+
+        def __init__(self, *, device, samplerate, channels, blocksize, dtype, callback):
+            self.cb, self.blocksize, self.channels = callback, blocksize, channels
+            self.index = len(FakeInputStream.opened)
+            self.n_blocks = n_blocks(self.index)
+            self.active = False
+            self.closed = False
+            FakeInputStream.opened.append(self)
+
+        def __enter__(self):
+            self.active = True
+            self.t = threading.Thread(target=self._drive, daemon=True)
+            self.t.start()
+            return self
+
+        def _drive(self):
+            rng = np.random.default_rng(self.index)
+            data = np.zeros((self.blocksize, self.channels), np.float32)
+            for i in range(self.n_blocks):
+                if self.closed:
+                    return
+                flags = real_sd.CallbackFlags()
+                if i in overflow_at:
+                    flags.input_overflow = True
+                data[:] = 0.1 * rng.standard_normal((self.blocksize, self.channels))
+                self.cb(data, self.blocksize, None, flags)
+                data[:] = 0  # the driver reuses its buffer: the source must have copied
+                if pause_s:
+                    time.sleep(pause_s)
+            self.active = False
+
+        def __exit__(self, *a):
+            self.closed = True
+            self.t.join()
+
+    return FakeInputStream
 
 
 def fake_sounddevice(real_sd, input_stream_cls, max_input_channels: int):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from cli_helpers import cli
 from fault_helpers import make_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -87,7 +86,7 @@ def test_config_unreadable_files(tmp_path):
 def test_check_config_cli_one_line_exit_2(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("labels: [dog, DOG, " + "y" * 1000 + "]\n")
-    r = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(p)], capture_output=True, text=True)
+    r = cli("check-config", p, state=tmp_path / "state")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "labels[2].name: a label must be at most 120 characters" in r.stderr
@@ -310,7 +309,7 @@ def test_fuzz_count_reported():
 def test_mismatched_onnx_with_matching_sha_is_a_model_error(tiny_clap_export, tmp_path):
     """A valid ONNX that is the wrong model (text encoder in the audio slot, sha256 updated)."""
     from monitor.clap.encoder import ClapBackend
-    from monitor.clap.export import sha256_file
+    from monitor.files import sha256_file
 
     bad = tmp_path / "swapped"
     shutil.copytree(tiny_clap_export, bad)

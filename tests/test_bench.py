@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 
 from monitor import bench
 
@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args, timeout=600):
-    r = subprocess.run(
-        [sys.executable, "-m", "monitor", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    r = cli("bench", *args, state=Path(tempfile.mkdtemp(prefix="bench-state-")), timeout=timeout)
     return r.returncode, [json.loads(l) for l in r.stdout.splitlines() if l.strip()], r.stderr
 
 

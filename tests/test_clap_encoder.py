@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 
 from monitor.backend import Backend
 from monitor.clap.encoder import ClapBackend
-from monitor.clap.export import sha256_file
 from monitor.errors import ModelError
+from monitor.files import sha256_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -174,16 +173,14 @@ def test_corrupt_or_missing_files(tiny_clap_export, tmp_path):
         b.embed_text(["dog"])
 
 
-def _cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=300, env=env
-    )
+def _cli(*args, state, env_extra=None):
+    return cli(*args, state=state, env_extra=env_extra)
 
 
 @pytest.mark.slow  # about 10-30 s: a whole model or a real device
 def test_export_cli_local_dir(tiny_clap_dir, tmp_path):
     out = tmp_path / "exported"
-    r = _cli("export", "--model", str(tiny_clap_dir), "--out", str(out))
+    r = _cli("export", "--model", str(tiny_clap_dir), "--out", str(out), state=tmp_path / "state")
     assert r.returncode == 0, r.stderr
     assert "max |onnx - torch|" in r.stdout
     assert "[export] exporting the audio encoder" in r.stderr
@@ -203,10 +200,8 @@ def test_export_cli_local_dir(tiny_clap_dir, tmp_path):
     ],
 )
 def test_export_cli_errors(args, needle, tmp_path):
-    import os
-
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0")
-    r = _cli(*args, "--out", str(tmp_path / "out"), env=env)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    r = _cli(*args, "--out", str(tmp_path / "out"), state=tmp_path / "state", env_extra=env)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 
 DEMO = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 ANIMALS = ["dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep"]
 
 
 def _cli(*args, tmp_path: Path, check_rc: int | None = None):
-    env = dict(os.environ, SOUND_MONITOR_STATE=str(tmp_path / "state"))
-    r = subprocess.run([sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=300, env=env)
+    r = cli(*args, state=tmp_path / "state")
     if check_rc is not None:
         assert r.returncode == check_rc, r.stderr
     return r

@@ -7,12 +7,10 @@ so repeated runs only read them back.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
+import cli_helpers
 import numpy as np
 import pytest
 from fixtures_offline import offline_cache_dir
@@ -31,11 +29,10 @@ def uiowa_by_class(uiowa_dir: Path) -> dict[str, list[Path]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def cli(args, env_extra, timeout=300):
-    env = dict(os.environ, **env_extra)
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def cli(args, env, timeout=300):
+    """The shared runner with this module's environment (state dir, offline model)."""
+    extra = {k: v for k, v in env.items() if k != "SOUND_MONITOR_STATE"}
+    return cli_helpers.cli(*args, state=env["SOUND_MONITOR_STATE"], env_extra=extra, timeout=timeout)
 
 
 @pytest.fixture()

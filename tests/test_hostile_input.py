@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_helpers import ROOT, cli, start
+from cli_helpers import ROOT, cli, start, wait_until
 from fixtures_mqtt import Subscriber
 from test_reliability import LABELS, OWL, lines, no_traceback, run_owl
 
@@ -198,9 +198,7 @@ def test_reload_after_implicit_config_deleted_keeps_running_config(tiny_clap_exp
     try:
         p.stdin.write(np.zeros(16000 * 7, "<i2").tobytes())
         p.stdin.flush()
-        deadline = time.time() + 60
-        while time.time() < deadline and not ((tmp_path / "s.jsonl").exists() and (tmp_path / "s.jsonl").read_text()):
-            time.sleep(0.1)
+        wait_until(lambda: (tmp_path / "s.jsonl").exists() and (tmp_path / "s.jsonl").read_text(), 60, every_s=0.1)
         (work / "config.yaml").unlink()
         p.send_signal(signal.SIGHUP)
         time.sleep(2)

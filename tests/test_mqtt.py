@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from cli_helpers import cli, wait_until
 from fixtures_mqtt import Subscriber
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -113,9 +114,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path):
     assert sub.wait_for(lambda s: len(events_received(s)) >= 60, timeout=30)
     seqs = [e["seq"] for e in events_received(sub)]
     assert seqs == list(range(1, 61))
-    deadline = time.time() + 10
-    while time.time() < deadline and sink.status()["backlog"]:
-        time.sleep(0.05)
+    wait_until(lambda: not sink.status()["backlog"], 10)
     assert sink.status()["backlog"] == 0  # every PUBACK arrived and emptied the outbox
     sink.close()
     sub.close()
@@ -160,9 +159,7 @@ def test_credentials(mosquitto, tmp_path, monkeypatch):
     monkeypatch.setenv("SOUND_MONITOR_MQTT_PASSWORD", "wrong")
     bad = sink_for(b.port, tmp_path / "bad", username="monitor")
     bad.publish(ev(1))
-    deadline = time.time() + 10
-    while time.time() < deadline and not bad.status()["state"].startswith("refused"):
-        time.sleep(0.05)
+    wait_until(lambda: bad.status()["state"].startswith("refused"), 10)
     st = bad.status()
     assert st["state"].startswith("refused") and "s3cret" not in json.dumps(st)
     assert st["backlog"] == 1  # kept for later
@@ -170,14 +167,10 @@ def test_credentials(mosquitto, tmp_path, monkeypatch):
     pwfile = tmp_path / "pw"
     pwfile.write_text("s3cret-pw\n")
     good = sink_for(b.port, tmp_path / "good", username="monitor", password_file=str(pwfile))
-    deadline = time.time() + 10
-    while time.time() < deadline and good.status()["state"] != "connected":
-        time.sleep(0.05)
+    wait_until(lambda: good.status()["state"] == "connected", 10)
     assert good.status()["state"] == "connected"
     good.publish(ev(2))
-    deadline = time.time() + 10
-    while time.time() < deadline and good.status()["backlog"]:
-        time.sleep(0.05)
+    wait_until(lambda: not good.status()["backlog"], 10)
     assert good.status()["backlog"] == 0
     good.close()
 
@@ -242,13 +235,10 @@ def test_tls_verified_delivery_and_unknown_ca_refused(mosquitto, tmp_path):
     certs = make_certs(tmp_path)
     b = mosquitto(tls={k: str(v) for k, v in certs.items()})
     good = sink_for(b.port, tmp_path / "g", tls=TLSConfig(enabled=True, ca_file=str(certs["ca"])))
-    deadline = time.time() + 10
-    while time.time() < deadline and good.status()["state"] != "connected":
-        time.sleep(0.05)
+    wait_until(lambda: good.status()["state"] == "connected", 10)
     assert good.status()["state"] == "connected"
     good.publish(ev(1))
-    while time.time() < deadline and good.status()["backlog"]:
-        time.sleep(0.05)
+    wait_until(lambda: not good.status()["backlog"], 10)
     assert good.status()["backlog"] == 0
     good.close()
     # verification is on by default: the system CAs do not know our test CA
@@ -297,34 +287,26 @@ def test_cli_run_publishes_exactly_the_jsonl_events(mosquitto, tmp_path, tiny_cl
     b = mosquitto()
     sub = Subscriber(b.port)
     ev_path = tmp_path / "events.jsonl"
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            "monitor/demo/owl.mp3",
-            "--fast",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            "owl,dog/cat,+alarm#",
-            "--scoring",
-            "softmax",
-            "--threshold",
-            "0.0",
-            "--events",
-            str(ev_path),
-            "--mqtt",
-            f"mqtt://127.0.0.1:{b.port}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    r = cli(
+        "run",
+        "--source",
+        "monitor/demo/owl.mp3",
+        "--fast",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        "owl,dog/cat,+alarm#",
+        "--scoring",
+        "softmax",
+        "--threshold",
+        "0.0",
+        "--events",
+        str(ev_path),
+        "--mqtt",
+        f"mqtt://127.0.0.1:{b.port}",
+        state=tmp_path / "state",
+        clean=True,
     )
     assert r.returncode == 0, r.stderr
     logged = [json.loads(l) for l in ev_path.read_text().splitlines()]

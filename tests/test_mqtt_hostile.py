@@ -9,6 +9,7 @@ import logging
 import time
 
 import pytest
+from cli_helpers import wait_until
 from fixtures_mqtt import Subscriber, free_port
 from test_mqtt import ev, make_certs
 
@@ -28,12 +29,7 @@ def sink(port, state, labels=("dog barking", "smoke alarm"), device="dev1", **kw
 
 
 def wait(pred, timeout=15.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return wait_until(pred, timeout)
 
 
 ACL = """user sm

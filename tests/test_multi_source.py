@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from cli_helpers import start
+from cli_helpers import cli, start, wait_until
 from fixtures_mqtt import Subscriber
 from stream_helpers import BandEnergyBackend
 
@@ -223,13 +222,8 @@ def test_live_view_has_a_column_per_source_and_names_who_is_active():
 
 
 def _run(args, tmp_path, env_extra=None):
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", "run", "--fast", "--no-tui", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+    return cli(
+        "run", "--fast", "--no-tui", *args, state=tmp_path / "state", env_extra=env_extra, clean=True, timeout=600
     )
 
 
@@ -317,7 +311,7 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
     no window is lost across it, and SIGTERM ends every open event."""
     import signal
 
-    from test_shutdown_reload import ROOT, Feeder, lines, wait_until
+    from test_shutdown_reload import Feeder, lines
 
     noise = (np.random.default_rng(3).standard_normal(16000 * 40) * 0.1).astype(np.float32)
     wav = tmp_path / "room.wav"
@@ -334,26 +328,20 @@ def test_sighup_reload_reaches_every_source(tiny_clap_export, tmp_path):
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(cfg_text("[dog, owl]"))
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err_f:
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monitor",
-                "run",
-                "--config",
-                str(cfg),
-                "--model",
-                str(tiny_clap_export),
-                "--no-tui",
-            ],
+        p = start(
+            "run",
+            "--config",
+            cfg,
+            "--model",
+            tiny_clap_export,
+            "--no-tui",
+            state=tmp_path / "state",
+            clean=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=err_f,
-            cwd=ROOT,
-            env=env,
             start_new_session=True,
         )  # detached: SIGHUP reloads
     feed = Feeder(p, burst_s=6.0, rate_x=2.0)
@@ -408,15 +396,13 @@ def test_run_several_sources_with_a_missing_microphone_waits_for_it(tiny_clap_ex
         "--scores",
         str(tmp_path / "s.jsonl"),
         state=tmp_path / "state",
-        base_env={"PATH": "/usr/bin:/bin"},
+        clean=True,
         stdout=subprocess.DEVNULL,
         stderr=open(err, "wb"),
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and "cannot reopen the source" not in err.read_text():
-            time.sleep(0.2)
+        wait_until(lambda: "cannot reopen the source" in err.read_text(), 120, every_s=0.2)
         time.sleep(1.0)
         assert p.poll() is None, err.read_text()
         p.send_signal(signal.SIGTERM)

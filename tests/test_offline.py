@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 
 from monitor.audio_io import read_audio
 from monitor.config import ModelConfig
@@ -161,27 +160,17 @@ def test_select_auto_four_situations(tmp_path, tiny_clap_export, offline_model_d
 
 
 def test_classify_cli_with_offline_model(offline_model_dir, tmp_path):
-    env = {
-        "SOUND_MONITOR_OFFLINE_DIR": str(offline_model_dir),
-        "SOUND_MONITOR_STATE": str(tmp_path),
-        "PATH": "/usr/bin:/bin",
-    }
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "classify",
-            str(DEMO / "cow.mp3"),
-            "--model",
-            "offline",
-            "--labels",
-            "cow,cat,dog,sheep",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = cli(
+        "classify",
+        str(DEMO / "cow.mp3"),
+        "--model",
+        "offline",
+        "--labels",
+        "cow,cat,dog,sheep",
+        "--json",
+        state=tmp_path,
+        clean=True,
+        env_extra={"SOUND_MONITOR_OFFLINE_DIR": str(offline_model_dir)},
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import ROOT, cli, start
+from cli_helpers import ROOT, cli, start, wait_until
 from fixtures_mqtt import Subscriber, free_port
 
 OWL = ROOT / "monitor" / "demo" / "owl.mp3"
@@ -141,9 +141,7 @@ def test_second_instance_on_same_state_dir_is_refused(tiny_clap_export, tmp_path
         text=True,
     )
     try:
-        deadline = time.time() + 60
-        while not list(state.glob("lock-*")) and time.time() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: list(state.glob("lock-*")), 60, every_s=0.1)
         time.sleep(0.5)
         r = run_owl(tiny_clap_export, state)
         assert r.returncode == 2, r.stderr
@@ -264,9 +262,7 @@ def test_kill9_open_event_is_ended_on_next_start(tiny_clap_export, tmp_path):
 
     t = threading.Thread(target=feed, daemon=True)
     t.start()
-    deadline = time.time() + 120
-    while time.time() < deadline and not (ev.exists() and '"start"' in ev.read_text()):
-        time.sleep(0.05)
+    wait_until(lambda: ev.exists() and '"start"' in ev.read_text(), 120)
     os.kill(p.pid, signal.SIGKILL)
     p.wait(10)
     stop.set()
@@ -357,9 +353,7 @@ def test_terminal_hangup_stops_a_monitor_started_from_a_terminal(tiny_clap_expor
         preexec_fn=take_terminal,
     )
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and "labels:" not in (tmp_path / "err.txt").read_text():
-            time.sleep(0.1)
+        wait_until(lambda: "labels:" in (tmp_path / "err.txt").read_text(), 60, every_s=0.1)
         p.stdin.write(np.zeros(16000 * 2, "<i2").tobytes())
         p.stdin.flush()
         time.sleep(1.0)

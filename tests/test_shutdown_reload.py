@@ -6,13 +6,12 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import start, wait_until
 from fixtures_mqtt import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,30 +20,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_monitor(tmp_path, cfg_text, *extra):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(cfg_text)
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     err = open(tmp_path / "stderr.txt", "wb")
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--config",
-            str(cfg),
-            "--source",
-            "-",
-            "--rate",
-            "16000",
-            "--model",
-            "offline",
-            "--no-tui",
-            *extra,
-        ],
+    p = start(
+        "run",
+        "--config",
+        str(cfg),
+        "--source",
+        "-",
+        "--rate",
+        "16000",
+        "--model",
+        "offline",
+        "--no-tui",
+        *extra,
+        state=tmp_path / "state",
+        clean=True,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=err,
-        cwd=ROOT,
-        env=env,
         start_new_session=True,
     )  # detached, as under systemd: SIGHUP reloads
     return p, cfg
@@ -72,15 +65,6 @@ class Feeder(threading.Thread):
                 self.sent_s += 0.1
         except (BrokenPipeError, ValueError, OSError):
             pass
-
-
-def wait_until(pred, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def lines(path):

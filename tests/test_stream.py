@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 import soundfile as sf
-from stream_helpers import BandEnergyBackend, fake_sounddevice
+from cli_helpers import cli
+from stream_helpers import BandEnergyBackend, fake_input_stream, fake_sounddevice
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
@@ -117,31 +116,24 @@ def test_streaming_equals_offline_with_clap(tiny_clap_export, tmp_path):
     sf.write(wav, audio, 48000, subtype="FLOAT")
     labels = "dog,cow,rooster,cat"
     scores_path = tmp_path / "scores.jsonl"
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            str(wav),
-            "--fast",
-            "--no-tui",
-            "--model",
-            str(tiny_clap_export),
-            "--labels",
-            labels,
-            "--scoring",
-            "softmax",
-            "--scores",
-            str(scores_path),
-            "--events",
-            str(tmp_path / "ev.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = cli(
+        "run",
+        "--source",
+        str(wav),
+        "--fast",
+        "--no-tui",
+        "--model",
+        str(tiny_clap_export),
+        "--labels",
+        labels,
+        "--scoring",
+        "softmax",
+        "--scores",
+        str(scores_path),
+        "--events",
+        str(tmp_path / "ev.jsonl"),
+        state=tmp_path / "state",
+        clean=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -164,33 +156,7 @@ def test_capture_callback_fake_stream_counts_overflow(monkeypatch):
 
     import monitor.sources as sources
 
-    class FakeInputStream:
-        def __init__(self, *, device, samplerate, channels, blocksize, dtype, callback):
-            self.cb, self.blocksize, self.channels = callback, blocksize, channels
-            self.active = False
-
-        def __enter__(self):
-            self.active = True
-
-            def drive():
-                rng = np.random.default_rng(0)
-                for i in range(40):
-                    flags = real_sd.CallbackFlags()
-                    if i == 5:
-                        flags.input_overflow = True
-                    data = (0.1 * rng.standard_normal((self.blocksize, self.channels))).astype(np.float32)
-                    self.cb(data, self.blocksize, None, flags)
-                    data[:] = 0  # the driver reuses its buffer: the source must have copied
-                self.active = False
-
-            self.t = threading.Thread(target=drive)
-            self.t.start()
-            return self
-
-        def __exit__(self, *a):
-            self.t.join()
-
-    FakeSD = fake_sounddevice(real_sd, FakeInputStream, 2)
+    FakeSD = fake_sounddevice(real_sd, fake_input_stream(real_sd, overflow_at={5}), 2)
     monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSD)
     mic = sources.MicSource(None, None, channels=2, block_frames=1600)
     from monitor.buffer import RingBuffer
@@ -235,11 +201,7 @@ def test_live_view_renders_labels_bars_and_active_event():
 
 def test_cli_end_to_end_events_jsonl(tiny_clap_export, tmp_path):
     ev_path = tmp_path / "events.jsonl"
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     cmd = [
-        sys.executable,
-        "-m",
-        "monitor",
         "run",
         "--source",
         "monitor/demo/owl.mp3",
@@ -256,7 +218,7 @@ def test_cli_end_to_end_events_jsonl(tiny_clap_export, tmp_path):
         "--events",
         str(ev_path),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = cli(*cmd, state=tmp_path / "state", clean=True)
     assert r.returncode == 0, r.stderr
     evs = [json.loads(l) for l in ev_path.read_text().splitlines()]
     # threshold 0: both labels on from the first windows (min_windows 2), closed at the end
@@ -275,36 +237,27 @@ def test_cli_end_to_end_events_jsonl(tiny_clap_export, tmp_path):
         by_id.setdefault(e["event_id"], []).append(e["type"])
     assert all(v == ["start", "end"] for v in by_id.values())
     # seq survives a restart
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = cli(*cmd, state=tmp_path / "state", clean=True)
     evs2 = [json.loads(l) for l in ev_path.read_text().splitlines()][4:]
     assert [e["seq"] for e in evs2] == [5, 6, 7, 8]
 
 
 def test_cli_bad_source_and_config_errors(tmp_path):
-    env = {"SOUND_MONITOR_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--source",
-            str(tmp_path / "nope.wav"),
-            "--fast",
-            "--no-tui",
-            "--model",
-            "offline",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = cli(
+        "run",
+        "--source",
+        str(tmp_path / "nope.wav"),
+        "--fast",
+        "--no-tui",
+        "--model",
+        "offline",
+        state=tmp_path / "state",
+        clean=True,
     )
     assert r.returncode == 2 and "audio file not found" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("stream:\n  hop_s: 20\nlabels:\n  - name: dog\n    treshold: 0.3\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "monitor", "check-config", str(bad)], capture_output=True, text=True, env=env
-    )
+    r = cli("check-config", bad, state=tmp_path / "state", clean=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "stream.hop_s" in r.stderr and "labels[0].treshold: unknown key" in r.stderr
 

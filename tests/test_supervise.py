@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from fault_helpers import LABELS, RATE, ScriptSource, SlowBackend, make_pipeline, noise, pairs_balanced
-from stream_helpers import BandEnergyBackend, fake_sounddevice
+from stream_helpers import BandEnergyBackend, fake_input_stream, fake_sounddevice
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig
 from monitor.events import rules_for
@@ -81,38 +81,10 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
 
     import monitor.sources as sources
 
-    streams = []
-
-    class FakeInputStream:
-        def __init__(self, *, device, samplerate, channels, blocksize, dtype, callback):
-            self.cb, self.blocksize, self.channels = callback, blocksize, channels
-            self.n_blocks = 60 if not streams else 80
-            self.active = False
-            self.closed = False
-            streams.append(self)
-
-        def __enter__(self):
-            self.active = True
-
-            def drive():
-                rng = np.random.default_rng(len(streams))
-                for _ in range(self.n_blocks):
-                    if self.closed:
-                        return
-                    data = (0.1 * rng.standard_normal((self.blocksize, self.channels))).astype(np.float32)
-                    self.cb(data, self.blocksize, None, real_sd.CallbackFlags())
-                    time.sleep(0.002)
-                self.active = False  # device unplugged: PortAudio stops the stream
-
-            self.t = threading.Thread(target=drive)
-            self.t.start()
-            return self
-
-        def __exit__(self, *a):
-            self.closed = True
-            self.t.join()
-
-    FakeSD = fake_sounddevice(real_sd, FakeInputStream, 1)
+    # the first stream delivers 60 blocks, then its device is unplugged; reopened ones 80
+    stream_cls = fake_input_stream(real_sd, n_blocks=lambda k: 60 if k == 0 else 80, pause_s=0.002)
+    streams = stream_cls.opened
+    FakeSD = fake_sounddevice(real_sd, stream_cls, 1)
     monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSD)
     stop = threading.Event()
 
