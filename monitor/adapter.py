@@ -2,6 +2,11 @@
 (``AdaptedBackend``) that ``run``, ``classify`` and ``eval`` use. Training (WARP, the
 nonlinear projection, λ selection) is in monitor/adapt.py; see its docstring for the
 notation: F(x, y) = θ̂(x)ᵀ u_y with u_y = Wφ(y) (bilinear) or Vᵀtanh(Uᵀφ(y)) (nonlinear).
+
+The residual kinds keep the backend's zero-shot logit Z(x, y) = s0 · â(x)ᵀ t̂(y) and add a
+learned correction: ``reweight`` F = s0 · (â ⊙ e^v)ᵀ t̂, ``residual`` F = Z + θ̂ᵀ W φ(y).
+At run time both are again one dot product (times s0): audio â ⊙ e^v against t̂, or the
+concatenation [â, θ̂ / s0] against [t̂, Wφ(y)].
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from monitor.errors import UserError
 from monitor.types import Window
 
 SEMANTIC_SOURCES = ("text", "minilm", "glove")
+RESIDUAL_KINDS = ("reweight", "residual")
 FORMAT_VERSION = 1
 
 
@@ -28,17 +34,41 @@ FORMAT_VERSION = 1
 class Adapter:
     """A trained compatibility F(x, y) = θ̂(x)ᵀ u(φ(y)); ``params`` holds W or U, V."""
 
-    kind: str  # bilinear | nonlinear
+    kind: str  # bilinear | nonlinear | reweight | residual
     params: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
 
     @property
+    def residual(self) -> bool:
+        """Starts from the backend's zero-shot mapping (reweight, residual)."""
+        return self.kind in RESIDUAL_KINDS
+
+    @property
     def d_a(self) -> int:
-        return int(self.params["W"].shape[0] if self.kind == "bilinear" else self.params["V"].shape[1])
+        """Dimension of the acoustic input (for reweight: of the zero-shot audio vector)."""
+        if self.kind == "reweight":
+            return int(self.params["v"].shape[0])
+        return int(self.params["W"].shape[0] if self.kind in ("bilinear", "residual") else self.params["V"].shape[1])
 
     @property
     def d_s(self) -> int:
-        return int(self.params["W"].shape[1] if self.kind == "bilinear" else self.params["U"].shape[0])
+        """Dimension of the semantic label input φ (0: reweight uses none)."""
+        if self.kind == "reweight":
+            return 0
+        return int(self.params["W"].shape[1] if self.kind in ("bilinear", "residual") else self.params["U"].shape[0])
+
+    @property
+    def zero_shot_scale(self) -> float:
+        return float(self.meta.get("zero_shot_scale", 1.0))
+
+    def residual_scores(self, audio: np.ndarray, theta: np.ndarray, labels: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """F [N, C] of a residual adapter: clips' zero-shot audio â and raw θ, classes' t̂ and φ."""
+        s0 = self.zero_shot_scale
+        a = l2_normalise(np.asarray(audio, dtype=np.float32))
+        t = l2_normalise(np.asarray(labels, dtype=np.float32))
+        if self.kind == "reweight":
+            return s0 * (a * np.exp(self.params["v"]).astype(np.float32)) @ t.T
+        return s0 * a @ t.T + self.prep(theta) @ self.label_vectors(phi).T
 
     def prep(self, theta: np.ndarray) -> np.ndarray:
         """Raw acoustic embeddings [N, d_a] -> θ̂: L2-normalised, centred on the training mean, L2-normalised."""
@@ -49,7 +79,7 @@ class Adapter:
     def label_vectors(self, phi: np.ndarray) -> np.ndarray:
         """φ [C, d_s] -> u [C, d_a] so that F(x, y) = θ̂(x)ᵀ u_y."""
         phi = np.asarray(phi, dtype=np.float64)
-        if self.kind == "bilinear":
+        if self.kind in ("bilinear", "residual"):
             return (phi @ self.params["W"].T).astype(np.float32)
         return (np.tanh(phi @ self.params["U"]) @ self.params["V"]).astype(np.float32)
 
@@ -86,7 +116,7 @@ class Adapter:
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise UserError(f"{p} is not a sound-monitor adapter file ({type(e).__name__}: {e})") from None
         kind = meta.get("kind")
-        need = {"bilinear": {"W"}, "nonlinear": {"U", "V"}}.get(kind)
+        need = {"bilinear": {"W"}, "nonlinear": {"U", "V"}, "reweight": {"v"}, "residual": {"W", "mu"}}.get(kind)
         if need is None or not need <= set(params) or meta.get("format") != FORMAT_VERSION:
             raise UserError(f"{p}: unsupported adapter (kind {kind!r}, format {meta.get('format')!r})")
         return cls(kind, params, meta)
@@ -143,9 +173,16 @@ class AdaptedBackend(Backend):
         self.crop_s = base.crop_s
         self.embedding_dim = adapter.d_a
         self.logit_scale = float(meta.get("logit_scale", 1.0))
+        if adapter.kind == "reweight":
+            self.embedding_dim = base.embedding_dim
+        elif adapter.kind == "residual":
+            self.embedding_dim = base.embedding_dim + adapter.d_a
+        if adapter.residual:  # scores stay on the zero-shot scale: thresholds keep their meaning
+            self.logit_scale = adapter.zero_shot_scale
         self.label_norm = float(meta.get("label_norm", 1.0))
         self.cache_key = f"{base.cache_key}-{adapter.kind}-{adapter.sha256()[:16]}"
         self.has_label_semantics = base.has_label_semantics
+        self.prompt_templates = base.prompt_templates
         if self.theta_kind == "features" and not base.has_audio_features:
             raise UserError(f"this adapter needs {meta.get('backend_name')}'s audio features; {base.name} has none")
 
@@ -154,14 +191,24 @@ class AdaptedBackend(Backend):
         return self.base.prototype_key  # prototypes are the base model's audio embeddings
 
     def prepare(self, windows: Sequence[Window], stream: str) -> np.ndarray:
-        if self.theta_kind == "audio":
+        if self.theta_kind == "audio" or self.adapter.kind == "reweight":
             return self.base.prepare(windows, stream)
         return super().prepare(windows, stream)
 
     def embed_prepared(self, rows: np.ndarray) -> np.ndarray:
+        if self.adapter.residual and (self.theta_kind == "audio" or self.adapter.kind == "reweight"):
+            return self._residual_audio(self.base.embed_prepared(rows), None)
         if self.theta_kind == "audio":
             return self.adapter.prep(self.base.embed_prepared(rows))
         return self.embed_audio(rows)
+
+    def _residual_audio(self, audio: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        """The run-time audio vector of a residual adapter (see the module doc)."""
+        a = l2_normalise(audio)
+        if self.adapter.kind == "reweight":
+            return a * np.exp(self.adapter.params["v"]).astype(np.float32)
+        theta = self.adapter.prep(a if features is None else features) / np.float32(self.adapter.zero_shot_scale)
+        return np.concatenate([a, theta], axis=1).astype(np.float32)
 
     def end_stream(self, stream: str) -> None:
         self.base.end_stream(stream)
@@ -170,6 +217,11 @@ class AdaptedBackend(Backend):
         return self.base.embed_label_semantics(texts)
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
+        if self.adapter.kind == "reweight" or (self.adapter.residual and self.theta_kind == "audio"):
+            return self._residual_audio(self.base.embed_audio(batch), None)
+        if self.adapter.residual:
+            audio, features = self.base.embed_audio_and_features(batch)
+            return self._residual_audio(audio, features)
         if self.theta_kind == "features":
             return self.adapter.prep(self.base.embed_audio_features(batch))
         return self.adapter.prep(self.base.embed_audio(batch))
@@ -185,6 +237,15 @@ class AdaptedBackend(Backend):
         prompts = list(prompts)
         if not prompts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        if self.adapter.residual:
+            t = l2_normalise(self.base.embed_text(prompts))
+            if self.adapter.kind == "reweight":
+                return t
+            return np.concatenate([t, self.adapter.label_vectors(self._phi(prompts))], axis=1).astype(np.float32)
+        return self.adapter.label_vectors(self._phi(prompts))
+
+    def _phi(self, prompts: list[str]) -> np.ndarray:
+        """The semantic label vectors φ the adapter was trained with."""
         parts = []
         for src in parse_semantic(self.semantic):
             if src == "text":
@@ -200,7 +261,7 @@ class AdaptedBackend(Backend):
             raise UserError(
                 f"adapter expects {self.adapter.d_s}-d semantic vectors, {self.semantic} gives {phi.shape[1]}"
             )
-        return self.adapter.label_vectors(phi)
+        return phi
 
     def release_text(self) -> None:
         self.base.release_text()

@@ -49,6 +49,13 @@ class Backend:
     has_label_semantics: bool = False
     normalise_labels: bool = True  # a learned adapter keeps its label vectors' norms
     label_norm: float = 1.0  # prototypes are scaled to this norm when labels are not normalised
+    # prompts are rendered with the label templates ("This is a sound of {}."); False: the
+    # backend maps the bare label text itself (the offline backend's class-text matching)
+    prompt_templates: bool = True
+    # the level stage (monitor/level.py): whether the backend can take one, and whether
+    # ``model.level.normalise: auto`` gives it one
+    supports_level_norm: bool = False
+    level_norm_default: bool = False
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -78,6 +85,11 @@ class Backend:
 
     def embed_audio_features(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no audio features (has_audio_features is False)")
+
+    def embed_audio_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(``embed_audio``, ``embed_audio_features``) of one batch; a backend that computes
+        both in one pass (the offline backend) overrides this."""
+        return self.embed_audio(batch), self.embed_audio_features(batch)
 
     def embed_label_semantics(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no label semantics (has_label_semantics is False)")

@@ -63,6 +63,16 @@ class HubConfig(_Section):
         return v
 
 
+class LevelConfig(_Section):
+    """The level stage (monitor/level.py): windows scaled to ``target_dbfs`` RMS before the
+    model, gain bounded to ±``max_gain_db``. ``auto``: what the backend needs (on for the
+    offline backend, off for CLAP, whose reference pipeline does not normalise)."""
+
+    normalise: bool | Literal["auto"] = "auto"
+    target_dbfs: float = Field(-20.0, ge=-60.0, le=0.0)
+    max_gain_db: float = Field(30.0, ge=0.0, le=60.0)
+
+
 def default_models_dir() -> Path:
     """One fixed place for downloaded and exported models, whatever the working directory:
     ``$SOUND_MONITOR_MODELS``, else ``$XDG_DATA_HOME/sound-monitor/models`` (default
@@ -87,6 +97,7 @@ class ModelConfig(_Section):
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
     adapter: str | None = None
     hub: HubConfig = HubConfig()
+    level: LevelConfig = LevelConfig()
 
     @property
     def models_path(self) -> Path:

@@ -238,7 +238,9 @@ class Embeddings:
     theta: np.ndarray | None = None
 
 
-def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, label_vecs, phi, seed: int):
+def _fold_scores(
+    method: str, fold: int, folds, ds: Dataset, emb: Embeddings, label_vecs, phi, seed: int, zero_shot_scale: float
+):
     """Scores of the test fold's clips over the test fold's classes (+ fit info)."""
     from monitor import adapt
 
@@ -270,10 +272,19 @@ def _fold_scores(method: str, fold: int, folds, ds: Dataset, emb: Embeddings, la
             rm = {c: j for j, c in enumerate(classes)}
             return theta[m], np.array([rm[v] for v in y_all[m]]), phi[classes]
 
-        tr, va = part(train), part(val)
-        f = adapt.fit(method, tr[0], tr[1], tr[2], va[0], va[1], va[2], seed=seed + fold)
-        s = f.adapter.scores(theta[sel], phi[test])
-        info = {"lambda": f.lam, "epochs": f.epochs, "val_map": f.val_map}
+        if method in adapt.RESIDUAL_KINDS:
+            assert emb.audio is not None and label_vecs is not None
+            data = adapt.ResidualData(emb.audio, theta, y_all, label_vecs, phi)
+            f = adapt.fit_residual(
+                method, data.part(train, y_all), data.part(val, y_all), zero_shot_scale, seed=seed + fold
+            )
+            t = data.part(test, y_all)
+            s = f.adapter.residual_scores(t.audio, t.theta, t.labels, t.phi)
+        else:
+            tr, va = part(train), part(val)
+            f = adapt.fit(method, tr[0], tr[1], tr[2], va[0], va[1], va[2], seed=seed + fold)
+            s = f.adapter.scores(theta[sel], phi[test])
+        info = {"lambda": f.lam if np.isfinite(f.lam) else "inf", "epochs": f.epochs, "val_map": f.val_map}
     return s, y, test, info
 
 
@@ -286,13 +297,14 @@ def run_class_folds(
     phi=None,
     seed: int = 0,
     say=lambda m: None,
+    zero_shot_scale: float = 1.0,
 ) -> dict:
     n_cls = len(ds.classes)
     conf = np.zeros((n_cls, n_cls), dtype=np.int64)
     per_class: dict[str, float] = {}
     out_folds = []
     for i in range(len(folds)):
-        s, y, test, info = _fold_scores(method, i, folds, ds, emb, label_vecs, phi, seed)
+        s, y, test, info = _fold_scores(method, i, folds, ds, emb, label_vecs, phi, seed, zero_shot_scale)
         m = metrics(s, y, [ds.classes[t] for t in test])
         pred = np.argmax(s, axis=1)
         np.add.at(conf, (np.array(test)[y], np.array(test)[pred]), 1)
@@ -312,7 +324,7 @@ def run_class_folds(
         )
         say(
             f"fold {i}: {len(test)} classes, top-1 {m['top1']:.3f} mAP {m['map']:.3f} (chance {m['chance_map']:.3f})"
-            + (f", λ={info['lambda']:g} epochs={info['epochs']}" if info else "")
+            + (f", λ={info['lambda']} epochs={info['epochs']}" if info else "")
         )
     mean = {
         k: float(np.mean([f[k] for f in out_folds]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +128,14 @@ def label_embeddings(
     ``sound-monitor enroll`` into ``<state_dir>/prototypes``, found next to ``cache_dir``)
     use their audio prototype; a label with both explicit ``prompts`` and examples uses
     the normalised sum of its text and prototype vectors (see ``monitor.prototypes``).
-    A backend with ``normalise_labels = False`` (a learned adapter) keeps vector norms.
+    A backend with ``normalise_labels = False`` (a learned adapter) keeps vector norms;
+    one with ``prompt_templates = False`` (the offline backend) gets each prompt bare.
     """
     if not labels:
         return np.zeros((0, backend.embedding_dim), dtype=np.float32)
     protos = _prototypes(backend, labels, cache_dir)
+    if not backend.prompt_templates:
+        templates = ("{}",)  # the backend matches the bare label text itself
     per_label = [
         label_texts(lab, templates) if (i not in protos or _has_prompts(lab)) else [] for i, lab in enumerate(labels)
     ]
@@ -151,6 +154,95 @@ def label_embeddings(
             v = t if t is not None else p
         out.append(l2_normalise(v) if normalise else np.asarray(v, dtype=np.float32))
     return np.stack(out).astype(np.float32)
+
+
+def label_offsets(
+    backend: Backend,
+    labels: Sequence[LabelLike],
+    label_vecs: np.ndarray,
+    background_vecs: np.ndarray | Callable[[], np.ndarray],
+    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """Per label, the logit offset that makes a label taught by example score like a text label.
+
+    An audio prototype is far closer to every clip than a text label is (audio vectors share
+    much; a text label's is sparse), so uncalibrated it fires on almost anything. Its offset
+    is chosen so that its *typical example* -- the median, over its example clips, of each
+    clip's margin against the prototype made without it (leave-one-out) -- sits exactly at
+    the background's level: margin(x, v) = logit_scale · x·v − log Σ_k exp(logit_scale · x·b_k)
+    over the background prompts b_k (``scoring.background``), i.e. score 0.5 in vs-background
+    scoring. Measured on uiowa-dev (scripts/measure_prototypes.py): false alarms on other
+    classes' clips as rare as a text label's. Text labels get 0. A single example (one
+    window) cannot be left out: its own margin is used. A stored prototype whose clips are
+    gone keeps offset 0 (logged).
+    """
+    out = np.zeros(len(labels), dtype=np.float32)
+    members = _prototype_members(backend, labels, templates, cache_dir)
+    if not members:
+        return out
+    scale = float(backend.logit_scale)
+    bg = np.asarray(background_vecs() if callable(background_vecs) else background_vecs, dtype=np.float64)
+
+    def margin(x: np.ndarray, v: np.ndarray) -> float:
+        z = scale * (x @ bg.T)
+        m = z.max()
+        return float(scale * (x @ v) - (m + np.log(np.exp(z - m).sum())))
+
+    for i, (m_vecs, text_vec) in members.items():
+        if m_vecs is None:
+            log.warning(
+                "label %r: its example clips are gone; its score is not calibrated (enroll it again)",
+                label_name(labels[i]),
+            )
+            continue
+        m_vecs = np.asarray(m_vecs, dtype=np.float64)
+        margins = []
+        for j in range(len(m_vecs)):
+            rest = np.delete(m_vecs, j, axis=0) if len(m_vecs) > 1 else m_vecs
+            v = l2_normalise(rest.mean(axis=0)).astype(np.float64)
+            if text_vec is not None:
+                v = l2_normalise((text_vec + v * float(backend.label_norm)) / 2.0).astype(np.float64)
+            margins.append(margin(m_vecs[j], v))
+        out[i] = -float(np.median(margins))
+    return out
+
+
+def _prototype_members(
+    backend: Backend, labels: Sequence[LabelLike], templates: Sequence[str], cache_dir: str | os.PathLike | None
+) -> dict[int, tuple[np.ndarray | None, np.ndarray | None]]:
+    """{label index: (unit member vectors [m, D] or None, its unit text vector or None)} for
+    labels taught by example: a member per example clip (its mean window embedding), or per
+    window when there is one clip."""
+    from monitor.prototypes import PrototypeStore, clip_windows, embed_files, store_dir_for_cache
+
+    out: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    state_dir = store_dir_for_cache(cache_dir)
+    store = PrototypeStore(state_dir, backend.prototype_key) if state_dir is not None else None
+    for i, lab in enumerate(labels):
+        files: list[Path] = [Path(e).expanduser() for e in (() if isinstance(lab, str) else lab.examples)]
+        if not files:
+            entry = store.find(label_name(lab)) if store is not None else None
+            if entry is None:
+                continue
+            files = [Path(f) for f in entry.get("files", ())]
+            if not files or not all(f.is_file() for f in files):
+                out[i] = (None, None)
+                continue
+        if len(files) > 1:
+            m = embed_files(backend, files, "audio", cache_dir)
+        else:
+            from monitor.audio_io import read_audio
+
+            x = read_audio(files[0], backend.sample_rate_hz).samples
+            m = backend.embed_audio(clip_windows(x, backend.sample_rate_hz, backend.window_s))
+        text = None
+        if _has_prompts(lab):
+            texts = label_texts(lab, templates if backend.prompt_templates else ("{}",))
+            vecs = embed_texts(backend, texts, cache_dir)
+            text = l2_normalise(np.mean([vecs[t] for t in texts], axis=0))
+        out[i] = (l2_normalise(m), text)
+    return out
 
 
 def _has_prompts(label: LabelLike) -> bool:
@@ -190,9 +282,14 @@ def _prototypes(
     return out
 
 
-def softmax_scores(audio: np.ndarray, label_vectors: np.ndarray, logit_scale: float) -> np.ndarray:
-    """Softmax over labels of ``logit_scale * cos``: audio [B, D], labels [L, D] -> [B, L]."""
+def softmax_scores(
+    audio: np.ndarray, label_vectors: np.ndarray, logit_scale: float, offsets: np.ndarray | None = None
+) -> np.ndarray:
+    """Softmax over labels of ``logit_scale * cos`` (+ per-label ``offsets``, see
+    ``label_offsets``): audio [B, D], labels [L, D] -> [B, L]."""
     from monitor.numeric import softmax
 
     logits = float(logit_scale) * (np.asarray(audio, dtype=np.float64) @ np.asarray(label_vectors, dtype=np.float64).T)
+    if offsets is not None:
+        logits = logits + np.asarray(offsets, dtype=np.float64)
     return softmax(logits)

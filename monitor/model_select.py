@@ -19,8 +19,9 @@ from pathlib import Path
 
 from monitor.backend import Backend
 from monitor.config import ModelConfig
-from monitor.errors import ModelError
+from monitor.errors import ModelError, UserError
 from monitor.files import read_manifest
+from monitor.level import LevelNorm
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 
@@ -46,10 +47,25 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if kind == "offline":
         from monitor.offline.backend import OfflineBackend
 
-        return OfflineBackend.from_dir(path, threads=cfg.threads, spinning=cfg.spinning)
+        return OfflineBackend.from_dir(
+            path, threads=cfg.threads, spinning=cfg.spinning, level=level_stage(cfg, OfflineBackend)
+        )
     from monitor.clap.encoder import ClapBackend
 
+    level_stage(cfg, ClapBackend)  # refuses a level stage CLAP does not have
     return ClapBackend.from_dir(path, threads=cfg.threads, int8=cfg.int8, spinning=cfg.spinning)
+
+
+def level_stage(cfg: ModelConfig, backend_cls: type[Backend]) -> LevelNorm | None:
+    """The level stage ``model.level`` asks for, for a backend of ``backend_cls``."""
+    n = cfg.level.normalise
+    on = backend_cls.level_norm_default if n == "auto" else bool(n)
+    if on and not backend_cls.supports_level_norm:
+        raise UserError(
+            "model.level.normalise: true is for backends that need it (the offline backend); "
+            "CLAP's reference pipeline does not normalise levels: use auto or false"
+        )
+    return LevelNorm(cfg.level.target_dbfs, cfg.level.max_gain_db) if on else None
 
 
 def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
@@ -58,7 +74,12 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
         from monitor.offline.backend import OfflineBackend
 
         return Selected(
-            OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning),
+            OfflineBackend.load(
+                threads=cfg.threads,
+                models_dir=cfg.models_path,
+                spinning=cfg.spinning,
+                level=level_stage(cfg, OfflineBackend),
+            ),
             "offline backend requested",
         )
     if spec == "auto":
@@ -150,5 +171,7 @@ def select_auto(
         why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
     from monitor.offline.backend import OfflineBackend
 
-    backend = OfflineBackend.load(threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning)
+    backend = OfflineBackend.load(
+        threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning, level=level_stage(cfg, OfflineBackend)
+    )
     return Selected(backend, f"auto: {why} -> offline YAMNet+MiniLM backend (zero-shot via AudioSet classes)")

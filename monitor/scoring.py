@@ -30,7 +30,7 @@ class Scorer:
         cache_dir: str | os.PathLike | None = None,
         label_matrix: np.ndarray | None = None,
     ):
-        from monitor.labels import label_embeddings
+        from monitor.labels import label_embeddings, label_offsets
 
         self.method = cfg.method
         self.labels = tuple(l.name for l in labels)
@@ -43,6 +43,18 @@ class Scorer:
         self.background_emb = None
         if self.method == "vs-background":
             self.background_emb = label_embeddings(backend, list(cfg.background), cfg.templates, cache_dir=cache_dir)
+
+        def background() -> np.ndarray:
+            if self.background_emb is not None:
+                return self.background_emb
+            return label_embeddings(backend, list(cfg.background), cfg.templates, cache_dir=cache_dir)
+
+        # labels taught by example are calibrated to score like text labels (monitor/labels.py)
+        self.label_offsets = (
+            np.zeros(len(self.labels), np.float32)
+            if label_matrix is not None
+            else label_offsets(backend, list(labels), self.label_emb, background, cfg.templates, cache_dir)
+        )
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
         backend.release_text()
@@ -50,7 +62,7 @@ class Scorer:
     def score(self, audio_emb: np.ndarray) -> np.ndarray:
         """[N, D] normalised audio embeddings -> [N, L] scores."""
         a = np.atleast_2d(np.asarray(audio_emb, dtype=np.float32))
-        logits = self.logit_scale * (a @ self.label_emb.T)  # [N, L]
+        logits = self.logit_scale * (a @ self.label_emb.T) + self.label_offsets  # [N, L]
         if self.method == "softmax":
             return softmax(logits).astype(np.float32)
         assert self.background_emb is not None  # made for vs-background

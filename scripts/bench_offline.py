@@ -3,7 +3,8 @@
 
 Prints JSON lines like `sound-monitor bench`: the YAMNet log-mel front-end, the YAMNet
 inference over the window's 0.96 s patches, and the whole embed + score per window, on
-the bundled demo recording cut into 5 s windows every 1 s.
+the bundled demo recording cut into 5 s windows every 1 s; and YAMNet alone run one patch
+per call (the fetched batch-1 graph) against all of a window's patches in one call.
 
     .venv/bin/python scripts/bench_offline.py [--repeats 30] [--threads 2]
 """
@@ -59,6 +60,22 @@ def main() -> int:
             )
         )
     )
+    # YAMNet alone: the fetched batch-1 graph one patch per run (how it ran before issue 17)
+    # against the batched graph, all patches of a window in one run; same inputs, same run
+    from monitor.ort import session
+
+    one = session(b.dir / "yamnet.onnx", a.threads)
+    batched = b._yamnet
+
+    def per_patch():
+        for p in features.patches(nxt()):
+            one.run(None, {"audio": p[None, None]})
+
+    def all_patches():
+        batched.run(None, {"audio": features.patches(nxt())[:, None]})
+
+    print(json.dumps(bench.figure("yamnet_per_patch_ms_per_window", "ms", bench.time_ms(per_patch, a.repeats))))
+    print(json.dumps(bench.figure("yamnet_batched_ms_per_window", "ms", bench.time_ms(all_patches, a.repeats))))
     print(
         json.dumps(
             bench.figure(

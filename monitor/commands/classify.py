@@ -132,12 +132,24 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
+        from monitor.config import DEFAULT_BACKGROUND
+        from monitor.labels import label_offsets
+
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
+        # labels taught by example score like text labels (0 for text labels: CLAP parity holds)
+        offsets = label_offsets(
+            backend,
+            labels,
+            label_vecs,
+            lambda: label_embeddings(backend, list(DEFAULT_BACKGROUND), templates, cache_dir=cache_dir),
+            templates,
+            cache_dir,
+        )
         backend.release_text()  # as Scorer does: the text encoder is done
     results = []
     for f, info in zip(args.files, infos):
         emb, duration_s = embed_file(f, info)
-        scores = scorer.score(emb)[0] if one else softmax_scores(emb, label_vecs, backend.logit_scale)[0]
+        scores = scorer.score(emb)[0] if one else softmax_scores(emb, label_vecs, backend.logit_scale, offsets)[0]
         order = np.argsort(-scores, kind="stable")
         results.append(
             {

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from monitor.errors import ModelError, UserError
 
-METHODS = ("none", "bilinear", "nonlinear", "prototype")
+METHODS = ("none", "bilinear", "nonlinear", "reweight", "residual", "prototype")
+LEARNED = ("bilinear", "nonlinear", "reweight", "residual")  # trained on seen classes
+RESIDUAL = ("reweight", "residual")  # the zero-shot mapping plus a learned correction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--adapter",
         default="none",
         metavar="METHOD|FILE",
-        help="none | bilinear | nonlinear | prototype, or a trained adapter .npz to evaluate (zero-shot)",
+        help="none | bilinear | nonlinear (the papers' adapters, learned from scratch) | reweight | residual "
+        "(zero-shot plus a regularised correction, never worse than none on validation classes) | prototype, "
+        "or a trained adapter .npz to evaluate (zero-shot)",
     )
     parser.add_argument(
         "--semantic",
@@ -102,17 +106,19 @@ def run(args: argparse.Namespace) -> int:
     method = args.adapter
     if method not in METHODS:
         if not (method.endswith(".npz") or Path(method).exists()):
-            raise UserError(f"--adapter {method!r}: use none, bilinear, nonlinear, prototype or an adapter .npz file")
+            raise UserError(
+                f"--adapter {method!r}: use none, bilinear, nonlinear, reweight, residual, prototype or an adapter .npz file"
+            )
         adapter_file = adapt.Adapter.load(method)
         method = "file"
         if args.protocol != "zero-shot":
             raise UserError("--adapter FILE evaluates a trained adapter on all classes: use --protocol zero-shot")
-    if args.protocol == "zero-shot" and method in ("bilinear", "nonlinear") and not args.save_adapter:
+    if args.protocol == "zero-shot" and method in LEARNED and not args.save_adapter:
         raise UserError(
             f"--adapter {method} is trained on seen classes: use --protocol class-folds (or --save-adapter PATH)"
         )
-    if args.save_adapter and method not in ("bilinear", "nonlinear"):
-        raise UserError("--save-adapter needs --adapter bilinear or --adapter nonlinear")
+    if args.save_adapter and method not in LEARNED:
+        raise UserError("--save-adapter needs --adapter bilinear, nonlinear, reweight or residual")
     if args.semantic:
         adapt.parse_semantic(args.semantic)
     if args.folds is not None and args.protocol != "class-folds":
@@ -146,25 +152,31 @@ def run(args: argparse.Namespace) -> int:
     theta_kind = "features" if backend.has_audio_features else "audio"
     _say(f"{len(ds.paths)} clips, {len(ds.classes)} classes from {ds.root}; model {backend.name}")
 
+    residual = method in RESIDUAL or (adapter_file is not None and adapter_file.residual)
     emb = evaluate.Embeddings()
-    if method in ("none", "prototype"):
+    if method in ("none", "prototype") or residual:
         emb.audio = embed_files(backend, ds.paths, "audio", cache_root, stderr_progress("embedding clips"))
-    if method in ("bilinear", "nonlinear", "file"):
+    if method in LEARNED or method == "file":
         if adapter_file is not None:
             theta_kind = adapter_file.meta.get("theta", "audio")
-        emb.theta = embed_files(backend, ds.paths, theta_kind, cache_root, stderr_progress("embedding clips"))
+        if method != "reweight" and not (adapter_file is not None and adapter_file.kind == "reweight"):
+            emb.theta = embed_files(backend, ds.paths, theta_kind, cache_root, stderr_progress("embedding clips"))
+        else:
+            emb.theta = emb.audio  # reweight has no acoustic input beyond the zero-shot vector
 
     extra = {"protocol": args.protocol, "adapter": args.adapter, "model": backend.name, "classes": list(ds.classes)}
     label_vecs = phi = None
-    if method == "none":
+    if method == "none" or residual:
         label_vecs = label_embeddings(backend, list(ds.classes), templates, cache_dir=label_cache)
-    if method in ("bilinear", "nonlinear", "file"):
+    if method in LEARNED or method == "file":
         phi = adapt.semantic_embeddings(backend, ds.classes, str(semantic), templates, cache_dir=label_cache)
         extra["semantic"] = semantic
     if args.protocol == "class-folds":
         extra.update(partition=args.partition, seed=args.seed)
         assert folds is not None  # made above for class-folds
-        result: dict | None = evaluate.run_class_folds(ds, emb, method, folds, label_vecs, phi, args.seed, say=_say)
+        result: dict | None = evaluate.run_class_folds(
+            ds, emb, method, folds, label_vecs, phi, args.seed, say=_say, zero_shot_scale=backend.logit_scale
+        )
     else:
         if method == "none":
             assert emb.audio is not None and label_vecs is not None
@@ -172,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
         elif method == "prototype":
             assert emb.audio is not None
             scores = evaluate.loo_prototype_scores(emb.audio, ds.y, len(ds.classes))
+        elif method == "file" and residual:
+            assert adapter_file is not None and emb.audio is not None and emb.theta is not None
+            assert label_vecs is not None and phi is not None
+            scores = adapter_file.residual_scores(emb.audio, emb.theta, label_vecs, phi)
         elif method == "file":
             assert phi is not None and emb.theta is not None and adapter_file is not None
             if phi.shape[1] != adapter_file.d_s or emb.theta.shape[1] != adapter_file.d_a:
@@ -185,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate.run_zero_shot(ds, scores) if scores is not None else None
 
     if args.save_adapter:
-        saved = _save_adapter(args, ds, emb.theta, phi, method, semantic, theta_kind, templates, backend)
+        saved = _save_adapter(args, ds, emb, label_vecs, phi, method, semantic, theta_kind, templates, backend)
         _say(f"adapter trained on all {len(ds.classes)} classes saved to {saved}")
     if result is None:  # zero-shot + --save-adapter: training only (no unseen classes to test)
         if args.json:
@@ -219,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates, backend) -> Path:
+def _save_adapter(args, ds, emb, label_vecs, phi, method, semantic, theta_kind, templates, backend) -> Path:
     """Fit on all classes (λ/epochs chosen on a seeded 1/5 of the classes), calibrate, save."""
     import numpy as np
 
@@ -230,7 +246,25 @@ def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates,
     val = sorted(rng.permutation(n)[: max(1, n // 5)].tolist())
     train = [i for i in range(n) if i not in val]
     y = ds.y
-    th = theta
+    th = emb.theta
+    meta = dict(
+        backend_name=backend.name,
+        backend_cache_key=backend.cache_key,
+        semantic=semantic,
+        theta=theta_kind,
+        templates=list(templates),
+        classes=list(ds.classes),
+        dataset=str(ds.root),
+    )
+    if method in RESIDUAL:
+        data = adapt.ResidualData(emb.audio, th, y, label_vecs, phi)
+        f = adapt.fit_residual(method, data.part(train, y), data.part(val, y), backend.logit_scale, seed=args.seed)
+        f.adapter.meta.update(meta)
+        _say(
+            f"{method}: validation mAP {f.val_map:.3f} with λ={f.adapter.meta['lam']}"
+            + (" (no adaptation: nothing beat the zero-shot mapping)" if not np.isfinite(f.lam) else "")
+        )
+        return f.adapter.save(args.save_adapter)
 
     def part(classes):
         m = np.isin(y, classes)
@@ -243,13 +277,7 @@ def _save_adapter(args, ds, theta, phi, method, semantic, theta_kind, templates,
     s = f.adapter.scores(th, phi)
     u = f.adapter.label_vectors(phi)
     f.adapter.meta.update(
-        backend_name=backend.name,
-        backend_cache_key=backend.cache_key,
-        semantic=semantic,
-        theta=theta_kind,
-        templates=list(templates),
-        classes=list(ds.classes),
-        dataset=str(ds.root),
+        **meta,
         logit_scale=adapt.calibrate_scale(s, y),
         label_norm=float(np.median(np.linalg.norm(u, axis=1))),
     )
