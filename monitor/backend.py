@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from monitor.level import LevelNorm
     from monitor.types import Window
 
 import numpy as np
@@ -56,6 +57,7 @@ class Backend:
     # ``model.level.normalise: auto`` gives it one
     supports_level_norm: bool = False
     level_norm_default: bool = False
+    level: LevelNorm | None = None  # the level stage this backend applies to its input
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError

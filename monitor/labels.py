@@ -16,12 +16,16 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitor.backend import Backend, l2_normalise
 from monitor.config import DEFAULT_TEMPLATE, LabelConfig
 from monitor.files import atomic_savez
+
+if TYPE_CHECKING:
+    from monitor.prototypes import PrototypeStore
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +273,8 @@ def _prototypes(
             out[i] = prototype(backend, [Path(e).expanduser() for e in examples], cache_dir)
             continue
         entry = store.find(label_name(lab)) if store is not None else None
+        if entry is None and store is not None:
+            entry = _adopt(backend, store, label_name(lab), cache_dir)
         if entry is None:
             continue
         if backend.prototype_key == backend.cache_key:  # stored in this backend's own space
@@ -280,6 +286,22 @@ def _prototypes(
             if files:
                 out[i] = prototype(backend, files, cache_dir)
     return out
+
+
+def _adopt(backend: Backend, store: PrototypeStore, name: str, cache_dir: str | os.PathLike | None) -> dict | None:
+    """A label enrolled for another model (e.g. before a model update) is made again in this
+    model's space from its clips and kept in this model's store: enrolled labels survive."""
+    from monitor.prototypes import embed_files
+
+    found = store.find_elsewhere(name)
+    if found is None:
+        return None
+    where, entry = found
+    files = [str(f) for f in entry["files"]]
+    vec = l2_normalise(embed_files(backend, files, "audio", cache_dir).mean(axis=0))
+    store.put(name, vec, files, int(entry.get("n_windows", len(files))))
+    log.info("label %r (enrolled for another model, %s) made again from its %d clip(s)", name, where.name, len(files))
+    return store.find(name)
 
 
 def softmax_scores(

@@ -189,6 +189,18 @@ class PrototypeStore:
                 return entry
         return None
 
+    def find_elsewhere(self, label: str) -> tuple[Path, dict] | None:
+        """The label enrolled for *another* model (another store in the same folder) whose
+        clips are all still there: after a model update its prototype can be made again."""
+        for p in sorted(self.path.parent.glob("*.json")):
+            if p == self.path:
+                continue
+            entry = PrototypeStore(p.parent.parent, p.stem).find(label)
+            files = [Path(f) for f in (entry or {}).get("files", ())]
+            if entry is not None and files and all(f.is_file() for f in files):
+                return p, entry
+        return None
+
     def put(self, label: str, vector: np.ndarray, files: Sequence[str], n_windows: int) -> None:
         data = {k: v for k, v in self.load().items() if k.casefold() != label.casefold()}
         data[label] = {

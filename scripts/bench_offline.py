@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+
 from monitor import bench
 from monitor.offline import features
 from monitor.offline.backend import OfflineBackend
@@ -74,8 +76,15 @@ def main() -> int:
     def all_patches():
         batched.run(None, {"audio": features.patches(nxt())[:, None]})
 
-    print(json.dumps(bench.figure("yamnet_per_patch_ms_per_window", "ms", bench.time_ms(per_patch, a.repeats))))
-    print(json.dumps(bench.figure("yamnet_batched_ms_per_window", "ms", bench.time_ms(all_patches, a.repeats))))
+    # interleaved, so that a drifting machine load falls on both alike
+    t_one, t_all = [], []
+    for _ in range(a.repeats):
+        t_one += bench.time_ms(per_patch, 1, warmup=0)
+        t_all += bench.time_ms(all_patches, 1, warmup=0)
+    print(json.dumps(bench.figure("yamnet_per_patch_ms_per_window", "ms", t_one)))
+    print(json.dumps(bench.figure("yamnet_batched_ms_per_window", "ms", t_all)))
+    ratio = float(np.median(t_one) / np.median(t_all))
+    print(json.dumps({"metric": "yamnet_batched_speedup", "unit": "x", "value": round(ratio, 3)}))
     print(
         json.dumps(
             bench.figure(

@@ -206,3 +206,118 @@ def test_calibrated_scale_fits_the_margin_of_the_scores():
     s[np.arange(400), y] += 2.0
     scale = adapt.calibrate_scale(s, y)
     assert 0.5 < scale < 5.0
+
+
+# -- residual adapters (start at the zero-shot mapping) -----------------------------------------------
+def residual_problem(seed=0, n_classes=30, per_class=8, d0=24, d_a=12, d_s=10, junk=1.0):
+    """Zero-shot audio â = class label vector t̂_y + noise, except on a few 'junk' dimensions
+    where the audio is loud noise that has nothing to do with the class while the label
+    vectors differ there: those dimensions confuse the classes, and a per-dimension
+    re-weighting that turns them down helps on classes it never saw."""
+    rng = np.random.default_rng(seed)
+    t = l2_normalise(np.abs(rng.normal(size=(n_classes, d0))))
+    y = np.repeat(np.arange(n_classes), per_class)
+    a = t[y] + 0.1 * rng.normal(size=(len(y), d0))
+    a[:, :4] = junk * np.abs(rng.normal(size=(len(y), 4)))
+    phi = rng.normal(size=(n_classes, d_s))
+    theta = phi[y] @ rng.normal(size=(d_s, d_a)) + 0.5 * rng.normal(size=(len(y), d_a))
+    return adapt.ResidualData(l2_normalise(a), theta, y, t, phi)
+
+
+@pytest.mark.parametrize("kind", adapt.RESIDUAL_KINDS)
+def test_residual_adapter_at_lambda_infinity_is_the_zero_shot_mapping(kind):
+    d = residual_problem()
+    ad, _ = adapt.train_residual(kind, d, 10.0, np.inf, 50)
+    expect = 10.0 * l2_normalise(d.audio) @ l2_normalise(d.labels).T
+    assert np.allclose(ad.residual_scores(d.audio, d.theta, d.labels, d.phi), expect, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", adapt.RESIDUAL_KINDS)
+def test_residual_gradient_matches_finite_differences(kind):
+    d = residual_problem(n_classes=6, per_class=3)
+    rng = np.random.default_rng(2)
+    a, t = l2_normalise(d.audio), l2_normalise(d.labels)
+    th = l2_normalise(d.theta)
+    p = {"v": 0.1 * rng.normal(size=a.shape[1])} if kind == "reweight" else {"W": 0.1 * rng.normal(size=(12, 10))}
+    p = {k: v.astype(np.float64) for k, v in p.items()}
+
+    def loss(params):
+        if kind == "reweight":
+            s = 10.0 * (a * np.exp(params["v"])) @ t.T
+        else:
+            s = 10.0 * a @ t.T + th @ params["W"] @ d.phi.T
+        return adapt.warp_loss(s, d.y)[0]
+
+    g = adapt._residual_grad(kind, p, a, th, t, d.phi, d.y, 10.0)
+    k = next(iter(p))
+    for idx in [tuple(rng.integers(s) for s in p[k].shape) for _ in range(8)]:
+        e = np.zeros_like(p[k])
+        e[idx] = 1e-6
+        num = (loss({k: p[k] + e}) - loss({k: p[k] - e})) / 2e-6
+        assert g[k][idx] == pytest.approx(num, rel=1e-3, abs=1e-6)
+
+
+def test_reweight_helps_on_unseen_classes_and_is_never_worse_on_validation():
+    d = residual_problem()
+    y = d.y
+    train, val, test = list(range(0, 18)), list(range(18, 24)), list(range(24, 30))
+    none = adapt.train_residual("reweight", d, 10.0, np.inf, 0)[0]
+    f = adapt.fit_residual("reweight", d.part(train, y), d.part(val, y), 10.0, seed=0)
+    v = d.part(val, y)
+    val_none = adapt.mean_ap_of_scores(none.residual_scores(v.audio, v.theta, v.labels, v.phi), v.y)
+    assert f.val_map >= val_none - 1e-9  # "no adaptation" is in the grid
+    tst = d.part(test, y)
+    m_none = adapt.mean_ap_of_scores(none.residual_scores(tst.audio, tst.theta, tst.labels, tst.phi), tst.y)
+    m_ad = adapt.mean_ap_of_scores(f.adapter.residual_scores(tst.audio, tst.theta, tst.labels, tst.phi), tst.y)
+    assert np.isfinite(f.lam) and m_ad > m_none + 0.02, (m_none, m_ad, f.lam)
+
+
+def test_residual_choice_falls_back_to_no_adaptation_when_nothing_helps():
+    """Labels are already perfect and θ is noise: every correction is worse on validation."""
+    rng = np.random.default_rng(4)
+    d = residual_problem(junk=0.0)
+    d = adapt.ResidualData(d.audio, rng.normal(size=d.theta.shape), d.y, d.labels, rng.normal(size=d.phi.shape))
+    f = adapt.fit_residual("residual", d.part(list(range(18)), d.y), d.part(list(range(18, 24)), d.y), 10.0)
+    if not np.isfinite(f.lam):
+        assert f.epochs == 0 and not f.adapter.params["W"].any()
+    else:  # a correction may only be kept when it beat "no adaptation" on validation
+        none = adapt.train_residual("residual", d, 10.0, np.inf, 0)[0]
+        v = d.part(list(range(18, 24)), d.y)
+        assert f.val_map > adapt.mean_ap_of_scores(none.residual_scores(v.audio, v.theta, v.labels, v.phi), v.y)
+
+
+@pytest.mark.parametrize("kind", adapt.RESIDUAL_KINDS)
+def test_residual_adapter_file_runs_in_the_scorer_and_streams(kind, tmp_path):
+    from monitor.config import LabelConfig, ScoringConfig
+    from monitor.scoring import Scorer
+    from monitor.types import Window
+
+    base = FakeBackend()
+    rng = np.random.default_rng(1)
+    params = (
+        {"v": 0.3 * rng.normal(size=8)}
+        if kind == "reweight"
+        else {"W": rng.normal(size=(8, 8)), "mu": 0.1 * rng.normal(size=8)}
+    )
+    meta = {
+        "backend_cache_key": base.cache_key,
+        "semantic": "text",
+        "theta": "audio",
+        "templates": [],
+        "zero_shot_scale": 10.0,
+    }
+    path = adapt.Adapter(kind, params, meta).save(tmp_path / kind)
+    wrapped = adapt.maybe_adapt(base, path)
+    assert wrapped.logit_scale == 10.0  # the zero-shot scale: thresholds keep their meaning
+    names = ["dog", "siren", "rain"]
+    scorer = Scorer(wrapped, [LabelConfig(name=n) for n in names], ScoringConfig(method="softmax"))
+    audio = rng.normal(size=(4, 1600)).astype(np.float32)
+    got = scorer.score(wrapped.embed_audio(audio))
+    ad = adapt.Adapter.load(path)
+    a = base.embed_audio(audio)
+    t = base.embed_text([f"This is a sound of {n}." for n in names])
+    f = ad.residual_scores(a, a, t, t)  # θ is the base audio vector, φ its text vector (semantic "text")
+    e = np.exp(f - f.max(axis=1, keepdims=True))
+    assert got == pytest.approx(e / e.sum(axis=1, keepdims=True), abs=1e-5)
+    wins = [Window(i, audio[i], 16000, float(i), float(i) + 0.1, -20.0) for i in range(4)]
+    assert np.allclose(wrapped.embed_windows(wins, "s"), wrapped.embed_audio(audio), atol=1e-6)

@@ -32,7 +32,13 @@ def test_digital_silence_stays_silent():
 
 
 @settings(max_examples=100, deadline=None)
-@given(db=st.floats(-100.0, 0.0), target=st.floats(-40.0, -6.0), bound=st.floats(0.0, 40.0))
+# allow_subnormal=False: onnxruntime sessions made earlier in this process (denormals as
+# zero) leave the FPU flushing subnormals, which hypothesis refuses to draw under
+@given(
+    db=st.floats(-100.0, 0.0, allow_subnormal=False),
+    target=st.floats(-40.0, -6.0, allow_subnormal=False),
+    bound=st.floats(0.0, 40.0, allow_subnormal=False),
+)
 def test_gain_never_exceeds_its_bound(db, target, bound):
     x = tone(db, 4000)
     g = float(LevelNorm(target, bound).gain_db(x))

@@ -284,6 +284,8 @@ def _backend(cfg, say):
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
+    level = selected.backend.level
+    say(f"level: {level.describe()}" if level is not None else "level: raw (no level stage for this model)")
     return backend
 
 
