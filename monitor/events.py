@@ -25,6 +25,11 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_utc(unix_s: float) -> str:
+    """Unix seconds -> ISO 8601 UTC with milliseconds and "Z" (the events' time format)."""
+    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class LabelRule:
     threshold: float
@@ -80,6 +85,9 @@ class EventTracker:
         self._next_seq = next_seq
         self._wall = wall_clock
         self._state = {name: _LabelState() for name in self.rules}
+        # Unix time of stream time 0 (set by the pipeline from the first audio block): an
+        # event's ``start_time`` is this + start_s; None: events carry no start_time
+        self.origin_unix: float | None = None
 
     # -- queries ------------------------------------------------------------------
     def active_labels(self) -> list[str]:
@@ -114,6 +122,7 @@ class EventTracker:
             device_id=self.device_id,
             source=self.source,
             model=self.model,
+            start_time=None if self.origin_unix is None else iso_utc(self.origin_unix + st.start_s),
         )
 
     def _end(self, name: str, st: _LabelState, score: float, end_s: float) -> Event:

@@ -217,6 +217,8 @@ class Pipeline:
                 self._new_segment(block.frames / self.resampler.in_rate_hz, self.resampler.in_rate_hz)
                 continue
             t_block = time.perf_counter()
+            if self.tracker.origin_unix is None:  # stream time 0 on the wall clock
+                self.tracker.origin_unix = time.time() - len(block) / self.resampler.in_rate_hz
             new = self._windows_from(block)
             for w in new:
                 self._arrived[w.index] = t_block
@@ -443,7 +445,14 @@ class Pipeline:
 
 
 def publish_to(sinks: Sequence[Sink], ev: Event) -> None:
-    """Hand an event to every sink; one sink's failure is logged and does not stop the rest."""
+    """Hand an event to every sink; one sink's failure is logged and does not stop the rest.
+    Sinks that add to an event (the clips sink names the clip it will write) do so first,
+    so that every sink gets the same event."""
+    for s in sinks:
+        try:
+            ev = s.annotate(ev)
+        except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
+            log.error("sink %s failed to annotate event %s: %s", s.name, ev.seq, e)
     for s in sinks:
         try:
             s.publish(ev)

@@ -92,12 +92,18 @@ class Event:
     # only on some ``end`` events: "restart" = ended on the next start after a crash (the
     # run that opened it never ended it; end_s and duration_s are then null)
     reason: str | None = None
+    # absolute UTC time of the event's first window (ISO 8601, ms, "Z"): the wall-clock
+    # time of the stream's first sample + start_s (compatible addition; absent when unknown)
+    start_time: str | None = None
+    # on ``end`` events when clips are kept: the path of the event's clip file
+    clip: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         ordered = {"schema": d.pop("schema")}
-        if d["reason"] is None:
-            del d["reason"]  # a compatible addition: absent unless there is one
+        for optional in ("reason", "start_time", "clip"):
+            if d[optional] is None:
+                del d[optional]  # compatible additions: absent unless there is one
         ordered.update(d)
         return ordered
 

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import time
+from datetime import datetime
 
 import numpy as np
 import soundfile as sf
@@ -41,9 +42,15 @@ def test_clips_written_around_events_local_private(tmp_path):
     files = sorted((tmp_path / "clips").glob("clip-*.flac"))
     assert len(files) == 6 and clips.dropped == 0
     assert stat.S_IMODE((tmp_path / "clips").stat().st_mode) == 0o700
+    t_run = time.time()
     for e in ends:
         f = [p for p in files if e.event_id[:8] in p.name]
         assert len(f) == 1 and stat.S_IMODE(f[0].stat().st_mode) == 0o600
+        assert e.clip == str(f[0])  # the end event names its clip (and every sink got it so)
+        start = next(s for s in c.events if s.type == "start" and s.event_id == e.event_id)
+        assert start.clip is None and start.start_time == e.start_time
+        t0 = datetime.fromisoformat(e.start_time.replace("Z", "+00:00")).timestamp()
+        assert t_run - 120 < t0 - e.start_s < t_run  # stream time 0 on the wall clock, this run
         audio, rate = sf.read(f[0])
         assert rate == 16000
         # from start_s - 1 s (clamped at 0) to end_s + 1 s

@@ -93,3 +93,15 @@ def test_close_all_ends_open_events_and_seq_continues():
     assert [e.type for e in closing] == ["end"] and closing[0].seq == 2
     assert closing[0].end_s == 6.0
     assert tr.close_all() == []
+
+
+def test_start_time_is_the_stream_origin_plus_start_s():
+    from datetime import datetime
+
+    tr = make_tracker(threshold=0.5, hysteresis=0.0, min_windows=1, cooldown_s=0.0)
+    tr.origin_unix = 1_764_000_000.25  # 2025-11-24T16:00:00.250Z
+    evs = feed(tr, [0.1, 0.1, 0.9, 0.1], hop=1.0, window=1.0)
+    start, end = evs[0][2], evs[1][2]
+    assert start.start_s == 2.0 and start.start_time == end.start_time == "2025-11-24T16:00:02.250Z"
+    assert datetime.fromisoformat(start.start_time.replace("Z", "+00:00")).timestamp() == 1_764_000_002.25
+    assert start.to_dict()["start_time"] == start.start_time and "clip" not in start.to_dict()

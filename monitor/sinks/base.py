@@ -22,6 +22,10 @@ class Sink:
     def publish(self, event: Event) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def annotate(self, event: Event) -> Event:
+        """Add to an event before any sink publishes it (the clips sink: the clip's path)."""
+        return event
+
     def on_scores(self, scores: Scores) -> None:
         """Per-window scores; most sinks ignore them."""
 

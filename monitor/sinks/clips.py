@@ -11,6 +11,7 @@ folder is created private (0700) and clips are 0600: they are recordings of a ho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -134,6 +135,16 @@ class ClipsSink(Sink):
             return self._ring.take(np.arange(a, b) % self._ring.size), a / r
 
     # -- events ---------------------------------------------------------------------------
+    def _path(self, event: Event) -> Path:
+        stamp = event.wall_time.replace(":", "").replace("-", "").replace(".", "")
+        return self.dir / f"clip-{stamp}-{slugify(event.label)[:40]}-{event.event_id[:8]}.{self.fmt}"
+
+    def annotate(self, event: Event) -> Event:
+        """An end event names the clip this sink writes for it (when it has audio for one)."""
+        if event.type != "end" or event.end_s is None or self._filled == 0:
+            return event
+        return dataclasses.replace(event, clip=str(self._path(event)))
+
     def publish(self, event: Event) -> None:
         if event.type != "end" or event.end_s is None:
             return
@@ -141,10 +152,8 @@ class ClipsSink(Sink):
         if audio.size == 0:
             log.warning("no audio left for the clip of %r (%.1f-%.1f s)", event.label, event.start_s, event.end_s)
             return
-        stamp = event.wall_time.replace(":", "").replace("-", "").replace(".", "")
-        name = f"clip-{stamp}-{slugify(event.label)[:40]}-{event.event_id[:8]}.{self.fmt}"
         try:
-            self._queue.put_nowait((self.dir / name, audio, self._rate))
+            self._queue.put_nowait((self._path(event), audio, self._rate))
         except queue.Full:
             self.dropped += 1
             log.warning("clip writer is behind: clip of %r dropped", event.label)
