@@ -303,6 +303,25 @@ def _label_entry(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
+class MetricsConfig(_Section):
+    # HTTP /healthz and /metrics (Prometheus): PORT (on 127.0.0.1) or HOST:PORT; null = off
+    listen: str | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, v: object) -> str | None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)  # `listen: 9108` in YAML
+        if v is not None:
+            from monitor.metrics import parse_listen
+
+            try:
+                parse_listen(str(v))
+            except UserError as e:
+                raise ValueError(str(e).removeprefix("metrics.listen ")) from None
+        return None if v is None else str(v)
+
+
 class Config(_Section):
     device_id: str | None = None
     state_dir: str | None = None
@@ -315,6 +334,7 @@ class Config(_Section):
     output: OutputConfig = OutputConfig()
     mqtt: MQTTConfig = MQTTConfig()
     clips: ClipsConfig = ClipsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("labels", mode="before")
     @classmethod

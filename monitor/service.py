@@ -28,6 +28,7 @@ from monitor.backend import Backend
 from monitor.config import Config
 from monitor.encode import SharedEncoder
 from monitor.events import EventTracker, rules_for
+from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
@@ -72,7 +73,12 @@ class MonitorService:
         self.scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir)
         self.rules = rules_for(cfg.labels, cfg.events)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
+        self.event_counter: EventCounter | None = EventCounter() if cfg.metrics.listen else None
         self.shared_sinks = [self.journal, *shared_sinks]
+        if self.event_counter is not None:
+            self.shared_sinks.append(self.event_counter)
+        self.metrics: MetricsServer | None = None
+        self._workers: dict[str, threading.Thread] = {}
         self.own_sinks = own_sinks  # by source name: sinks of one source only (its --scores file)
         self.all_sinks = self.shared_sinks + [s for slot in slots for s in own_sinks.get(slot.name, [])]
         for s in self.all_sinks:
@@ -149,6 +155,10 @@ class MonitorService:
             threading.Thread(target=self._work, args=(p, o), name=f"worker {p.name}", daemon=True)
             for p, o in zip(self.pipes, outcomes)
         ]
+        self._workers = {p.name: t for p, t in zip(self.pipes, workers)}
+        if self.cfg.metrics.listen:
+            self.metrics = MetricsServer(self.cfg.metrics.listen, self.snapshot)
+            self.say(f"metrics: http://{self.metrics.address}/metrics and /healthz")
         for t in workers:
             t.start()
         done = threading.Event()
@@ -167,6 +177,8 @@ class MonitorService:
                     pass
         finally:
             self.stop_all()
+            if self.metrics is not None:
+                self.metrics.close()
             self.reloader.join()
             for t in workers:
                 t.join(timeout=10)
@@ -180,6 +192,34 @@ class MonitorService:
         except BaseException as e:  # noqa: BLE001 - reported by the caller
             outcome.error = e
             self.stop_all()  # one source failing on a bug stops the run (nothing is left half-open)
+
+    def snapshot(self) -> Snapshot:
+        """The run's numbers as one value (for /healthz and /metrics)."""
+        sources = []
+        for p in self.pipes:
+            st = p.stats
+            t = self._workers.get(p.name)
+            sources.append(
+                SourceHealth(
+                    name=p.name,
+                    status=st.source_status,
+                    detail=st.source_detail,
+                    alive=t is None or t.is_alive(),
+                    windows=st.windows,
+                    gated=st.gated,
+                    dropped_windows=st.dropped_windows,
+                    dropped_frames=p.buffer.dropped_frames,
+                    inference_ms=st.inference_ms,
+                    level_dbfs=st.level_dbfs,
+                )
+            )
+        pending = connected = None
+        for s in self.all_sinks:
+            if s.name == "mqtt":
+                ms = s.status()
+                pending, connected = int(ms.get("backlog", 0)), str(ms.get("state", "")).startswith("connected")
+        counts = self.event_counter.counts() if self.event_counter is not None else {}
+        return Snapshot(tuple(sources), counts, pending, connected)
 
     def refresh(self) -> None:
         """Status snapshot for the live view: drops, sinks (with the MQTT backlog), sources."""

@@ -39,6 +39,11 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=["s16le", "f32le"], help="stdin sample format")
     p.add_argument("--hop", type=float, help="seconds between windows (default 1.0)")
     p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve /healthz and /metrics (Prometheus) over HTTP; a port alone listens on 127.0.0.1",
+    )
+    p.add_argument(
         "--watch-config",
         action="store_true",
         help="reload the config file when it changes (SIGHUP reloads it when the monitor runs "
@@ -59,6 +64,7 @@ def _overrides(args) -> dict:
         "source.channels": args.channels,
         "source.format": args.format,
         "stream.hop_s": args.hop,
+        "metrics.listen": getattr(args, "metrics", None),
     }
     if args.fast:
         ov["source.realtime"] = False
