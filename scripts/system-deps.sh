@@ -1,8 +1,9 @@
 #!/bin/sh
 # Debian packages the tests need: mosquitto (a real broker on 127.0.0.1), PortAudio (the
 # sounddevice library), openssl (test certificates), PulseAudio with its ALSA plugin (a real
-# capture device: a null sink's monitor, tests/test_pulse_capture.py). Installs only what
-# is missing.
+# capture device: a null sink's monitor, tests/test_pulse_capture.py), ffmpeg (camera and
+# network stream sources) and systemd's systemd-analyze (checks `service install`'s unit).
+# Installs only what is missing.
 set -e
 need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
@@ -12,6 +13,8 @@ command -v pulseaudio >/dev/null 2>&1 || need="$need pulseaudio"
 command -v pactl >/dev/null 2>&1 || need="$need pulseaudio-utils"
 [ -e /usr/lib/x86_64-linux-gnu/alsa-lib/libasound_module_pcm_pulse.so ] || \
   [ -n "$(find /usr/lib -name libasound_module_pcm_pulse.so 2>/dev/null | head -1)" ] || need="$need libasound2-plugins"
+command -v ffmpeg >/dev/null 2>&1 || need="$need ffmpeg"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
   echo "system-deps: please install:$need (apt-get install -y$need)" >&2; exit 1; fi
