@@ -127,7 +127,7 @@ class SourceConfig(_Section):
             raise ValueError("at least one source is needed")
         for item in items:
             if not isinstance(item, str) or not item.strip():
-                raise ValueError("a source must be mic, mic:DEVICE, a file path or -")
+                raise ValueError("a source must be mic, mic:DEVICE, a file path, - or a stream URL")
         if len(items) > 1:
             if items.count("-") > 1:
                 raise ValueError("stdin (-) can be only one of the sources")
@@ -483,7 +483,11 @@ def with_overrides(cfg: Config, overrides: dict[str, Any], where: str = "command
 def dump_config(cfg: Config, effective: bool = False) -> str:
     """YAML of ``cfg``; ``effective`` fills in what unset values resolve to on this machine
     (device id from the host name, state and models dirs)."""
+    from monitor.sources import redact_url
+
     data = cfg.model_dump(mode="json")
+    inp = data["source"]["input"]  # a camera URL may carry a password: never printed
+    data["source"]["input"] = redact_url(inp) if isinstance(inp, str) else [redact_url(i) for i in inp]
     if effective:
         data["device_id"] = cfg.device
         data["state_dir"] = str(cfg.state_path)
@@ -503,8 +507,10 @@ def missing_files(cfg: Config) -> list[str]:
         if not ok:
             out.append(f"{where}: {kind} not found: {p}")
 
+    from monitor.sources import is_stream_url
+
     for i, src in enumerate(cfg.source.inputs):
-        if src not in ("mic", "-") and not src.startswith("mic:"):
+        if src not in ("mic", "-") and not src.startswith("mic:") and not is_stream_url(src):
             need("source.input" + (f"[{i}]" if len(cfg.source.inputs) > 1 else ""), src)
     if cfg.model.spec not in ("auto", "offline"):
         need("model.spec", cfg.model.spec, "folder")

@@ -16,8 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--source",
         action="append",
-        help="mic | mic:DEVICE | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin); repeat it to "
-        "monitor several sources with one model",
+        help="mic | mic:DEVICE | PATH (wav/flac/mp3/ogg) | - (raw PCM on stdin) | URL (rtsp://, http(s)://, "
+        "anything ffmpeg reads; restarted when it breaks); repeat it to monitor several sources with one model",
     )
     p.add_argument("--fast", action="store_true", help="process a file as fast as possible and exit at its end")
     p.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
@@ -136,6 +136,13 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
         name = f"mic:{device}" if device is not None else "mic"
         say(f"{reason}: waiting for {name} (reported lost, retried with backoff; see `sound-monitor devices`)")
         return sources.AbsentSource(name, sc.sample_rate_hz or 48000, sc.channels, reason), False, reopen
+    if sources.is_stream_url(spec):
+        ffmpeg = sources.find_ffmpeg()  # one clear line when it is missing, before anything runs
+
+        def reopen_stream():
+            return sources.FfmpegSource(spec, sc.block_frames, ffmpeg)
+
+        return reopen_stream(), False, reopen_stream
     if spec == "-":
         if not sc.sample_rate_hz:
             raise UserError("stdin needs its sample rate: --rate HZ (and --channels, --format if not 1, s16le)")
