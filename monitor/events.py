@@ -37,6 +37,7 @@ class LabelRule:
     min_windows: int
     cooldown_s: float
     max_event_s: float
+    enabled: bool = True  # False (switched off over MQTT, or the device paused): no events
 
 
 def rules_for(labels: Sequence[LabelConfig], cfg: EventsConfig) -> dict[str, LabelRule]:
@@ -101,8 +102,10 @@ class EventTracker:
                 st = self._state.pop(name)
                 if st.active:
                     events.append(self._end(name, st, st.peak, st.last_above_end_s or end_s))
-        for name in rules:
-            self._state.setdefault(name, _LabelState())
+        for name, rule in rules.items():
+            st = self._state.setdefault(name, _LabelState())
+            if st.active and not rule.enabled:  # switched off: its open event ends now
+                events.append(self._end(name, st, st.peak, st.last_above_end_s or end_s))
         self.rules = dict(rules)
         return events
 
@@ -137,6 +140,9 @@ class EventTracker:
         values = scores.as_dict()
         for name, rule in self.rules.items():
             st = self._state[name]
+            if not rule.enabled:
+                st.run = 0
+                continue
             s = float(values.get(name, 0.0))
             if st.active:
                 if s >= rule.off_level:

@@ -26,13 +26,15 @@ from dataclasses import dataclass
 
 from monitor.backend import Backend
 from monitor.config import Config
+from monitor.control import ControlError, Controls, parse_switch, parse_threshold
 from monitor.encode import SharedEncoder
-from monitor.events import EventTracker, rules_for
+from monitor.events import EventTracker
 from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
+from monitor.sinks.mqtt import MqttSink
 from monitor.sinks.terminal import TerminalSink
 from monitor.sources import SourceSlot
 from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
@@ -71,7 +73,9 @@ class MonitorService:
         self.several = len(slots) > 1
         self.cache_dir = cfg.state_path / "label-cache"
         self.scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir)
-        self.rules = rules_for(cfg.labels, cfg.events)
+        # thresholds and switches set over MQTT, kept in the state dir, on top of every config
+        self.controls = Controls(cfg.state_path, cfg.device)
+        self.rules = self.controls.rules(cfg)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
         self.event_counter: EventCounter | None = EventCounter() if cfg.metrics.listen else None
         self.shared_sinks = [self.journal, *shared_sinks]
@@ -123,10 +127,48 @@ class MonitorService:
     def apply_live(self, new_cfg: Config) -> None:
         """Build the new scorer here (reload thread); the workers swap it in between windows."""
         new_scorer = Scorer(self.backend, new_cfg.labels, new_cfg.scoring, cache_dir=self.cache_dir)
-        new_rules = rules_for(new_cfg.labels, new_cfg.events)
-        self.term.set_rules(new_scorer.labels, {k: r.threshold for k, r in new_rules.items()})
+        self.cfg, self.scorer = new_cfg, new_scorer
+        self._push_rules()
+
+    def _push_rules(self) -> None:
+        """The event rules of the current config and controls to every pipeline (between two
+        windows), the live view and the MQTT entities."""
+        rules = self.controls.rules(self.cfg)
+        self.rules = rules
+        self.term.set_rules(self.scorer.labels, {k: r.threshold for k, r in rules.items()})
         for pipe in self.pipes:
-            pipe.swap_live(new_scorer, new_rules)
+            pipe.swap_live(self.scorer, rules)
+        self._publish_controls()
+
+    def _publish_controls(self) -> None:
+        values = {k: (r.threshold, self.controls.label_enabled(k)) for k, r in self.rules.items()}
+        for s in self.all_sinks:
+            if isinstance(s, MqttSink):
+                s.set_controls(values, self.controls.enabled)
+
+    def control(self, kind: str, label: str | None, payload: bytes) -> str | None:
+        """A command from MQTT (network thread): validate, keep, apply. -> why it was refused."""
+        try:
+            if kind == "threshold":
+                assert label is not None
+                value = parse_threshold(payload)
+                self.controls.set_threshold(label, value)
+                self.say(f"{label}: threshold {value:g} (set over MQTT)")
+            elif kind == "enabled":
+                assert label is not None
+                on = parse_switch(payload)
+                self.controls.set_label_enabled(label, on)
+                self.say(f"{label}: detection {'on' if on else 'off'} (set over MQTT)")
+            elif kind == "device_enabled":
+                on = parse_switch(payload)
+                self.controls.set_enabled(on)
+                self.say(f"detection {'resumed' if on else 'paused'} (set over MQTT)")
+            else:
+                return f"unknown command {kind!r}"
+        except ControlError as e:
+            return str(e)
+        self._push_rules()
+        return None
 
     def install_signals(self, attached: bool) -> None:
         """SIGINT/SIGTERM stop; SIGHUP stops when started from a terminal (it closed), else reloads."""
@@ -156,6 +198,10 @@ class MonitorService:
             for p, o in zip(self.pipes, outcomes)
         ]
         self._workers = {p.name: t for p, t in zip(self.pipes, workers)}
+        for s in self.all_sinks:
+            if isinstance(s, MqttSink):
+                s.on_control = self.control
+        self._publish_controls()
         if self.cfg.metrics.listen:
             self.metrics = MetricsServer(self.cfg.metrics.listen, self.snapshot)
             self.say(f"metrics: http://{self.metrics.address}/metrics and /healthz")
@@ -169,6 +215,7 @@ class MonitorService:
             done.set()
 
         threading.Thread(target=_wait_all, name="join", daemon=True).start()
+        threading.Thread(target=self._status_loop, args=(done,), name="status", daemon=True).start()
         try:
             if live:
                 self.term.run_live(self.refresh, done)
@@ -185,6 +232,20 @@ class MonitorService:
             self.encoder.close()
             close_sinks(self.all_sinks)
         return outcomes
+
+    def _status_loop(self, done: threading.Event) -> None:
+        """Every few seconds, the run's numbers to the sinks that report them (MQTT diagnostics)."""
+        while not done.wait(5.0):
+            try:
+                snap = self.snapshot()
+            except Exception as e:  # noqa: BLE001 - a status report must never stop the run
+                log.debug("status snapshot failed: %s", e)
+                continue
+            for s in self.all_sinks:
+                try:
+                    s.on_status(snap)
+                except Exception as e:  # noqa: BLE001 - one sink's failure must not stop the rest
+                    log.debug("sink %s failed to take the status: %s", s.name, e)
 
     def _work(self, pipe: Pipeline, outcome: Outcome) -> None:
         try:

@@ -27,4 +27,11 @@ def run(args) -> int:
         raise UserError(f"{where}: " + "; ".join(missing))
     sys.stdout.write(f"# effective config from {where}: valid\n")
     sys.stdout.write(dump_config(cfg, effective=True))
+    from monitor.control import Controls
+
+    controls = Controls(cfg.state_path, cfg.device)
+    lines = controls.describe([lab.name for lab in cfg.labels])
+    if lines:
+        sys.stdout.write(f"# overrides of this file set over MQTT (kept in {controls.path}):\n")
+        sys.stdout.write("".join(f"#   {line}\n" for line in lines))
     return 0

@@ -22,6 +22,9 @@ class Sink:
     def publish(self, event: Event) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def on_status(self, snapshot: object) -> None:
+        """The run's numbers (``monitor.metrics.Snapshot``) every few seconds; most sinks ignore them."""
+
     def annotate(self, event: Event) -> Event:
         """Add to an event before any sink publishes it (the clips sink: the clip's path)."""
         return event

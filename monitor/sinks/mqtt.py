@@ -29,7 +29,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 from monitor import __version__
 from monitor.config import MQTTConfig
 from monitor.errors import UserError
+from monitor.events import utc_now_iso
 from monitor.files import write_text_atomic
 from monitor.outbox import Outbox
 from monitor.sinks.base import OpenLabels, Sink
@@ -160,6 +161,16 @@ class MqttSink(Sink):
         self._rejected_logged: set[str] = set()
         self.rejected = 0  # events the broker refused (MQTT v5 PUBACK reason code)
         self._known_path = state_file(state_dir, "discovery", device_id, ".json")
+        # runtime control (see monitor/control.py): the current values, published retained,
+        # and where commands go (the service sets it; None: commands are refused)
+        self.on_control: Callable[[str, str | None, bytes], str | None] | None = None
+        self._controls: dict[str, tuple[float, bool]] = {}  # label -> (threshold, enabled)
+        self._device_enabled = True
+        self._refused_logged: set[str] = set()
+        self.sensor_interval_s = 10.0  # level / heard / diagnostics: at most one message per this
+        self._last_sensor_t = 0.0
+        self._last_heard: str | None = None
+        self._last_diag_t = 0.0
 
         client_id = cfg.client_id or f"sound-monitor-{self.topics.dev}"
         if cfg.protocol == "5":
@@ -284,6 +295,8 @@ class MqttSink(Sink):
         self._pub(self.topics.availability, "online", retain=True)
         if self.cfg.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
+        for f in self.topics.command_filters:
+            client.subscribe(f, qos=1)
         self._publish_labels()
         self._clear_stale()
         with self._lock:
@@ -356,8 +369,33 @@ class MqttSink(Sink):
             log.error("MQTT broker %s rejected the publish to %s: %s", self._where, value, reason_code)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic == self.topics.ha_status and msg.payload == b"online":
-            self._publish_labels(states=False)
+        if msg.topic == self.topics.ha_status:
+            if msg.payload == b"online":
+                self._publish_labels(states=False)
+            return
+        cmd = self.topics.command_of(msg.topic)
+        if cmd is None or msg.retain:  # a retained command is stale: values come from the state dir
+            return
+        kind, slug = cmd
+        with self._lock:
+            label = next((lab for lab, sl in self._slugs.items() if sl == slug), None) if slug else None
+        if slug and label is None:
+            return self._refuse(msg.topic, "no such label on this device")
+        handler = self.on_control
+        if handler is None:
+            return self._refuse(msg.topic, "runtime control is not available in this run")
+        try:
+            problem = handler("device_enabled" if kind == "device_enabled" else kind, label, bytes(msg.payload))
+        except Exception as e:  # noqa: BLE001 - a command must never take the network thread down
+            problem = f"{type(e).__name__}: {e}"
+        if problem:
+            self._refuse(msg.topic, problem)
+
+    def _refuse(self, topic: str, why: str) -> None:
+        key = f"{topic}|{why}"
+        if key not in self._refused_logged:  # once per topic and reason: a flood stays one line
+            self._refused_logged.add(key)
+            log.warning("MQTT command on %s ignored: %s", topic, why)
 
     # -- publishing ----------------------------------------------------------------------------
     def _pub(
@@ -377,11 +415,16 @@ class MqttSink(Sink):
             self._acked(what, early)
 
     def _label_topics(self, slugs: Iterable[str]) -> set[str]:
+        """The retained topics of these labels (state, control values, attributes, discovery)."""
         out = set()
         for s in slugs:
             out.add(self.topics.state(s))
+            out.add(self.topics.label_topic(s, "threshold"))
+            out.add(self.topics.label_topic(s, "enabled"))
+            out.add(self.topics.label_topic(s, "attributes"))
             if self.cfg.discovery:
                 out.add(self.topics.discovery(s))
+                out.update(self.topics.label_entities("", s, "", ""))
         return out
 
     def _publish_labels(self, states: bool = True) -> None:
@@ -389,13 +432,42 @@ class MqttSink(Sink):
             labels = list(self._labels)
             slugs = dict(self._slugs)
             on = {lab: self._open.is_on(lab) for lab in labels}
+        if self.cfg.discovery:
+            for topic, payload in self.topics.device_entities(self.model_name, __version__).items():
+                self._pub(topic, json.dumps(payload), retain=True)
         for lab in labels:
             s = slugs[lab]
             if self.cfg.discovery:
                 payload = self.topics.discovery_payload(lab, s, self.model_name, __version__)
                 self._pub(self.topics.discovery(s), json.dumps(payload), retain=True)
+                for topic, p in self.topics.label_entities(lab, s, self.model_name, __version__).items():
+                    self._pub(topic, json.dumps(p), retain=True)
             if states:
                 self._pub(self.topics.state(s), "ON" if on.get(lab) else "OFF", retain=True)
+        if states:
+            self._publish_controls()
+
+    def _publish_controls(self) -> None:
+        """The current thresholds and switches, retained (what the number/switch entities show)."""
+        with self._lock:
+            controls = dict(self._controls)
+            slugs = dict(self._slugs)
+            dev_on = self._device_enabled
+        self._pub(self.topics.device_topic("enabled"), "ON" if dev_on else "OFF", retain=True)
+        for lab, (thr, on) in controls.items():
+            s = slugs.get(lab)
+            if s:
+                self._pub(self.topics.label_topic(s, "threshold"), f"{thr:g}", retain=True)
+                self._pub(self.topics.label_topic(s, "enabled"), "ON" if on else "OFF", retain=True)
+
+    def set_controls(self, values: dict[str, tuple[float, bool]], device_enabled: bool) -> None:
+        """The effective threshold and switch of each label, and the device switch."""
+        with self._lock:
+            self._controls = dict(values)
+            self._device_enabled = device_enabled
+            connected = self._connected
+        if connected:
+            self._publish_controls()
 
     def _known_topics(self) -> set[str] | None:
         try:
@@ -458,8 +530,21 @@ class MqttSink(Sink):
             self._wake.notify_all()
         if slug and connected:
             self._pub(self.topics.state(slug), "ON" if on else "OFF", retain=True)
+            attrs = {
+                "score": event.score,
+                "peak_score": event.peak_score,
+                "source": event.source,
+                "event_id": event.event_id,
+            }
+            self._pub(self.topics.label_topic(slug, "attributes"), json.dumps(attrs), retain=True)
+            # the event entity: each message is one occurrence (not retained: a restart of
+            # Home Assistant must not replay it)
+            self._pub(
+                self.topics.label_topic(slug, "event"), json.dumps({"event_type": event.type, **attrs}), retain=False
+            )
 
     def on_scores(self, scores: Scores) -> None:
+        self._sensors(scores)
         if not self.cfg.scores_interval_s or scores.gated:
             return
         now = time.monotonic()
@@ -470,6 +555,41 @@ class MqttSink(Sink):
             self._pub(
                 self.topics.scores, json.dumps({"t_s": scores.start_s, "scores": scores.as_dict()}), retain=False, qos=0
             )
+
+    def _sensors(self, scores: Scores) -> None:
+        """The level and "heard" sensors: at most one update per ``sensor_interval_s``, and
+        "heard" also when its top label changes."""
+        now = time.monotonic()
+        values = scores.as_dict()
+        top = max(values, key=lambda k: values[k]) if values and not scores.gated else None
+        due = now - self._last_sensor_t >= self.sensor_interval_s
+        if not self._connected or not (due or (top != self._last_heard and now - self._last_sensor_t >= 1.0)):
+            return
+        self._last_sensor_t = now
+        self._last_heard = top
+        self._pub(self.topics.device_topic("level"), f"{scores.level_dbfs:.1f}", retain=True, qos=0)
+        heard = {
+            "label": top if top is not None else "(quiet)",
+            "score": round(float(values[top]), 4) if top is not None else 0.0,
+            "t_s": round(scores.start_s, 3),  # the window's stream time
+            "time": utc_now_iso(),
+            "source": scores.source,
+        }
+        self._pub(self.topics.device_topic("heard"), json.dumps(heard), retain=True, qos=0)
+
+    def on_status(self, snapshot: Any) -> None:
+        """Diagnostics (source status, inference ms, outbox backlog), every ~30 s."""
+        now = time.monotonic()
+        if not self._connected or now - self._last_diag_t < 30.0:
+            return
+        self._last_diag_t = now
+        srcs = snapshot.sources
+        diag = {
+            "source_status": ", ".join(f"{s.name}: {s.status}" for s in srcs) if len(srcs) > 1 else srcs[0].status,
+            "inference_ms": round(max((s.inference_ms for s in srcs), default=0.0), 2),
+            "outbox_backlog": self.outbox.size(),
+        }
+        self._pub(self.topics.device_topic("diagnostics"), json.dumps(diag), retain=True, qos=0)
 
     def set_labels(self, labels: Sequence[str]) -> None:
         with self._lock:
