@@ -593,6 +593,8 @@ class MqttSink(Sink):
 
     def set_labels(self, labels: Sequence[str]) -> None:
         with self._lock:
+            if list(labels) == self._labels and self._connected:
+                return  # a change of rules only (a threshold set over MQTT): nothing to re-announce
             self._labels = list(labels)
             self._slugs = label_slugs(self._labels)
             self._open.keep(self._labels)
