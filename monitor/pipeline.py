@@ -29,6 +29,7 @@ import numpy as np
 from monitor.audio_io import downmix, sanitise
 from monitor.backend import Backend
 from monitor.buffer import DroppedAudio, RingBuffer
+from monitor.change_gate import ChangeGate, GateParams
 from monitor.config import SourceConfig, StreamConfig
 from monitor.encode import SharedEncoder
 from monitor.events import EventTracker
@@ -74,6 +75,7 @@ class Stats:
     silent_s: float = 0.0  # current run of digital silence, stream seconds
     reloads: int = 0
     received_frames: int = 0
+    reused: int = 0  # windows whose scores the change gate reused (no model run)
 
 
 class Pipeline:
@@ -136,6 +138,8 @@ class Pipeline:
         self._swap_lock = threading.Lock()
         self._swap: tuple | None = None
         self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
+        c = stream_cfg
+        self.change_gate = ChangeGate(GateParams(c.change_db, c.change_max_age_s)) if c.change_gate else None
         self._failed_score_sinks: set[str] = set()
 
     # -- source status ---------------------------------------------------------------------
@@ -315,6 +319,8 @@ class Pipeline:
 
     def _new_segment(self, gap_s: float, source_rate_hz: int) -> float:
         """Start windowing afresh ``gap_s`` after the current stream position; returns its start."""
+        if self.change_gate is not None:
+            self.change_gate.forget()  # after a gap, the audio is not the same stream any more
         rate = self.windower.sample_rate_hz
         old = self.windower
         start_n = self.clock.start_after_gap(old.total_samples, gap_s, old.hop_n)
@@ -341,6 +347,8 @@ class Pipeline:
             scorer, rules, on_applied = self._swap
             self._swap = None
         self.scorer = scorer
+        if self.change_gate is not None:
+            self.change_gate.forget()  # new labels or rules: the next window runs the model
         with self._out:
             ended = self.tracker.set_rules(rules, end_s=self.stats.stream_s)
             for ev in ended:
@@ -355,8 +363,18 @@ class Pipeline:
             on_applied(ended)
 
     def _process(self, windows: list[Window]) -> None:
+        if self.change_gate is not None and len(windows) > 1:
+            # one window at a time: each decision compares with the latest real run
+            for w in windows:
+                self._process_batch([w])
+            return
+        self._process_batch(windows)
+
+    def _process_batch(self, windows: list[Window]) -> None:
         gate = self.cfg.gate_dbfs
         live = [w for w in windows if w.level_dbfs >= gate]
+        reuse, sigs = self._change_gate(live)
+        live = [w for w in live if w.index not in reuse]
         emb: dict[int, np.ndarray] = {}
         ms = 0.0
         if live:
@@ -373,9 +391,18 @@ class Pipeline:
             ms = (time.perf_counter() - t0) * 1000.0 / len(live)
         labels = self.scorer.labels
         for w in windows:
+            if w.index in reuse:
+                values = tuple(float(reuse[w.index].get(n, 0.0)) for n in labels)
+                self.stats.reused += 1
+                self._emit(
+                    Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, source=self.name, reused=True)
+                )
+                continue
             if w.index in emb:
                 values = tuple(float(x) for x in self.scorer.score(emb[w.index][None, :])[0])
                 gated = False
+                if self.change_gate is not None:
+                    self.change_gate.ran_on(sigs[w.index], w.start_s, labels, values)
             else:
                 values = tuple(0.0 for _ in labels)
                 gated = True
@@ -392,6 +419,24 @@ class Pipeline:
                 source=self.name,
             )
             self._emit(sc)
+
+    def _change_gate(self, live: list[Window]) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+        """Which windows may reuse the last real scores ({index: scores}), and every live
+        window's signature (the ones that run become the gate's reference)."""
+        if self.change_gate is None or not live:
+            return {}, {}
+        from monitor.change_gate import signature
+
+        off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
+        any_open = bool(self.tracker.active_labels())
+        reuse: dict[int, dict] = {}
+        sigs: dict[int, np.ndarray] = {}
+        for w in live:
+            sigs[w.index] = signature(w.samples, w.sample_rate_hz)
+            got = self.change_gate.reuse(sigs[w.index], w.start_s, off, any_open)
+            if got is not None:
+                reuse[w.index] = got
+        return reuse, sigs
 
     def _emit(self, sc: Scores) -> None:
         st = self.stats

@@ -50,6 +50,7 @@ class Scores:
     gated: bool = False
     inference_ms: float = 0.0
     source: str = ""  # the pipeline's source name (several sources in one run)
+    reused: bool = False  # the change gate reused the last real scores (no model run)
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.labels, self.values))
@@ -65,6 +66,8 @@ class Scores:
         }
         if with_source:
             d["source"] = self.source
+        if self.reused:
+            d["reused"] = True  # a compatible addition: present only on reused windows
         return json.dumps(d)
 
 

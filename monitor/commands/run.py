@@ -333,7 +333,9 @@ def _report(outcomes, service, say) -> int:
             continue
         who = f"{o.name}: " if several else ""
         say(
-            f"{who}finished: {st.windows} windows ({st.gated} below the gate), "
+            f"{who}finished: {st.windows} windows ({st.gated} below the gate"
+            + (f", {st.reused} reused by the change gate" if st.reused else "")
+            + "), "
             f"{st.events_started} event(s) ({st.events} start/end messages), "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
             + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")

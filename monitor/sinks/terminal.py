@@ -34,6 +34,7 @@ class ViewState:
     gate_dbfs: float = -70.0
     inference_ms: float = 0.0
     windows: int = 0
+    reused: int = 0  # windows the change gate answered without the model
     dropped_windows: int = 0
     dropped_frames: int = 0
     stream_s: float = 0.0
@@ -121,7 +122,10 @@ def render(state: ViewState, height: int | None = None) -> Any:
         meter = _bar((lvl + 90.0) / 90.0, (state.gate_dbfs + 90.0) / 90.0, 30)
         levels = f"level {state.level_dbfs:6.1f} dBFS {meter}  gate {state.gate_dbfs:.0f}\n"
     info = Text(
-        levels + f"t={state.stream_s:8.1f} s  windows {state.windows}  inference {state.inference_ms:6.1f} ms/window  "
+        levels
+        + f"t={state.stream_s:8.1f} s  windows {state.windows}"
+        + (f" ({state.reused} reused)" if state.reused else "")
+        + f"  inference {state.inference_ms:6.1f} ms/window  "
         f"dropped windows {state.dropped_windows}  dropped samples {state.dropped_frames}\n"
         + f"source: {state.source_status}  "
         + "sinks: "
@@ -184,7 +188,9 @@ class TerminalSink(Sink):
             self.state.level_dbfs = scores.level_dbfs
             self.state.stream_s = scores.end_s
             self.state.windows += 1
-            if not scores.gated:
+            if scores.reused:
+                self.state.reused += 1
+            elif not scores.gated:
                 self.state.inference_ms = scores.inference_ms
         now = time.monotonic()
         last = self._last_status.get(scores.source, 0.0)  # one status line per source every _every s
@@ -198,7 +204,7 @@ class TerminalSink(Sink):
                 who,
                 scores.end_s,
                 scores.level_dbfs,
-                " (gated)" if scores.gated else "",
+                " (gated)" if scores.gated else " (reused)" if scores.reused else "",
                 tops,
             )
 

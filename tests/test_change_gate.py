@@ -1,0 +1,93 @@
+"""The change gate (monitor/change_gate.py): unchanged quiet windows reuse the last real
+scores; any change, any score near a threshold, an open event or age forces the model."""
+
+from __future__ import annotations
+
+import numpy as np
+from fault_helpers import RATE, ScriptSource, make_pipeline, noise
+from stream_helpers import BandEnergyBackend
+
+from monitor.change_gate import ChangeGate, GateParams, signature
+from monitor.config import EventsConfig, LabelConfig, StreamConfig
+
+OFF = {"dog": 0.4, "alarm": 0.4}
+
+
+def test_signature_is_level_and_spectrum_sensitive_but_stable_on_steady_noise():
+    a, b = noise(5, 0.01, seed=1), noise(5, 0.01, seed=2)  # the same kind of noise, other samples
+    sa, sb = signature(a, RATE), signature(b, RATE)
+    assert sa.shape == (32,) and np.max(np.abs(sa - sb)) < 2.5  # under the default change_db (3 dB)
+    louder = signature(a * 2.0, RATE)  # +6 dB
+    assert np.max(np.abs(louder - sa)) > 5.0
+    t = np.arange(5 * RATE) / RATE
+    tone = signature(a + 0.05 * np.sin(2 * np.pi * 1000 * t).astype(np.float32), RATE)
+    assert np.max(np.abs(tone - sa)) > 10.0  # a new sound in one band
+
+
+def test_reuse_rules():
+    g = ChangeGate(GateParams(change_db=3.0, max_age_s=5.0, margin=0.5))
+    s = signature(noise(5, 0.01), RATE)
+    assert g.reuse(s, 0.0, OFF, False) is None  # nothing to reuse yet
+    g.ran_on(s, 0.0, ("dog", "alarm"), (0.05, 0.1))
+    assert g.reuse(s, 1.0, OFF, False) == {"dog": 0.05, "alarm": 0.1}
+    assert g.reuse(s, 5.5, OFF, False) is None  # too old: the model runs at least every 5 s
+    assert g.reuse(s, 1.0, OFF, True) is None  # an open event
+    assert g.reuse(s + 4.0, 1.0, OFF, False) is None  # the sound changed
+    g.ran_on(s, 2.0, ("dog", "alarm"), (0.05, 0.25))  # alarm at 0.25 >= 0.5 x 0.4: near
+    assert g.reuse(s, 3.0, OFF, False) is None
+    g.forget()
+    assert g.reuse(s, 3.0, OFF, False) is None
+
+
+class CountingBackend(BandEnergyBackend):
+    def __init__(self):
+        super().__init__()
+        self.windows = 0
+
+    def embed_audio(self, batch):
+        self.windows += len(np.atleast_2d(batch))
+        return super().embed_audio(batch)
+
+
+def run(steps, change_gate: bool):
+    b = CountingBackend()
+    events = EventsConfig(threshold=0.9, hysteresis=0.1, min_windows=1, cooldown_s=0.0)
+    labels = [LabelConfig(name="dog"), LabelConfig(name="alarm")]
+    src = ScriptSource(steps, speed=0, realtime=False)
+    stream = StreamConfig(change_gate=change_gate, gate_dbfs=-90)
+    pipe, c = make_pipeline(src, backend=b, labels=labels, events=events, stream=stream)
+    st = pipe.run()
+    return b, c, st
+
+
+def test_a_steady_room_runs_the_model_on_few_windows():
+    steps = [("audio", noise(120, 0.003, seed=3))]
+    b_off, c_off, _ = run(steps, False)
+    b_on, c_on, st = run(steps, True)
+    n = len(c_off.scores)
+    assert len(c_on.scores) == n and b_off.windows == n
+    assert b_on.windows <= n / 3, (b_on.windows, n)  # at most a third of the model runs
+    assert st.reused == n - b_on.windows
+    reused = [s for s in c_on.scores if s.reused]
+    assert reused and all(s.inference_ms == 0.0 for s in reused)
+    # a reused window carries the scores of the window the model last ran on
+    last = None
+    for s in c_on.scores:
+        if s.reused:
+            assert s.values == last
+        else:
+            last = s.values
+    gaps = np.diff([s.window_index for s in c_on.scores if not s.reused])
+    assert gaps.max() <= 6  # a real run at least every max_age_s (5 s at a 1 s hop)
+
+
+def test_a_sound_that_appears_runs_the_model_at_once():
+    quiet = noise(30, 0.003, seed=4)
+    t = np.arange(8 * RATE) / RATE
+    loud = (0.3 * np.sin(2 * np.pi * 700 * t)).astype(np.float32) + noise(8, 0.003, seed=5)
+    steps = [("audio", quiet), ("audio", loud), ("audio", noise(30, 0.003, seed=6))]
+    _, c, _ = run(steps, True)
+    first_loud = 30  # the first window that holds part of the tone starts at 26 s; by 30 s all of it
+    for s in c.scores:
+        if 26 <= s.start_s <= first_loud:
+            assert not s.reused, s  # every window that overlaps the new sound ran the model
