@@ -263,6 +263,44 @@ def write_loop_wav(path: Path, audio: np.ndarray, rate: int, seconds: float) -> 
     return path
 
 
+def room_tone(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Quiet, real-looking background: 1/f noise around -58 dBFS, mains hum (50 Hz and two
+    harmonics) around -60 dBFS, a slow level drift."""
+    n = int(seconds * rate)
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / rate)
+    spec[1:] /= np.sqrt(f[1:] / 20.0)
+    spec[0] = 0
+    pink = np.fft.irfft(spec, n)
+    pink *= 10 ** (-58 / 20) / np.sqrt(np.mean(pink**2))
+    t = np.arange(n) / rate
+    hum = sum(a * np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) for k, a in ((1, 1.0), (2, 0.4), (3, 0.25)))
+    hum *= 10 ** (-60 / 20) / np.sqrt(np.mean(hum**2))
+    drift = 1.0 + 0.3 * np.sin(2 * np.pi * t / rng.uniform(40, 90))
+    return ((pink + hum) * drift).astype(np.float32)
+
+
+def write_home_stream(path: Path, clips: Sequence[np.ndarray], rate: int, seconds: float, seed: int = 0) -> int:
+    """A home-like stream as 16-bit WAV, written segment by segment (memory stays small):
+    room tone with one of ``clips`` mixed in every 12-40 s. Returns how many clips went in."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    total, done, n_clips = int(seconds * rate), 0, 0
+    with sf.SoundFile(str(path), "w", rate, 1, subtype="PCM_16") as f:
+        while done < total:
+            seg = room_tone(float(rng.uniform(12, 40)), rate, rng)
+            clip = clips[int(rng.integers(len(clips)))] if clips else np.zeros(0, np.float32)
+            at = len(seg) - len(clip) - rate if len(seg) > len(clip) + rate else -1
+            if at >= 0 and done + len(seg) <= total:
+                seg[at : at + len(clip)] += clip
+                n_clips += 1
+            part = seg[: total - done]
+            f.write(np.clip(part, -1.0, 1.0))
+            done += part.size
+    return n_clips
+
+
 def _proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

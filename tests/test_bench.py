@@ -54,6 +54,8 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
         "--compare-reference",
         "--reference",
         str(tiny_clap_dir),
+        "--cost-min",
+        "2",
     )
     assert code == 0, err
     figures = {l["metric"]: l for l in lines if "median" in l}
@@ -98,6 +100,10 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
     assert figures["speedup_bound_fp32"]["median"] == pytest.approx(
         ref_ms / (gflop / figures["matmul_fp32_gflops"]["median"] * 1000), rel=0.05
     )
+    # CPU per hour of a home-like stream, change gate off and on (the same stream)
+    ungated, gated = figures["cpu_s_per_hour_ungated"], figures["cpu_s_per_hour_gated"]
+    assert ungated["unit"] == gated["unit"] == "CPU s per hour of audio" and ungated["clips"] >= 3
+    assert ungated["reused_windows"] == 0 and gated["reused_windows"] > 0
     last = lines[-1]
     assert last["metric"] == "speedup_vs_reference"
     ref, ours = figures["reference_pipeline_ms_per_window"]["median"], figures["total_fp32_ms_per_window"]["median"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,13 @@ def add_arguments(p) -> None:
         help="seconds of `run` at real-time pace for the CPU share and RSS (default 60; 0 skips it)",
     )
     p.add_argument("--spinning", action="store_true", help="let onnxruntime threads busy-wait in the measured runs")
+    p.add_argument(
+        "--cost-min",
+        type=float,
+        default=0.0,
+        help="minutes of a home-like stream (room tone, a bundled clip every 12-40 s) through `run --fast` "
+        "with the change gate off and on: cpu_s_per_hour_ungated/_gated (default 0: skip)",
+    )
     p.add_argument(
         "--soak-min",
         type=float,
@@ -265,6 +273,8 @@ def run(args) -> int:
             )
         )
         out(bench.figure("soak_rss_growth_mb", "MB", [growth], 1))
+    if args.cost_min > 0:
+        _cost_per_hour(args, bench, runs, rate, env, common, out, say)
     shutil.rmtree(cache, ignore_errors=True)  # label cache, wav files, the runs' state
     out(bench.figure("bench_process_peak_rss_mb", "MB", [bench.peak_rss_mb()], 1))
 
@@ -288,3 +298,40 @@ def run(args) -> int:
         out({"metric": "speedup_vs_reference", "value": round(ref["median"] / tot32["median"], 2)})
     say(f"done; load average {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def _cost_per_hour(args, bench, runs, rate, env, common, out, say) -> None:
+    """CPU seconds per hour of audio of `run --fast` on a home-like stream, gate off and on."""
+    import resource
+
+    from monitor.audio_io import read_audio
+
+    clips = [read_audio(p, rate).samples for p in sorted(bench.DEMO_DIR.glob("*.mp3"))]
+    wav = runs / "home.wav"
+    n = bench.write_home_stream(wav, clips, rate, args.cost_min * 60.0)
+    say(f"cost: `run --fast` on {args.cost_min:.0f} min of room tone with {n} clips, change gate off and on ...")
+    gate_cfg = runs / "gate.yaml"
+    base = (runs / "config.yaml").read_text()
+    gate_cfg.write_text(base + "stream:\n  change_gate: true\n")
+    hours = args.cost_min / 60.0
+    for name, cfg_path in (("ungated", runs / "config.yaml"), ("gated", gate_cfg)):
+        argv = ["--source", str(wav), "--fast", *common]
+        argv[argv.index("--config") + 1] = str(cfg_path)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        res = bench.run_child(argv, env, 5.0, say)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        m = re.search(r"(\d+) reused by the change gate", res["stderr"])
+        out(
+            bench.figure(
+                f"cpu_s_per_hour_{name}",
+                "CPU s per hour of audio",
+                [cpu / hours],
+                1,
+                minutes=args.cost_min,
+                clips=n,
+                wall_s=round(time.monotonic() - t0, 1),
+                reused_windows=int(m.group(1)) if m else 0,
+            )
+        )
