@@ -58,6 +58,7 @@ class Backend:
     supports_level_norm: bool = False
     level_norm_default: bool = False
     level: LevelNorm | None = None  # the level stage this backend applies to its input
+    int8_choice: str = ""  # which encoder ``model.int8: auto`` chose, and why (empty: not asked)
 
     def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -71,16 +71,20 @@ class ChangeGate:
         self.reused = 0
         self.ran = 0
 
+    def quiet(self, off_levels: Mapping[str, float], any_open: bool) -> bool:
+        """Could any window reuse the last real scores now (no event open, every score well
+        below its off level)? If not, none can until the model runs again."""
+        if self._scores is None or any_open:
+            return False
+        return all(self._scores.get(name, 1.0) < self.p.margin * off for name, off in off_levels.items())
+
     def reuse(self, sig: np.ndarray, t_s: float, off_levels: Mapping[str, float], any_open: bool) -> dict | None:
         """The last real scores if this window (signature ``sig``, stream time ``t_s``) may
         reuse them; None: the model must run."""
-        if self._sig is None or self._scores is None or any_open:
+        if self._sig is None or not self.quiet(off_levels, any_open):
             return None
         if t_s - self._t > self.p.max_age_s:
             return None
-        for name, off in off_levels.items():
-            if self._scores.get(name, 1.0) >= self.p.margin * off:
-                return None
         if float(np.max(np.abs(sig - self._sig))) > self.p.change_db:
             return None
         self.reused += 1

@@ -91,7 +91,9 @@ class ModelConfig(_Section):
     # fixed default, see default_models_dir)
     models_dir: str | None = None
     threads: int = Field(2, ge=1, le=64)
-    int8: bool = False
+    # the int8 audio encoder: true | false | auto (time both on the first start on a machine,
+    # keep int8 where it is clearly faster and agrees: monitor/clap/int8_auto.py)
+    int8: bool | Literal["auto"] = "auto"
     # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
     spinning: bool = False
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings

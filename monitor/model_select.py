@@ -53,7 +53,14 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     from monitor.clap.encoder import ClapBackend
 
     level_stage(cfg, ClapBackend)  # refuses a level stage CLAP does not have
-    return ClapBackend.from_dir(path, threads=cfg.threads, int8=cfg.int8, spinning=cfg.spinning)
+    if cfg.int8 == "auto":
+        from monitor.clap.int8_auto import choose
+
+        choice = choose(path, cfg.threads, cfg.spinning)
+        b = ClapBackend.from_dir(path, threads=cfg.threads, int8=choice.int8, spinning=cfg.spinning)
+        b.int8_choice = choice.why
+        return b
+    return ClapBackend.from_dir(path, threads=cfg.threads, int8=bool(cfg.int8), spinning=cfg.spinning)
 
 
 def level_stage(cfg: ModelConfig, backend_cls: type[Backend]) -> LevelNorm | None:

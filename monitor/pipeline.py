@@ -363,11 +363,15 @@ class Pipeline:
             on_applied(ended)
 
     def _process(self, windows: list[Window]) -> None:
-        if self.change_gate is not None and len(windows) > 1:
-            # one window at a time: each decision compares with the latest real run
-            for w in windows:
-                self._process_batch([w])
-            return
+        gate = self.change_gate
+        if gate is not None and len(windows) > 1:
+            off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
+            if gate.quiet(off, bool(self.tracker.active_labels())):
+                # quiet: one window at a time, each decision against the latest real run
+                # (while not quiet no window can reuse scores: the batch runs as one)
+                for w in windows:
+                    self._process_batch([w])
+                return
         self._process_batch(windows)
 
     def _process_batch(self, windows: list[Window]) -> None:

@@ -137,6 +137,9 @@ def main() -> int:
         "--threshold", type=float, default=None, help="event threshold for every label (default: the config's)"
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--configs", default="ungated,gated,idle_hop,gated_idle_hop", help="which runs (comma-separated; ungated first)"
+    )
     a = ap.parse_args()
     ds = Path(a.dataset)
     labels = sorted({r["label"] for r in csv.DictReader(open(ds / "labels.csv", newline=""))})
@@ -155,8 +158,11 @@ def main() -> int:
     (work / "gate.yaml").write_text("stream: {change_gate: true}\n")
     (work / "idle.yaml").write_text("stream: {idle_hop_s: 2.5}\n")
     (work / "both.yaml").write_text("stream: {change_gate: true, idle_hop_s: 2.5}\n")
+    wanted = [c.strip() for c in a.configs.split(",") if c.strip()]
+    if not wanted or wanted[0] != "ungated" or any(c not in configs for c in wanted):
+        raise SystemExit(f"--configs: start with ungated, then any of {', '.join(configs)}")
     results = {}
-    for name, extra in configs.items():
+    for name, extra in ((k, configs[k]) for k in wanted):
         state = work / name
         state.mkdir()
         thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []

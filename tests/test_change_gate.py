@@ -40,18 +40,24 @@ def test_reuse_rules():
 
 
 class CountingBackend(BandEnergyBackend):
+    """Counts the windows the model runs on; a room that sounds like nothing in particular:
+    every window embeds to the same vector, so its scores are steady and low."""
+
     def __init__(self):
         super().__init__()
         self.windows = 0
 
     def embed_audio(self, batch):
-        self.windows += len(np.atleast_2d(batch))
-        return super().embed_audio(batch)
+        b = np.atleast_2d(batch)
+        self.windows += len(b)
+        v = np.zeros((len(b), self.embedding_dim), np.float32)
+        v[:, 0] = 1.0
+        return v
 
 
 def run(steps, change_gate: bool):
     b = CountingBackend()
-    events = EventsConfig(threshold=0.9, hysteresis=0.1, min_windows=1, cooldown_s=0.0)
+    events = EventsConfig(threshold=0.95, hysteresis=0.05, min_windows=1, cooldown_s=0.0)  # scores 0.43: quiet
     labels = [LabelConfig(name="dog"), LabelConfig(name="alarm")]
     src = ScriptSource(steps, speed=0, realtime=False)
     stream = StreamConfig(change_gate=change_gate, gate_dbfs=-90)

@@ -67,6 +67,7 @@ class ClapBackend(Backend):
         self.manifest = manifest
         self.threads = int(threads)
         self.int8 = bool(int8)
+        self.int8_choice = ""  # model.int8: auto's decision, for the banner (monitor/clap/int8_auto.py)
         self.spinning = bool(spinning)
         self._streams: dict[str, StreamingFrontend] = {}
         try:

@@ -427,7 +427,7 @@ def _clear_earlier_export(out: Path, say: Progress, remove: bool = True) -> None
         raise UserError(
             f"--out {out} is not empty and holds no earlier export: choose a new or empty folder (nothing was written)"
         )
-    listed = set(old.get("files") or {}) | {"manifest.json"}
+    listed = set(old.get("files") or {}) | {"manifest.json", "int8-choice.json"}  # + model.int8: auto's record
     unknown = sorted(p.name for p in entries if p.name not in listed)
     if unknown:
         raise UserError(
@@ -622,7 +622,7 @@ def _quantise(
     same_top = bool(np.all(np.argmax(a8 @ t_emb.T, axis=1) == np.argmax(a_fp32 @ t_emb.T, axis=1)))
     return {
         "file": int8_path.name,
-        "method": "onnxruntime.quantization.quantize_dynamic QInt8",
+        "method": "onnxruntime.quantization.quantize_dynamic QInt8, per channel",
         "min_cosine": float(cos.min()),
         "max_abs_diff": float(np.abs(a8 - a_fp32).max()),
         "same_top_prompt": same_top,

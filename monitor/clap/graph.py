@@ -141,7 +141,8 @@ def check_model(path: Path) -> None:
 def quantise_dynamic_int8(
     fp32_path: Path, int8_path: Path, exclude: list[str] | None = None, unsigned_weights: bool = False
 ) -> None:
-    """The int8 quantisation of ``export --int8`` (int8 weights, activations quantised per call);
+    """The int8 quantisation of ``export --int8`` (int8 weights, one scale per output channel;
+    activations quantised per call);
     ``bench`` measures the matmul rate of exactly this form. Needs only onnxruntime and onnx.
     ``unsigned_weights``: uint8 weights instead (how the test stand-in of the transformers.js
     ``*_quantized.onnx`` graphs is made)."""
@@ -155,6 +156,9 @@ def quantise_dynamic_int8(
             str(fp32_path),
             str(int8_path),
             weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
+            # one scale per output channel of each weight: the same speed, closer to fp32
+            # (issue 19: cosine min 0.9974 against 0.9959 per tensor on held-out windows)
+            per_channel=not unsigned_weights,
             nodes_to_exclude=list(exclude or []),
         )
     finally:

@@ -297,6 +297,8 @@ def _backend(cfg, say):
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")
+    if selected.backend.int8_choice:  # model.int8: auto's decision (CLAP)
+        say(f"encoder: {selected.backend.int8_choice}")
     level = selected.backend.level
     say(f"level: {level.describe()}" if level is not None else "level: raw (no level stage for this model)")
     return backend

@@ -1,0 +1,43 @@
+"""model.int8: auto -- time fp32 against int8 on real windows, keep the decision per machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from monitor.clap.int8_auto import CHOICE_FILE, decide, machine_key
+from monitor.config import ModelConfig
+from monitor.model_select import load_dir
+
+
+def test_the_rule():
+    assert decide(70.0, 42.0, 0.997, 6, 6).int8  # clearly faster and agreeing
+    slow = decide(70.0, 60.0, 0.999, 6, 6)
+    assert not slow.int8 and "not clearly faster" in slow.why and "int8 60 ms vs fp32 70 ms" in slow.why
+    assert not decide(70.0, 40.0, 0.95, 6, 6).int8  # fast but a different embedding
+    assert "disagrees" in decide(70.0, 40.0, 0.999, 5, 6).why  # one top-1 differs
+
+
+def test_auto_measures_once_per_machine_and_says_why(tiny_clap_export, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_clap_export, d)
+    b = load_dir(d, ModelConfig(int8="auto"))
+    assert b.int8_choice.startswith(("int8:", "fp32:")) and "per window" in b.int8_choice
+    assert b.int8 == b.int8_choice.startswith("int8:") and ("-int8@" in b.name) == b.int8
+    kept = json.loads((d / CHOICE_FILE).read_text())
+    assert list(kept) == [machine_key(2)] and kept[machine_key(2)]["int8"] == b.int8
+    again = load_dir(d, ModelConfig(int8="auto"))
+    assert again.int8 == b.int8 and again.int8_choice.endswith("kept)")  # not measured again
+    other = load_dir(d, ModelConfig(int8="auto", threads=1))  # another thread count: measured for itself
+    assert "kept" not in other.int8_choice and len(json.loads((d / CHOICE_FILE).read_text())) == 2
+    assert load_dir(d, ModelConfig(int8=False)).int8_choice == ""  # asked for fp32: nothing measured
+
+
+def test_auto_without_an_int8_encoder_runs_fp32(tiny_clap_export, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_clap_export, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["audio"].pop("int8_file", None)
+    (d / "manifest.json").write_text(json.dumps(m))
+    b = load_dir(d, ModelConfig())  # auto is the default
+    assert not b.int8 and b.int8_choice == "fp32: this export has no int8 encoder"
