@@ -136,6 +136,12 @@ def main() -> int:
     ap.add_argument(
         "--threshold", type=float, default=None, help="event threshold for every label (default: the config's)"
     )
+    ap.add_argument(
+        "--scoring",
+        choices=("vs-background", "softmax"),
+        default=None,
+        help="scoring method (a model with random weights: softmax keeps its scores low, as a quiet room's are)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--configs", default="ungated,gated,idle_hop,gated_idle_hop", help="which runs (comma-separated; ungated first)"
@@ -166,6 +172,7 @@ def main() -> int:
         state = work / name
         state.mkdir()
         thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
+        thr += ["--scoring", a.scoring] if a.scoring else []
         cpu, starts, info = run(stream, a.model, labels, extra + thr, state, env)
         results[name] = {"cpu_s": round(cpu, 1), "cpu_s_per_hour": round(cpu / hours, 1), "starts": starts, **info}
         print(
@@ -177,6 +184,7 @@ def main() -> int:
         "audio_hours": round(hours, 3),
         "inserted_clips": len(inserted),
         "threshold": a.threshold,
+        "scoring": a.scoring,
         "cpu": platform_cpu(),
         "configs": {
             k: {kk: vv for kk, vv in v.items() if kk != "starts"}
