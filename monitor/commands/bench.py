@@ -68,7 +68,7 @@ def run(args) -> int:
         return rec
 
     path = Path(args.model).expanduser()
-    b32 = load_dir(path, ModelConfig(threads=args.threads, spinning=args.spinning))
+    b32 = load_dir(path, ModelConfig(threads=args.threads, int8=False, spinning=args.spinning))
     from monitor.clap.encoder import ClapBackend
 
     if not isinstance(b32, ClapBackend):
@@ -197,7 +197,8 @@ def run(args) -> int:
     runs.mkdir()
     env = dict(os.environ, SOUND_MONITOR_STATE=str(runs / "state"))
     cfg = runs / "config.yaml"
-    cfg.write_text(f"model:\n  threads: {args.threads}\n  spinning: {str(args.spinning).lower()}\n")
+    # the runs measure the fp32 encoder, as the fp32 figures do (model.int8: auto would choose)
+    cfg.write_text(f"model:\n  threads: {args.threads}\n  spinning: {str(args.spinning).lower()}\n  int8: false\n")
     common = [
         "--config",
         str(cfg),

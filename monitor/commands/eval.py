@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         folds = evaluate.class_folds(ds.classes, args.folds or 5, args.partition, args.seed, cats)
 
     try:
-        backend = select_backend(args.model, ModelConfig(threads=args.threads)).backend
+        # fp32 unless asked: accuracy figures of one model, whatever this machine's int8 speed
+        backend = select_backend(args.model, ModelConfig(threads=args.threads, int8=False)).backend
     except ImportError as e:
         raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
     state = Config().state_path
