@@ -447,7 +447,7 @@ class Pipeline:
         st.windows += 1
         st.level_dbfs = sc.level_dbfs
         st.stream_s = sc.end_s
-        if not sc.gated:
+        if not sc.gated and not sc.reused:  # the model's time per window, when it ran
             st.inference_ms = sc.inference_ms
         st.last_scores = sc.as_dict()
         with self._out:
