@@ -280,6 +280,17 @@ def room_tone(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray
     return ((pink + hum) * drift).astype(np.float32)
 
 
+def quiet_lead(x: np.ndarray, rate: int, below_dbfs: float = -50.0) -> np.ndarray:
+    """A recording's quiet lead-in: its 0.1 s frames before the first one above ``below_dbfs``
+    (real room tone, recorded with the sound that follows)."""
+    from monitor.level import rms_dbfs
+
+    f = rate // 10
+    frames = x[: len(x) // f * f].reshape(-1, f)
+    loud = np.nonzero(rms_dbfs(frames) > below_dbfs)[0]
+    return frames[: loud[0] if len(loud) else len(frames)].reshape(-1)
+
+
 def write_home_stream(path: Path, clips: Sequence[np.ndarray], rate: int, seconds: float, seed: int = 0) -> int:
     """A home-like stream as 16-bit WAV, written segment by segment (memory stays small):
     room tone with one of ``clips`` mixed in every 12-40 s. Returns how many clips went in."""

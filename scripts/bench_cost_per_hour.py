@@ -35,24 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor.audio_io import read_audio  # noqa: E402
-from monitor.level import rms_dbfs  # noqa: E402
+from monitor.bench import quiet_lead, room_tone  # noqa: E402
 
 RATE = 16000
-
-
-def room_tone(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    n = int(seconds * RATE)
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / RATE)
-    spec[1:] /= np.sqrt(f[1:] / 20.0)
-    spec[0] = 0
-    pink = np.fft.irfft(spec, n)
-    pink *= 10 ** (-58 / 20) / np.sqrt(np.mean(pink**2))
-    t = np.arange(n) / RATE
-    hum = sum(a * np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) for k, a in ((1, 1.0), (2, 0.4), (3, 0.25)))
-    hum *= 10 ** (-60 / 20) / np.sqrt(np.mean(hum**2))
-    drift = 1.0 + 0.3 * np.sin(2 * np.pi * t / rng.uniform(40, 90))
-    return ((pink + hum) * drift).astype(np.float32)
 
 
 def build_stream(dataset: Path, minutes: float, n_events: int, seed: int) -> tuple[np.ndarray, list[dict]]:
@@ -62,16 +47,14 @@ def build_stream(dataset: Path, minutes: float, n_events: int, seed: int) -> tup
     for r in rows:
         x = read_audio(dataset / r["path"], RATE).samples
         clips.append((r["label"], x))
-        frames = x[: len(x) // 1600 * 1600].reshape(-1, 1600)
-        loud = np.nonzero(rms_dbfs(frames) > -50.0)[0]
-        lead = frames[: loud[0] if len(loud) else len(frames)].reshape(-1)
+        lead = quiet_lead(x, RATE)
         if len(lead) >= 3200:
             leads.append(lead)
     total = int(minutes * 60 * RATE)
     out = np.zeros(total, np.float32)
     pos = 0
     while pos < total:  # background: room tone with the clips' own quiet over it
-        seg = room_tone(float(rng.uniform(20, 60)), rng)
+        seg = room_tone(float(rng.uniform(20, 60)), RATE, rng)
         if leads and rng.random() < 0.5:
             lead = leads[int(rng.integers(len(leads)))] * np.float32(10 ** (rng.uniform(-3, 3) / 20))
             at = int(rng.integers(0, max(1, len(seg) - len(lead))))

@@ -12,27 +12,10 @@ import soundfile as sf
 from cli_helpers import cli
 
 from monitor.audio_io import read_audio
+from monitor.bench import quiet_lead, room_tone
 from monitor.level import rms_dbfs
 
 RATE = 16000
-
-
-def room_tone(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """Pink-ish noise around -58 dBFS, mains hum (50 Hz and harmonics) around -60 dBFS, a
-    slow level drift: what a quiet room sounds like through a cheap microphone."""
-    n = int(seconds * RATE)
-    white = rng.standard_normal(n)
-    spec = np.fft.rfft(white)
-    f = np.fft.rfftfreq(n, 1 / RATE)
-    spec[1:] /= np.sqrt(f[1:] / 20.0)  # 1/f power above 20 Hz
-    spec[0] = 0
-    pink = np.fft.irfft(spec, n)
-    pink *= 10 ** (-58 / 20) / np.sqrt(np.mean(pink**2))
-    t = np.arange(n) / RATE
-    hum = sum(a * np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) for k, a in ((1, 1.0), (2, 0.4), (3, 0.25)))
-    hum *= 10 ** (-60 / 20) / np.sqrt(np.mean(hum**2))
-    drift = 1.0 + 0.3 * np.sin(2 * np.pi * t / rng.uniform(40, 90))
-    return ((pink + hum) * drift).astype(np.float32)
 
 
 def quiet_starts(uiowa_dir, rng: np.random.Generator) -> list[np.ndarray]:
@@ -40,10 +23,7 @@ def quiet_starts(uiowa_dir, rng: np.random.Generator) -> list[np.ndarray]:
     out = []
     with open(uiowa_dir / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
-            x = read_audio(uiowa_dir / row["path"], RATE).samples
-            frames = x[: len(x) // 1600 * 1600].reshape(-1, 1600)  # 0.1 s frames
-            loud = np.nonzero(rms_dbfs(frames) > -50.0)[0]
-            lead = frames[: loud[0] if len(loud) else len(frames)].reshape(-1)
+            lead = quiet_lead(read_audio(uiowa_dir / row["path"], RATE).samples, RATE)
             if len(lead) >= 3200:
                 out.append(lead * np.float32(10 ** (rng.uniform(-3, 3) / 20)))
     return out
@@ -56,11 +36,11 @@ def test_twelve_minutes_of_room_tone_start_no_event(tmp_path, uiowa_dir, offline
     assert len(leads) >= 20
     parts, total = [], 0.0
     while total < 12 * 60:
-        seg = room_tone(float(rng.uniform(20, 60)), rng)
+        seg = room_tone(float(rng.uniform(20, 60)), RATE, rng)
         parts.append(seg)
         total += len(seg) / RATE
         lead = leads[int(rng.integers(len(leads)))]
-        parts.append(lead + room_tone(len(lead) / RATE, rng))  # the clips' own quiet, over room tone
+        parts.append(lead + room_tone(len(lead) / RATE, RATE, rng))  # the clips' own quiet, over room tone
         total += len(lead) / RATE
     audio = np.concatenate(parts)
     level = rms_dbfs(audio[: len(audio) // RATE * RATE].reshape(-1, RATE))
