@@ -225,14 +225,18 @@ def main() -> int:
         next_seq=lambda: next(counter),
     )
     jsonl = JsonlEventSink(str(tmp / "events.jsonl"))
-    mq = MqttSink.from_config(
-        MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
-        device_id="soak",
-        labels=LABELS,
-        state_dir=tmp / "state",
-        model_name=backend.name,
-        source_name="soak",
-    )
+
+    def mqtt_sink() -> MqttSink:  # this run's sink, and the next start's (which finds the backlog)
+        return MqttSink.from_config(
+            MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
+            device_id="soak",
+            labels=LABELS,
+            state_dir=tmp / "state",
+            model_name=backend.name,
+            source_name="soak",
+        )
+
+    mq = mqtt_sink()
     source = SoakSource(audio, a.speed, faults)
     pipe = SinglePipeline(
         source,
@@ -283,14 +287,7 @@ def main() -> int:
     backlog = 0
     if nonlocal_broker[0] is not None or broker.poll() is None:
         # what a run that ended while the broker was away left in the outbox goes at the next start
-        nxt = MqttSink.from_config(
-            MQTTConfig(host="127.0.0.1", port=port, reconnect_min_s=0.2, reconnect_max_s=1.0),
-            device_id="soak",
-            labels=LABELS,
-            state_dir=tmp / "state",
-            model_name=backend.name,
-            source_name="soak",
-        )
+        nxt = mqtt_sink()
         backlog = nxt.outbox.size()
         deadline = time.time() + 20
         while time.time() < deadline and nxt.outbox.size():
