@@ -235,27 +235,33 @@ class OfflineBackend(Backend):
             raise ValueError(f"expected [batch, samples] audio, got shape {b.shape}")
         return self.level.apply(b) if self.level is not None else b
 
+    @staticmethod
+    def _probs(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Per clip: the class probabilities pooled over its patches (max of sigmoid) [B, 521]."""
+        return np.stack([(1.0 / (1.0 + np.exp(-np.clip(lg, -60.0, 60.0)))).max(axis=0) for lg, _ in runs]).astype(
+            np.float32
+        )
+
+    @staticmethod
+    def _features(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Per clip: the mean of its patches' embeddings [B, 1024]."""
+        return np.stack([em.mean(axis=0) for _, em in runs]).astype(np.float32)
+
     def class_probabilities(self, batch) -> np.ndarray:
         """[B, n] -> [B, 521] pooled AudioSet class probabilities (max over patches)."""
-        out = [
-            (1.0 / (1.0 + np.exp(-np.clip(lg, -60.0, 60.0)))).max(axis=0)
-            for lg, _ in self._run_patches(self._check(batch))
-        ]
-        return np.stack(out).astype(np.float32)
+        return self._probs(self._run_patches(self._check(batch)))
 
     def embed_audio(self, batch) -> np.ndarray:
         return l2_normalise(np.sqrt(self.class_probabilities(batch)))
 
     def embed_audio_features(self, batch) -> np.ndarray:
         """[B, n] -> [B, 1024] YAMNet embeddings (mean over patches), for learned adapters."""
-        return np.stack([em.mean(axis=0) for _, em in self._run_patches(self._check(batch))]).astype(np.float32)
+        return self._features(self._run_patches(self._check(batch)))
 
     def embed_audio_and_features(self, batch) -> tuple[np.ndarray, np.ndarray]:
         """Both from one YAMNet pass (residual adapters need the two)."""
         runs = self._run_patches(self._check(batch))
-        probs = np.stack([(1.0 / (1.0 + np.exp(-np.clip(lg, -60.0, 60.0)))).max(axis=0) for lg, _ in runs])
-        feats = np.stack([em.mean(axis=0) for _, em in runs]).astype(np.float32)
-        return l2_normalise(np.sqrt(probs.astype(np.float32))), feats
+        return l2_normalise(np.sqrt(self._probs(runs))), self._features(runs)
 
     # -- text -------------------------------------------------------------------------------------
     def embed_label_semantics(self, texts: Sequence[str]) -> np.ndarray:
