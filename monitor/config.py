@@ -92,8 +92,9 @@ class ModelConfig(_Section):
     models_dir: str | None = None
     threads: int = Field(2, ge=1, le=64)
     # the int8 audio encoder: true | false | auto (time both on the first start on a machine,
-    # keep int8 where it is clearly faster and agrees: monitor/clap/int8_auto.py)
-    int8: bool | Literal["auto"] = "auto"
+    # keep int8 where it is clearly faster and agrees: monitor/clap/int8_auto.py). Not auto by
+    # default: the choice depends on a timing, and fp32 is what `classify` and the reference give
+    int8: bool | Literal["auto"] = False
     # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
     spinning: bool = False
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings

@@ -39,5 +39,5 @@ def test_auto_without_an_int8_encoder_runs_fp32(tiny_clap_export, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     m["audio"].pop("int8_file", None)
     (d / "manifest.json").write_text(json.dumps(m))
-    b = load_dir(d, ModelConfig())  # auto is the default
+    b = load_dir(d, ModelConfig(int8="auto"))
     assert not b.int8 and b.int8_choice == "fp32: this export has no int8 encoder"
