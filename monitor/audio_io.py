@@ -34,6 +34,8 @@ def sanitise(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Replace NaN/Inf by 0 and count them; returns float32. Values beyond [-1, 1] are kept
     (a float file may exceed full scale; the models see what the file holds)."""
     x = np.asarray(x, dtype=np.float32)
+    if np.isfinite(np.sum(x)):  # one cheap pass: a NaN or Inf would make the sum non-finite
+        return x, 0
     bad = ~np.isfinite(x)
     n_bad = int(bad.sum())
     if n_bad:

@@ -12,6 +12,9 @@ and 95th percentile over 1024-sample frames: ~1 ms for 5 s of 48 kHz audio). A w
 - no event is open;
 - every label's last real score is below ``margin`` × its off level (threshold − hysteresis):
   nothing was close to starting;
+- no label's score rose by more than ``rise`` × its off level between the two latest real
+  runs: a sound that is fading in (a quiet event the level stage lifts) keeps the model
+  running until its scores stop climbing;
 - no band of the signature moved by more than ``change_db`` dB from that window's.
 
 Anything else runs the model. The live view and ``--scores`` mark reused windows; the run's
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -29,11 +33,34 @@ N_BANDS = 16
 FRAME = 1024
 
 
+@lru_cache(maxsize=8)
 def _band_edges(rate: int) -> np.ndarray:
     """FFT-bin edges of ``N_BANDS`` log-spaced bands from 100 Hz to min(8 kHz, Nyquist)."""
     top = min(8000.0, rate / 2.0 * 0.95)
     hz = np.geomspace(100.0, top, N_BANDS + 1)
     return np.clip(np.round(hz / rate * FRAME).astype(int), 1, FRAME // 2)
+
+
+def _frame_db(frames: np.ndarray, rate: int) -> np.ndarray:
+    """Log energy per band of each frame: [n, FRAME] -> [n, N_BANDS] dB."""
+    n = frames.shape[0]
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [n, 513]
+    edges = _band_edges(rate)
+    csum = np.concatenate([np.zeros((n, 1)), np.cumsum(power, axis=1)], axis=1)
+    bands = (csum[:, edges[1:]] - csum[:, edges[:-1]]) / np.maximum(edges[1:] - edges[:-1], 1)
+    return (10.0 * np.log10(np.maximum(bands, 1e-12))).astype(np.float32)
+
+
+def _summary(db: np.ndarray) -> np.ndarray:
+    """Per band the mean and the 95th percentile (numpy's default linear interpolation,
+    written out: np.percentile's own overhead was a third of the gate's cost)."""
+    n = db.shape[0]
+    srt = np.sort(db, axis=0)
+    pos = 0.95 * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    p95 = srt[lo] + (srt[hi] - srt[lo]) * np.float32(pos - lo)
+    return np.concatenate([db.mean(axis=0), p95]).astype(np.float32)
 
 
 def signature(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -44,20 +71,15 @@ def signature(samples: np.ndarray, rate: int) -> np.ndarray:
     if n == 0:
         x = np.pad(x, (0, FRAME - x.size))
         n = 1
-    frames = x[: n * FRAME].reshape(n, FRAME)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [n, 513]
-    edges = _band_edges(rate)
-    csum = np.concatenate([np.zeros((n, 1)), np.cumsum(power, axis=1)], axis=1)
-    bands = (csum[:, edges[1:]] - csum[:, edges[:-1]]) / np.maximum(edges[1:] - edges[:-1], 1)
-    db = 10.0 * np.log10(np.maximum(bands, 1e-12))
-    return np.concatenate([db.mean(axis=0), np.percentile(db, 95, axis=0)]).astype(np.float32)
+    return _summary(_frame_db(x[: n * FRAME].reshape(n, FRAME), rate))
 
 
 @dataclass(frozen=True)
 class GateParams:
     change_db: float = 3.0
-    max_age_s: float = 5.0
+    max_age_s: float = 15.0
     margin: float = 0.5
+    rise: float = 0.3
 
 
 class ChangeGate:
@@ -68,24 +90,66 @@ class ChangeGate:
         self._sig: np.ndarray | None = None
         self._t: float = -np.inf
         self._scores: dict[str, float] | None = None
+        self._before: dict[str, float] = {}  # the real run's scores before the latest one
         self.reused = 0
         self.ran = 0
+        # why the model ran on a window the gate was asked about: "first" (no reference yet),
+        # "near" (an event open or a score near its off level), "age", "change"
+        self.why: dict[str, int] = {"first": 0, "near": 0, "age": 0, "change": 0}
+        # band energies of the stream's frames [k_first, k_last) (frame k: samples
+        # [k*FRAME, (k+1)*FRAME)), kept while a window may still cover them: overlapping
+        # windows share their frames, so each hop computes only its new ones
+        self._fdb = np.zeros((0, N_BANDS), np.float32)
+        self._k_first = self._k_last = 0
+        self._frames_rate = 0
+
+    def signature_at(self, samples: np.ndarray, rate: int, start_n: int) -> np.ndarray:
+        """``signature`` of the window whose first sample is stream sample ``start_n``, over
+        the stream-aligned frames inside it, each frame computed once per stream."""
+        x = np.asarray(samples, dtype=np.float32)
+        k0 = -(-start_n // FRAME)
+        k1 = (start_n + x.size) // FRAME
+        if k1 <= k0:
+            return signature(x, rate)
+        if rate != self._frames_rate or not self._k_first <= k0 <= self._k_last:
+            self._fdb = np.zeros((0, N_BANDS), np.float32)  # not the stream we have frames of
+            self._k_first = self._k_last = k0
+            self._frames_rate = rate
+        self._fdb = self._fdb[k0 - self._k_first :]
+        self._k_first = k0
+        if k1 > self._k_last:
+            at = np.arange(self._k_last, k1) * FRAME - start_n
+            new = _frame_db(x[at[:, None] + np.arange(FRAME)[None, :]], rate)
+            self._fdb = np.concatenate([self._fdb, new])
+            self._k_last = k1
+        return _summary(self._fdb[: k1 - k0])
 
     def quiet(self, off_levels: Mapping[str, float], any_open: bool) -> bool:
         """Could any window reuse the last real scores now (no event open, every score well
         below its off level)? If not, none can until the model runs again."""
         if self._scores is None or any_open:
             return False
-        return all(self._scores.get(name, 1.0) < self.p.margin * off for name, off in off_levels.items())
+        last, before, p = self._scores, self._before, self.p
+        for name, off in off_levels.items():
+            now = last.get(name, 1.0)
+            if now >= p.margin * off or now - before.get(name, now) > p.rise * off:
+                return False
+        return True
 
     def reuse(self, sig: np.ndarray, t_s: float, off_levels: Mapping[str, float], any_open: bool) -> dict | None:
         """The last real scores if this window (signature ``sig``, stream time ``t_s``) may
         reuse them; None: the model must run."""
-        if self._sig is None or not self.quiet(off_levels, any_open):
+        if self._sig is None:
+            self.why["first"] += 1
+            return None
+        if not self.quiet(off_levels, any_open):
+            self.why["near"] += 1
             return None
         if t_s - self._t > self.p.max_age_s:
+            self.why["age"] += 1
             return None
         if float(np.max(np.abs(sig - self._sig))) > self.p.change_db:
+            self.why["change"] += 1
             return None
         self.reused += 1
         return self._scores
@@ -94,6 +158,7 @@ class ChangeGate:
         """The model ran on this window: it is the reference from now on."""
         self._sig = sig
         self._t = t_s
+        self._before = self._scores or {}
         self._scores = dict(zip(labels, (float(v) for v in values)))
         self.ran += 1
 
@@ -101,3 +166,5 @@ class ChangeGate:
         """A gap in the stream or new labels: the next window runs the model."""
         self._sig = None
         self._scores = None
+        self._before = {}
+        self._frames_rate = 0

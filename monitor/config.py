@@ -156,11 +156,13 @@ class StreamConfig(_Section):
     batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
     # the change gate (monitor/change_gate.py): a window whose spectrum moved by at most
     # change_db from the last one the model ran on, while every score was below half its
-    # off level and no event was open, reuses those scores; the model runs at least every
+    # off level, none rose by more than change_rise x its off level over the last two
+    # runs and no event was open, reuses those scores; the model runs at least every
     # change_max_age_s
     change_gate: bool = False
     change_db: float = Field(3.0, gt=0.0, le=40.0)
-    change_max_age_s: float = Field(5.0, gt=0.0, le=60.0)
+    change_max_age_s: float = Field(15.0, gt=0.0, le=60.0)
+    change_rise: float = Field(0.3, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _hop_fits(self) -> StreamConfig:

@@ -76,6 +76,7 @@ class Stats:
     reloads: int = 0
     received_frames: int = 0
     reused: int = 0  # windows whose scores the change gate reused (no model run)
+    gate_ran: dict[str, int] = field(default_factory=dict)  # why the change gate let windows through
 
 
 class Pipeline:
@@ -139,7 +140,9 @@ class Pipeline:
         self._swap: tuple | None = None
         self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
         c = stream_cfg
-        self.change_gate = ChangeGate(GateParams(c.change_db, c.change_max_age_s)) if c.change_gate else None
+        self.change_gate = (
+            ChangeGate(GateParams(c.change_db, c.change_max_age_s, rise=c.change_rise)) if c.change_gate else None
+        )
         self._failed_score_sinks: set[str] = set()
 
     # -- source status ---------------------------------------------------------------------
@@ -429,17 +432,17 @@ class Pipeline:
         window's signature (the ones that run become the gate's reference)."""
         if self.change_gate is None or not live:
             return {}, {}
-        from monitor.change_gate import signature
-
         off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
         any_open = bool(self.tracker.active_labels())
         reuse: dict[int, dict] = {}
         sigs: dict[int, np.ndarray] = {}
         for w in live:
-            sigs[w.index] = signature(w.samples, w.sample_rate_hz)
+            rate = w.sample_rate_hz
+            sigs[w.index] = self.change_gate.signature_at(w.samples, rate, round(w.start_s * rate))
             got = self.change_gate.reuse(sigs[w.index], w.start_s, off, any_open)
             if got is not None:
                 reuse[w.index] = got
+        self.stats.gate_ran = dict(self.change_gate.why)
         return reuse, sigs
 
     def _emit(self, sc: Scores) -> None:

@@ -21,7 +21,11 @@ SILENCE_DBFS = -150.0
 def level_dbfs(x: np.ndarray) -> float:
     if x.size == 0:
         return SILENCE_DBFS
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    x = np.asarray(x, dtype=np.float32).ravel()
+    energy = float(np.dot(x, x))  # float32 dot: within ~0.01 dB, a tenth of the float64 cost
+    if not math.isfinite(energy):  # a float file far beyond full scale
+        energy = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    rms = math.sqrt(energy / x.size)
     return max(SILENCE_DBFS, 20.0 * math.log10(rms)) if rms > 0 else SILENCE_DBFS
 
 
@@ -37,6 +41,8 @@ class Windower:
     def reset(self) -> None:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # stream index of _buf[0]
+        self._more: list[np.ndarray] = []  # blocks after _buf, joined only when a window is due
+        self._more_n = 0
         self._next_start = 0  # stream index of the next window's first sample
         self._index = 0
         self.total_samples = 0
@@ -60,8 +66,13 @@ class Windower:
 
     def push(self, x: np.ndarray) -> list[Window]:
         x = np.asarray(x, dtype=np.float32)
-        self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
         self.total_samples += x.size
+        if x.size:
+            self._more.append(x.copy())
+            self._more_n += x.size
+        if self._next_start + self.window_n > self._buf_start + self._buf.size + self._more_n:
+            return []  # no window due yet: keep the block aside (no copy of the whole buffer)
+        self._join()
         out: list[Window] = []
         while self._next_start + self.window_n <= self._buf_start + self._buf.size:
             a = self._next_start - self._buf_start
@@ -73,8 +84,15 @@ class Windower:
             self._buf_start += drop
         return out
 
+    def _join(self) -> None:
+        if self._more:
+            self._buf = np.concatenate([self._buf, *self._more])
+            self._more = []
+            self._more_n = 0
+
     def flush(self) -> list[Window]:
         """At stream end: a stream that never filled a window yields one short window."""
+        self._join()
         if self._index == 0 and self.total_samples > 0:
             return [self._make(0, self._buf[: self.total_samples].copy())]
         return []

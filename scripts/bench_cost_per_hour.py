@@ -12,7 +12,7 @@ for the gated runs, the share of reference events that still start (same label, 
 within 5 s) and the delay added to their start.
 
 Usage: python scripts/bench_cost_per_hour.py ../shared/data/uiowa-dev [--model offline|DIR]
-       [--minutes 60] [--events 110] [--json]
+       [--minutes 60] [--events 110] [--classes all|even|odd] [--seed N] [--gate DB:AGE[,DB:AGE...]] [--json]
 """
 
 from __future__ import annotations
@@ -40,9 +40,21 @@ from monitor.bench import quiet_lead, room_tone  # noqa: E402
 RATE = 16000
 
 
-def build_stream(dataset: Path, minutes: float, n_events: int, seed: int) -> tuple[np.ndarray, list[dict]]:
-    rng = np.random.default_rng(seed)
+def dataset_rows(dataset: Path, classes: str) -> list[dict]:
+    """The dataset's clips, of all its classes or of one half of them (sorted class names,
+    even or odd positions): gate parameters are chosen on one half and reported on the other."""
     rows = list(csv.DictReader(open(dataset / "labels.csv", newline="")))
+    if classes == "all":
+        return rows
+    names = sorted({r["label"] for r in rows})
+    keep = set(names[0 if classes == "even" else 1 :: 2])
+    return [r for r in rows if r["label"] in keep]
+
+
+def build_stream(
+    rows: list[dict], dataset: Path, minutes: float, n_events: int, seed: int
+) -> tuple[np.ndarray, list[dict]]:
+    rng = np.random.default_rng(seed)
     clips, leads = [], []
     for r in rows:
         x = read_audio(dataset / r["path"], RATE).samples
@@ -127,45 +139,72 @@ def main() -> int:
     )
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
+        "--repeat", type=int, default=1, help="run every configuration N times, interleaved; report the median CPU"
+    )
+    ap.add_argument(
+        "--classes", choices=("all", "even", "odd"), default="all", help="the clips of all classes or of one half"
+    )
+    ap.add_argument(
+        "--gate",
+        default="3:5",
+        help="change gate parameters change_db:max_age_s[:rise] for the gated runs; several "
+        "(comma-separated) run one gated configuration each",
+    )
+    ap.add_argument(
         "--configs", default="ungated,gated,idle_hop,gated_idle_hop", help="which runs (comma-separated; ungated first)"
     )
     a = ap.parse_args()
     ds = Path(a.dataset)
-    labels = sorted({r["label"] for r in csv.DictReader(open(ds / "labels.csv", newline=""))})
+    rows = dataset_rows(ds, a.classes)
+    labels = sorted({r["label"] for r in rows})
     work = Path(tempfile.mkdtemp(prefix="cost-per-hour-"))
-    audio, inserted = build_stream(ds, a.minutes, a.events, a.seed)
+    audio, inserted = build_stream(rows, ds, a.minutes, a.events, a.seed)
     stream = work / "stream.wav"
     sf.write(stream, audio, RATE, subtype="PCM_16")
     hours = len(audio) / RATE / 3600.0
     env = dict(os.environ)
-    configs = {
-        "ungated": [],
-        "gated": ["--config", str(work / "gate.yaml")],
-        "idle_hop": ["--config", str(work / "idle.yaml")],
-        "gated_idle_hop": ["--config", str(work / "both.yaml")],
-    }
-    (work / "gate.yaml").write_text("stream: {change_gate: true}\n")
-    (work / "idle.yaml").write_text("stream: {idle_hop_s: 2.5}\n")
-    (work / "both.yaml").write_text("stream: {change_gate: true, idle_hop_s: 2.5}\n")
+    gates = [g.strip() for g in a.gate.split(",") if g.strip()]
+    configs: dict[str, str] = {"ungated": ""}
+    for g in gates:
+        db, age, *rise = (float(v) for v in g.split(":"))
+        gate = f"change_gate: true, change_db: {db}, change_max_age_s: {age}"
+        gate += f", change_rise: {rise[0]}" if rise else ""
+        suffix = "" if len(gates) == 1 else f"@{g}"
+        configs["gated" + suffix] = gate
+        configs["gated_idle_hop" + suffix] = gate + ", idle_hop_s: 2.5"
+    configs["idle_hop"] = "idle_hop_s: 2.5"
     wanted = [c.strip() for c in a.configs.split(",") if c.strip()]
+    if len(gates) > 1:  # every gate setting of each kind asked for
+        wanted = [k for k in configs if k.split("@")[0] in wanted]
     if not wanted or wanted[0] != "ungated" or any(c not in configs for c in wanted):
         raise SystemExit(f"--configs: start with ungated, then any of {', '.join(configs)}")
-    results = {}
-    for name, extra in ((k, configs[k]) for k in wanted):
-        state = work / name
-        state.mkdir()
-        thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
-        thr += ["--scoring", a.scoring] if a.scoring else []
-        cpu, starts, info = run(stream, a.model, labels, extra + thr, state, env)
-        results[name] = {"cpu_s": round(cpu, 1), "cpu_s_per_hour": round(cpu / hours, 1), "starts": starts, **info}
-        print(
-            f"{name}: {cpu:.1f} CPU s, {cpu / hours:.1f} CPU s per hour of audio, {len(starts)} events", file=sys.stderr
-        )
+    results: dict[str, dict] = {}
+    for rep in range(max(1, a.repeat)):
+        for name in wanted:
+            state = work / f"{name.replace('@', '-').replace(':', '_')}-{rep}"
+            state.mkdir()
+            extra = []
+            if configs[name]:
+                cfg = state / "config.yaml"
+                cfg.write_text("stream: {" + configs[name] + "}\n")
+                extra = ["--config", str(cfg)]
+            thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
+            thr += ["--scoring", a.scoring] if a.scoring else []
+            cpu, starts, info = run(stream, a.model, labels, extra + thr, state, env)
+            r = results.setdefault(name, {"cpu_runs": [], "starts": starts, **info})
+            r["cpu_runs"].append(round(cpu, 1))
+            print(f"{name} #{rep + 1}: {cpu:.1f} CPU s, {cpu / hours:.1f} CPU s per hour of audio, {len(starts)} events",
+                  file=sys.stderr)  # fmt: skip
+    for r in results.values():
+        r["cpu_s"] = float(np.median(r["cpu_runs"]))
+        r["cpu_s_per_hour"] = round(r["cpu_s"] / hours, 1)
     ref = results["ungated"]["starts"]
     out = {
         "model": a.model,
         "audio_hours": round(hours, 3),
         "inserted_clips": len(inserted),
+        "classes": a.classes,
+        "seed": a.seed,
         "threshold": a.threshold,
         "scoring": a.scoring,
         "cpu": platform_cpu(),

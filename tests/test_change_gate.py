@@ -7,7 +7,7 @@ import numpy as np
 from fault_helpers import RATE, ScriptSource, make_pipeline, noise
 from stream_helpers import BandEnergyBackend
 
-from monitor.change_gate import ChangeGate, GateParams, signature
+from monitor.change_gate import FRAME, ChangeGate, GateParams, _summary, signature
 from monitor.config import EventsConfig, LabelConfig, StreamConfig
 
 OFF = {"dog": 0.4, "alarm": 0.4}
@@ -24,8 +24,25 @@ def test_signature_is_level_and_spectrum_sensitive_but_stable_on_steady_noise():
     assert np.max(np.abs(tone - sa)) > 10.0  # a new sound in one band
 
 
+def test_overlapping_windows_share_their_frames():
+    """signature_at: each stream-aligned frame is computed once; every window's signature
+    equals the one computed from scratch over the same frames; frames behind the windows go."""
+    x = noise(12, 0.01, seed=3)
+    x[5 * RATE : 6 * RATE] += 0.2 * np.sin(2 * np.pi * 700 * np.arange(RATE) / RATE).astype(np.float32)
+    g = ChangeGate(GateParams())
+    win, hop = 5 * RATE, RATE // 2 + 7  # a hop that is no multiple of the frame
+    for start in range(0, x.size - win + 1, hop):
+        got = g.signature_at(x[start : start + win], RATE, start)
+        k0, k1 = -(-start // FRAME), (start + win) // FRAME
+        want = signature(x[k0 * FRAME : k1 * FRAME], RATE)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+        assert g._k_first == k0 and len(g._fdb) == k1 - k0  # nothing older is kept
+    db = np.random.default_rng(0).normal(size=(77, 16)).astype(np.float32)
+    np.testing.assert_allclose(_summary(db)[16:], np.percentile(db, 95, axis=0), atol=1e-5)
+
+
 def test_reuse_rules():
-    g = ChangeGate(GateParams(change_db=3.0, max_age_s=5.0, margin=0.5))
+    g = ChangeGate(GateParams(change_db=3.0, max_age_s=5.0, margin=0.5, rise=0.2))
     s = signature(noise(5, 0.01), RATE)
     assert g.reuse(s, 0.0, OFF, False) is None  # nothing to reuse yet
     g.ran_on(s, 0.0, ("dog", "alarm"), (0.05, 0.1))
@@ -35,8 +52,14 @@ def test_reuse_rules():
     assert g.reuse(s + 4.0, 1.0, OFF, False) is None  # the sound changed
     g.ran_on(s, 2.0, ("dog", "alarm"), (0.05, 0.25))  # alarm at 0.25 >= 0.5 x 0.4: near
     assert g.reuse(s, 3.0, OFF, False) is None
+    g.ran_on(s, 3.0, ("dog", "alarm"), (0.05, 0.02))
+    g.ran_on(s, 4.0, ("dog", "alarm"), (0.05, 0.11))  # 0.11 < 0.2, but it rose by 0.09 > 0.2 x 0.4
+    assert g.reuse(s, 4.5, OFF, False) is None
+    g.ran_on(s, 5.0, ("dog", "alarm"), (0.05, 0.12))  # still low and no longer climbing
+    assert g.reuse(s, 5.5, OFF, False) == {"dog": 0.05, "alarm": 0.12}
     g.forget()
     assert g.reuse(s, 3.0, OFF, False) is None
+    assert g.why == {"first": 2, "near": 3, "age": 1, "change": 1}  # why the model ran, counted
 
 
 class CountingBackend(BandEnergyBackend):
@@ -60,7 +83,7 @@ def run(steps, change_gate: bool):
     events = EventsConfig(threshold=0.95, hysteresis=0.05, min_windows=1, cooldown_s=0.0)  # scores 0.43: quiet
     labels = [LabelConfig(name="dog"), LabelConfig(name="alarm")]
     src = ScriptSource(steps, speed=0, realtime=False)
-    stream = StreamConfig(change_gate=change_gate, gate_dbfs=-90)
+    stream = StreamConfig(change_gate=change_gate, gate_dbfs=-90, change_max_age_s=5.0)
     pipe, c = make_pipeline(src, backend=b, labels=labels, events=events, stream=stream)
     st = pipe.run()
     return b, c, st

@@ -337,6 +337,11 @@ def _report(outcomes, service, say) -> int:
         say(
             f"{who}finished: {st.windows} windows ({st.gated} below the gate"
             + (f", {st.reused} reused by the change gate" if st.reused else "")
+            + (
+                " [model ran: " + ", ".join(f"{k} {v}" for k, v in st.gate_ran.items() if v) + "]"
+                if any(st.gate_ran.values())
+                else ""
+            )
             + "), "
             f"{st.events_started} event(s) ({st.events} start/end messages), "
             f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
