@@ -6,8 +6,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# Microsoft CLAP's model code, without its dependency pins (numpy<2, transformers<5, a
+# torchaudio for another torch): README "Microsoft CLAP"
+MSCLAP := msclap==1.3.4
 
-.PHONY: run test lint install install-test system-deps export fetch-offline bench clean
+.PHONY: run test lint install install-test system-deps export export-msclap fetch-offline bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +22,7 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(MSCLAP)
 
 system-deps:
 	sh scripts/system-deps.sh
@@ -40,6 +44,14 @@ export: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[export]'
 	$(BIN)/sound-monitor export --model laion/clap-htsat-unfused
+
+# Export Microsoft CLAP 2023 (MSCLAP_VERSION=2022 for the older one)
+MSCLAP_VERSION ?= 2023
+export-msclap: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[export]'
+	$(BIN)/pip install -q --no-deps $(MSCLAP)
+	$(BIN)/sound-monitor export --model msclap:$(MSCLAP_VERSION)
 
 fetch-offline: install
 	$(BIN)/sound-monitor models fetch offline

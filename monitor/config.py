@@ -145,7 +145,9 @@ class SourceConfig(_Section):
 
 
 class StreamConfig(_Section):
-    window_s: float = Field(5.0, gt=0.5, le=10.0)
+    # seconds per window; unset: the model's own (5 s for LAION CLAP and the offline
+    # backend, 7 s for Microsoft CLAP 2023, from its manifest)
+    window_s: float | None = Field(None, gt=0.5, le=10.0)
     hop_s: float = Field(1.0, gt=0.05, le=10.0)
     gate_dbfs: float = Field(-70.0, ge=-150.0, le=0.0)
     # adaptive hop: this longer hop while no event is open and no score is near its
@@ -166,9 +168,10 @@ class StreamConfig(_Section):
 
     @model_validator(mode="after")
     def _hop_fits(self) -> StreamConfig:
-        if self.hop_s > self.window_s:
+        window = self.window_s or 5.0  # unset: checked again against the model's (Pipeline)
+        if self.hop_s > window:
             raise ValueError("hop_s must not exceed window_s")
-        if self.idle_hop_s and not (self.hop_s <= self.idle_hop_s <= self.window_s):
+        if self.idle_hop_s and not (self.hop_s <= self.idle_hop_s <= (self.window_s or 10.0)):
             # a hop longer than the window would leave audio that no window sees
             raise ValueError("idle_hop_s must be 0 (off) or between hop_s and window_s")
         return self

@@ -32,6 +32,7 @@ from monitor.buffer import DroppedAudio, RingBuffer
 from monitor.change_gate import ChangeGate, GateParams
 from monitor.config import SourceConfig, StreamConfig
 from monitor.encode import SharedEncoder
+from monitor.errors import UserError
 from monitor.events import EventTracker
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
@@ -115,7 +116,13 @@ class Pipeline:
         rate = self.backend.sample_rate_hz
         self.buffer = RingBuffer(int(sc.buffer_s * source.sample_rate_hz))
         self.resampler = StreamResampler(source.sample_rate_hz, rate)
-        self.windower = Windower(rate, stream_cfg.window_s, stream_cfg.hop_s)
+        # the configured window, else the model's own (its manifest's window_s)
+        self.window_s = float(stream_cfg.window_s or self.backend.window_s)
+        if stream_cfg.hop_s > self.window_s or stream_cfg.idle_hop_s > self.window_s:
+            raise UserError(
+                f"stream.hop_s / idle_hop_s must not exceed the window ({self.window_s:g} s for this model)"
+            )
+        self.windower = Windower(rate, self.window_s, stream_cfg.hop_s)
         self.max_pending = max(1, max_pending_windows)
         self.stats = Stats()
         self._arrived: dict[int, float] = {}
@@ -327,7 +334,7 @@ class Pipeline:
         rate = self.windower.sample_rate_hz
         old = self.windower
         start_n = self.clock.start_after_gap(old.total_samples, gap_s, old.hop_n)
-        self.windower = Windower(rate, self.cfg.window_s, self.cfg.hop_s)
+        self.windower = Windower(rate, self.window_s, self.cfg.hop_s)
         self.windower.hop_n = old.hop_n
         self.resampler = StreamResampler(source_rate_hz, rate)
         self._segment_lost = False

@@ -6,6 +6,8 @@ It answers as the hub does where huggingface_hub and ``monitor.hub`` look:
   files directly (``ETag`` = git blob sha1); large files (``*.onnx``, ``*.safetensors``)
   by a 302 to ``http://localhost:<port>/cdn/<sha256>`` (another host, like the CDN) with ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``;
 - ``Range: bytes=a-b`` / ``a-`` -> 206 with ``Content-Range``; ``Accept-Ranges: bytes``;
+- ``GET /api/models/<owner>/<name>/revision/<revision>`` -> the repo's commit and file list,
+  and ``.../tree/<revision>`` -> its files (what ``snapshot_download`` asks before the files);
 - misses as 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
 
 Faults for tests: ``die_after[path] = n`` sends the full ``Content-Length`` then only ``n``
@@ -17,12 +19,13 @@ is logged in ``requests`` as ``(method, repo_path_or_cdn, range_header)``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-LARGE = (".onnx", ".safetensors")
+LARGE = (".onnx", ".safetensors", ".pth")
 
 
 def git_sha1(data: bytes) -> str:
@@ -105,6 +108,32 @@ class HubStub:
                 return self._miss(h, "EntryNotFound")
             rel = next(f"{r}/{f.relative_to(d).as_posix()}" for r, (c, d) in self.repos.items() if d in f.parents)
             return self._send(h, f, head, rng, rel.split("/", 2)[2], etag=None, commit=None)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/?]+)(\?.*)?", h.path)
+        if m:
+            self.requests.append((h.command, h.path, rng))
+            repo, what, rev = m.group(1), m.group(2), m.group(3)
+            if repo not in self.repos:
+                return self._miss(h, "RepoNotFound")
+            commit, folder = self.repos[repo]
+            if rev not in (commit, "main"):
+                return self._miss(h, "RevisionNotFound")
+            files = sorted(f for f in folder.rglob("*") if f.is_file())
+            names = [f.relative_to(folder).as_posix() for f in files]
+            if what == "revision":
+                info: object = {"id": repo, "sha": commit, "siblings": [{"rfilename": n} for n in names]}
+            else:
+                info = [
+                    {"type": "file", "path": n, "size": f.stat().st_size, "oid": git_sha1(f.read_bytes())}
+                    for n, f in zip(names, files)
+                ]
+            body = json.dumps(info).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            if not head:
+                h.wfile.write(body)
+            return
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", h.path)
         if not m:
             return self._miss(h, "RepoNotFound")

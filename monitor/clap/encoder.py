@@ -105,6 +105,7 @@ class ClapBackend(Backend):
         self._tokenizer_file = text.get("tokenizer", "tokenizer.json")
         self._pad_id = int(text.get("pad_token_id", 1))
         self._max_tokens = int(text.get("max_tokens", 512))
+        self._suffix = str(text.get("suffix", ""))
         for name in (audio_file, self._text_file, self._tokenizer_file):
             if name not in files:
                 raise ModelError(f"{path / 'manifest.json'} lists no sha256 for {name}")
@@ -191,7 +192,9 @@ class ClapBackend(Backend):
     def _text_parts(self):
         with self._text_lock:
             if self._text is None:
-                self._tokenizer = PromptTokenizer(self._verify(self._tokenizer_file), self._pad_id, self._max_tokens)
+                self._tokenizer = PromptTokenizer(
+                    self._verify(self._tokenizer_file), self._pad_id, self._max_tokens, self._suffix
+                )
                 text = self._session(self._text_file)
                 self._check_inputs(text, self._text_file, {"input_ids": [None, None], "attention_mask": [None, None]})
                 self._check_output(text, self._text_file, self._text_output[0])

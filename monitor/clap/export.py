@@ -80,7 +80,7 @@ def how_to_get(src: str) -> str:
     )
 
 
-def resolve_source(src: str) -> tuple[Path, str]:
+def resolve_source(src: str, patterns: list[str] | None = None) -> tuple[Path, str]:
     """A local Hugging Face directory, or a hub id downloaded into the HF cache.
 
     Returns (directory, revision or "local"). Raises ModelError with instructions when the
@@ -99,7 +99,7 @@ def resolve_source(src: str) -> tuple[Path, str]:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ModelError(f"cannot download {src}: huggingface_hub is missing; {how_to_get(src)}") from None
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model", "merges.txt", "vocab.json"]
+    patterns = patterns or ["*.json", "*.txt", "*.safetensors", "*.model", "merges.txt", "vocab.json"]
     try:
         # a copy already in the local cache works offline
         d = snapshot_download(src, allow_patterns=patterns, local_files_only=True)
@@ -481,8 +481,48 @@ def export_clap(
 
     audio, text = _wrappers(model)
     feats, ids, mask = _test_inputs(fe_params, tokenizer)
-    n_frames, n_mels = feats.shape[2], feats.shape[3]
+    parts = write_encoders(out, audio, text, feats, ids, mask, int8, threads, say)
 
+    say("saving the tokenizer ...")
+    tokenizer.save_pretrained(str(out))
+    if not (out / "tokenizer.json").is_file():
+        raise ModelError(f"the tokenizer of {src} has no fast (tokenizer.json) form; cannot export it")
+
+    manifest = {
+        "kind": "clap",
+        "format_version": MANIFEST_VERSION,
+        "source": src,
+        "source_revision": revision,
+        "name": Path(src.rstrip("/")).name if Path(src).exists() else src.split("/")[-1],
+        "sample_rate": fe_params.sample_rate_hz,
+        "window_s": 5.0,
+        "embedding_dim": parts["embedding_dim"],
+        "logit_scale": float(model.logit_scale_a.exp().item()),
+        "logit_scale_text": float(model.logit_scale_t.exp().item()),
+        "audio": parts["audio"],
+        "text": {
+            **parts["text"],
+            "tokenizer": "tokenizer.json",
+            "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1),
+            "max_tokens": int(min(getattr(model.config.text_config, "max_position_embeddings", 514) - 2, 512)),
+        },
+        "frontend": fe_params.to_dict(),
+        "max_abs_diff": parts["max_abs_diff"],
+        "int8": parts["int8"],
+        "exporter": parts["exporter"],
+    }
+    return write_manifest(out, manifest, say)
+
+
+def write_encoders(out: Path, audio, text, feats, ids, mask, int8: bool, threads: int, say: Progress) -> dict:
+    """Export the audio (``input_features`` -> ``audio_embeds``) and text (``input_ids``,
+    ``attention_mask`` -> ``text_embeds``) modules into ``out``, check them (onnx.checker,
+    onnxruntime vs torch on the test inputs, a batch of one and shorter token rows), then the
+    optional int8 copy and the onnxruntime-optimised graphs. Returns the manifest's parts.
+    Shared by every model family's export."""
+    import torch
+
+    n_frames, n_mels = feats.shape[2], feats.shape[3]
     say("exporting the audio encoder ...")
     audio_path = out / AUDIO_FILE
     exporter = _onnx_export(
@@ -514,18 +554,19 @@ def export_clap(
     check_model(audio_path)
     check_model(text_path)
 
+    short = max(2, int(mask[2:].sum(axis=1).max())) if len(mask) > 2 else ids.shape[1]
     with torch.no_grad():
         a_ref = audio(torch.from_numpy(feats)).numpy()
         t_ref = text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
         # a batch of one and a shorter token sequence exercise the dynamic axes
         a1_ref = audio(torch.from_numpy(feats[1:])).numpy()
-        t1_ref = text(torch.from_numpy(ids[2:, :4]), torch.from_numpy(mask[2:, :4])).numpy()
+        t1_ref = text(torch.from_numpy(ids[2:, :short]), torch.from_numpy(mask[2:, :short])).numpy()
     sa = ort_session(audio_path, threads)
     st = ort_session(text_path, threads)
     a_onnx = sa.run(None, {"input_features": feats})[0]
     a1_onnx = sa.run(None, {"input_features": feats[1:]})[0]
     t_onnx = st.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    t1_onnx = st.run(None, {"input_ids": ids[2:, :4], "attention_mask": mask[2:, :4]})[0]
+    t1_onnx = st.run(None, {"input_ids": ids[2:, :short], "attention_mask": mask[2:, :short]})[0]
     diff_audio = float(max(np.abs(a_onnx - a_ref).max(), np.abs(a1_onnx - a1_ref).max()))
     diff_text = float(max(np.abs(t_onnx - t_ref).max(), np.abs(t1_onnx - t1_ref).max()))
     say(f"max |onnx - torch|: audio {diff_audio:.2e}, text {diff_text:.2e}")
@@ -533,11 +574,6 @@ def export_clap(
         raise ModelError(
             f"exported ONNX disagrees with torch (audio {diff_audio:.2e}, text {diff_text:.2e}); not writing a manifest"
         )
-
-    say("saving the tokenizer ...")
-    tokenizer.save_pretrained(str(out))
-    if not (out / "tokenizer.json").is_file():
-        raise ModelError(f"the tokenizer of {src} has no fast (tokenizer.json) form; cannot export it")
 
     int8_info = None
     if int8:
@@ -553,23 +589,8 @@ def export_clap(
         a8 = ort_session(out / AUDIO_INT8_FILE, threads).run(None, {"input_features": feats})[0]
         if save_optimised(out / AUDIO_INT8_FILE, out / AUDIO_INT8_OPT_FILE, feats, a8, threads, say) is not None:
             optimised[AUDIO_INT8_FILE] = AUDIO_INT8_OPT_FILE
-
-    logit_scale = float(model.logit_scale_a.exp().item())
-    files = sorted(
-        p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
-    )
-    say("hashing files ...")
-    manifest = {
-        "kind": "clap",
-        "format_version": MANIFEST_VERSION,
-        "source": src,
-        "source_revision": revision,
-        "name": Path(src.rstrip("/")).name if Path(src).exists() else src.split("/")[-1],
-        "sample_rate": fe_params.sample_rate_hz,
-        "window_s": 5.0,
+    return {
         "embedding_dim": int(a_onnx.shape[1]),
-        "logit_scale": logit_scale,
-        "logit_scale_text": float(model.logit_scale_t.exp().item()),
         "audio": {
             "file": AUDIO_FILE,
             "int8_file": AUDIO_INT8_FILE if int8 else None,
@@ -588,16 +609,23 @@ def export_clap(
             "input_dtype": "int64",
             "output": "text_embeds",
             "normalised": True,
-            "tokenizer": "tokenizer.json",
-            "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1),
-            "max_tokens": int(min(getattr(model.config.text_config, "max_position_embeddings", 514) - 2, 512)),
         },
-        "frontend": fe_params.to_dict(),
         "max_abs_diff": {"audio": diff_audio, "text": diff_text},
         "int8": int8_info,
         "exporter": exporter,
-        "files": {name: sha256_file(out / name) for name in files},
+        "audio_embeds": a_onnx,
+        "text_embeds": t_onnx,
     }
+
+
+def write_manifest(out: Path, manifest: dict, say: Progress) -> dict:
+    """``manifest`` + the sha256 of every file in ``out``, written last (atomically): a
+    folder without manifest.json is an export that did not finish."""
+    files = sorted(
+        p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
+    )
+    say("hashing files ...")
+    manifest = {**manifest, "files": {name: sha256_file(out / name) for name in files}}
     write_json_atomic(out / "manifest.json", manifest)
     say(f"wrote {out} ({len(files)} files + manifest.json)")
     return manifest

@@ -48,6 +48,9 @@ class FrontendParams:
     mel_norm: str = "slaney"
     window: str = "hann-periodic"
     log: str = "10*log10(max(mel, 1e-10))"
+    # the sample rate the mel filters are laid out for, when it is not the audio's: msclap's
+    # 2023 HTSAT builds them for 32 kHz (its models/config.py) while it is fed 44.1 kHz audio
+    mel_rate_hz: int | None = None
 
     @property
     def max_samples(self) -> int:
@@ -135,7 +138,8 @@ class ClapFrontend:
         n = np.arange(p.n_fft, dtype=np.float64)
         # periodic Hann == np.hanning(n_fft + 1)[:-1]
         self.window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / p.n_fft)
-        self.mel_filters = slaney_mel_filters(p.n_fft // 2 + 1, p.n_mels, p.f_min_hz, p.f_max_hz, p.sample_rate_hz)
+        mel_rate = p.mel_rate_hz or p.sample_rate_hz
+        self.mel_filters = slaney_mel_filters(p.n_fft // 2 + 1, p.n_mels, p.f_min_hz, p.f_max_hz, mel_rate)
         self._sparse_mel = _sparse_filters(self.mel_filters)
 
     # -- padding ------------------------------------------------------------------------
@@ -297,7 +301,7 @@ class StreamingFrontend:
         fe, H, N = self.frontend, self.hop, self.n_fft
         L = fe.max_samples
         padding = fe.params.padding
-        if n > L or n % H or padding != "repeatpad":
+        if n > L or n % H or (padding != "repeatpad" and n != L):  # a full window needs no padding
             plan = None
         else:
             reps = L // n

@@ -25,7 +25,7 @@ class TokenBatch:
 
 
 class PromptTokenizer:
-    def __init__(self, path: str | Path, pad_token_id: int = 1, max_tokens: int = 512):
+    def __init__(self, path: str | Path, pad_token_id: int = 1, max_tokens: int = 512, suffix: str = ""):
         try:
             from tokenizers import Tokenizer
         except ImportError as e:  # pragma: no cover - a runtime dependency
@@ -43,13 +43,16 @@ class PromptTokenizer:
         self._tok = tok
         self.pad_token_id = pad_token_id
         self.max_tokens = max_tokens
+        # text the model was trained to see after each prompt (msclap's GPT-2: " <|endoftext|>",
+        # its end-of-text token, whose hidden state is the prompt's embedding)
+        self.suffix = suffix
 
     def __call__(self, prompts: Sequence[str]) -> TokenBatch:
         if isinstance(prompts, str):
             raise TypeError("pass a sequence of prompts, not a single string")
         if not prompts:
             raise ValueError("no prompts to tokenise")
-        enc = self._tok.encode_batch(list(prompts))
+        enc = self._tok.encode_batch([p + self.suffix for p in prompts])
         ids = np.asarray([e.ids for e in enc], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
         return TokenBatch(ids, mask)

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_SOURCE,
         metavar="SRC",
-        help=f"Hugging Face id or local Hugging Face directory (default {DEFAULT_SOURCE})",
+        help=f"Hugging Face id or local Hugging Face directory of a LAION CLAP (default {DEFAULT_SOURCE}); "
+        "msclap:2023 or msclap:2022 for Microsoft CLAP (microsoft/msclap), or a local msclap .pth",
     )
     parser.add_argument(
         "--out",
@@ -29,13 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.clap.export import export_clap
-
-    src = args.model
+    from monitor.clap.msclap_export import export_msclap, is_msclap_source
     from monitor.config import default_models_dir
 
-    out = Path(args.out) if args.out else default_models_dir() / Path(src.rstrip("/")).name
-    m = export_clap(src, out, int8=args.int8, threads=max(1, args.threads))
+    src = args.model
+    if is_msclap_source(src):
+        name = src.replace(":", "-") if src.startswith("msclap:") else "msclap-" + Path(src).stem
+        out = Path(args.out) if args.out else default_models_dir() / name
+        m = export_msclap(src, out, int8=args.int8, threads=max(1, args.threads))
+    else:
+        from monitor.clap.export import export_clap
+
+        out = Path(args.out) if args.out else default_models_dir() / Path(src.rstrip("/")).name
+        m = export_clap(src, out, int8=args.int8, threads=max(1, args.threads))
     line = (
         f"exported {src} -> {out}: embedding_dim {m['embedding_dim']}, logit_scale {m['logit_scale']:.4f}, "
         f"max |onnx - torch| audio {m['max_abs_diff']['audio']:.2e} text {m['max_abs_diff']['text']:.2e}"
