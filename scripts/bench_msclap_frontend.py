@@ -46,7 +46,7 @@ def measure(version: str, work: Path, reps: int, threads: int) -> dict:
     from msclap_helpers import text_dir
 
     from monitor.clap import msclap_export as me
-    from monitor.clap.export import _onnx_export
+    from monitor.clap.export import _onnx_export, normalised_encoder
     from monitor.clap.frontend import ClapFrontend
     from monitor.ort import session
 
@@ -59,22 +59,13 @@ def measure(version: str, work: Path, reps: int, threads: int) -> dict:
     fe = ClapFrontend(fe_params)
     audio, _text = me.wrappers(model, me.VERSIONS[version].audio)
 
-    class Waveform(torch.nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, waveform):
-            e = self.enc(waveform)[0]
-            return e / e.norm(p=2, dim=-1, keepdim=True)
-
     rng = np.random.default_rng(0)
     wave = (0.1 * rng.standard_normal((1, fe.max_samples))).astype(np.float32)
     feats = fe.batch_features(wave)
     pf, pw = work / f"features-{version}.onnx", work / f"waveform-{version}.onnx"
     _onnx_export(audio, (torch.from_numpy(feats),), pf, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
     _onnx_export(
-        Waveform(model.audio_encoder).eval(),
+        normalised_encoder(model.audio_encoder, lambda m, w: m(w)[0]),
         (torch.from_numpy(wave),),
         pw,
         ["x"],

@@ -296,10 +296,19 @@ def test_adaptive_hop_follows_activity():
 
 def test_adaptive_hop_config_bounds():
     with pytest.raises(Exception, match="idle_hop_s"):
-        StreamConfig(hop_s=1.0, idle_hop_s=6.0)  # longer than the window: audio no window sees
+        StreamConfig(window_s=5.0, hop_s=1.0, idle_hop_s=6.0)  # longer than the window: audio no window sees
     with pytest.raises(Exception, match="idle_hop_s"):
         StreamConfig(hop_s=2.0, idle_hop_s=1.0)
     assert StreamConfig(hop_s=1.0, idle_hop_s=5.0).idle_hop_s == 5.0
+    # window_s unset: the model's own window, known when the pipeline is built
+    from fault_helpers import ScriptSource, make_pipeline
+
+    from monitor.errors import UserError
+
+    cfg = StreamConfig(hop_s=1.0, idle_hop_s=6.0)
+    src = ScriptSource([("audio", np.zeros(16000, np.float32))], speed=0, realtime=False)
+    with pytest.raises(UserError, match="5 s for this model"):
+        make_pipeline(src, backend=BandEnergyBackend(), stream=cfg)
 
 
 def test_adaptive_hop_is_a_pure_function_of_scores_and_rules():

@@ -313,28 +313,29 @@ def _features_of(out) -> Any:
     return out if hasattr(out, "shape") else out.pooler_output
 
 
-def _wrappers(model):
+def normalised_encoder(module, embed: Callable[..., Any]):
+    """A torch module whose output is ``embed(module, *inputs)`` L2-normalised along the
+    last axis: what every exported encoder returns (both model families, both towers)."""
     import torch
 
-    class AudioEncoder(torch.nn.Module):
-        def __init__(self, m):
+    class Encoder(torch.nn.Module):
+        def __init__(self):
             super().__init__()
-            self.m = m
+            self.m = module
 
-        def forward(self, input_features):
-            e = _features_of(self.m.get_audio_features(input_features=input_features))
+        def forward(self, *inputs):
+            e = embed(self.m, *inputs)
             return e / e.norm(p=2, dim=-1, keepdim=True)
 
-    class TextEncoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    return Encoder().eval()
 
-        def forward(self, input_ids, attention_mask):
-            e = _features_of(self.m.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-            return e / e.norm(p=2, dim=-1, keepdim=True)
 
-    return AudioEncoder(model).eval(), TextEncoder(model).eval()
+def _wrappers(model):
+    audio = normalised_encoder(model, lambda m, f: _features_of(m.get_audio_features(input_features=f)))
+    text = normalised_encoder(
+        model, lambda m, ids, mask: _features_of(m.get_text_features(input_ids=ids, attention_mask=mask))
+    )
+    return audio, text
 
 
 def _onnx_export(module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> str:

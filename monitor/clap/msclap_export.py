@@ -53,6 +53,7 @@ from monitor.clap.export import (
     _clear_earlier_export,
     _need_export_deps,
     _stderr_progress,
+    normalised_encoder,
     resolve_source,
     write_encoders,
     write_manifest,
@@ -244,27 +245,10 @@ def _without_frontend(audio_encoder, kind: str):
 
 
 def wrappers(model, kind: str):
-    import torch
-
-    class Audio(torch.nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, input_features):
-            e = self.enc(input_features)[0]
-            return e / e.norm(p=2, dim=-1, keepdim=True)
-
-    class Text(torch.nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, input_ids, attention_mask):
-            e = self.enc({"input_ids": input_ids, "attention_mask": attention_mask})
-            return e / e.norm(p=2, dim=-1, keepdim=True)
-
-    return Audio(_without_frontend(model.audio_encoder, kind)).eval(), Text(model.caption_encoder).eval()
+    """The exported audio module (log-mel in) and text module (token ids and mask in)."""
+    audio = normalised_encoder(_without_frontend(model.audio_encoder, kind), lambda m, f: m(f)[0])
+    text = normalised_encoder(model.caption_encoder, lambda m, ids, mask: m({"input_ids": ids, "attention_mask": mask}))
+    return audio, text
 
 
 # --------------------------------------------------------------------------------------
