@@ -300,3 +300,23 @@ def test_local_pth_and_refusals(exported, tmp_path):
     m = manifest(out)
     assert m["source"] == str(weights) and m["source_revision"] == "local" and m["name"] == f"msclap-{version}"
     assert m["files"]["audio_encoder.onnx"] == manifest(_out)["files"]["audio_encoder.onnx"]  # the same graph
+
+
+def test_eval_and_enroll_work_unchanged(exported, demo_dir, tmp_path):
+    """eval (the bundled clips, 10 classes) and enroll on an msclap export: the model's own
+    window length from its manifest, nothing else to configure."""
+    _version, out, _repos, _r = exported
+    r = cli("eval", str(demo_dir), "--model", str(out), "--json", state=tmp_path / "s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["n_classes"] == 10 and 0.0 <= res["top1"] <= 1.0 and res["map"] >= 0.1
+    rooster = DEMO / "rooster.mp3"
+    r = cli("enroll", "our rooster", str(rooster), "--model", str(out), state=tmp_path / "s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli(
+        "classify", str(rooster), "--model", str(out), "--labels", "our rooster,dog barking,rain", "--json",
+        state=tmp_path / "s",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    top = json.loads(r.stdout)[0]["scores"][0]
+    assert top["label"] == "our rooster"  # its own clip: the prototype is that clip's embedding
