@@ -91,8 +91,6 @@ class ChangeGate:
         self._t: float = -np.inf
         self._scores: dict[str, float] | None = None
         self._before: dict[str, float] = {}  # the real run's scores before the latest one
-        self.reused = 0
-        self.ran = 0
         # why the model ran on a window the gate was asked about: "first" (no reference yet),
         # "near" (an event open or a score near its off level), "age", "change"
         self.why: dict[str, int] = {"first": 0, "near": 0, "age": 0, "change": 0}
@@ -151,7 +149,6 @@ class ChangeGate:
         if float(np.max(np.abs(sig - self._sig))) > self.p.change_db:
             self.why["change"] += 1
             return None
-        self.reused += 1
         return self._scores
 
     def ran_on(self, sig: np.ndarray, t_s: float, labels: Sequence[str], values: Sequence[float]) -> None:
@@ -160,7 +157,6 @@ class ChangeGate:
         self._t = t_s
         self._before = self._scores or {}
         self._scores = dict(zip(labels, (float(v) for v in values)))
-        self.ran += 1
 
     def forget(self) -> None:
         """A gap in the stream or new labels: the next window runs the model."""

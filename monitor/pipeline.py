@@ -375,8 +375,7 @@ class Pipeline:
     def _process(self, windows: list[Window]) -> None:
         gate = self.change_gate
         if gate is not None and len(windows) > 1:
-            off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
-            if gate.quiet(off, bool(self.tracker.active_labels())):
+            if gate.quiet(*self._gate_state()):
                 # quiet: one window at a time, each decision against the latest real run
                 # (while not quiet no window can reuse scores: the batch runs as one)
                 for w in windows:
@@ -434,13 +433,18 @@ class Pipeline:
             )
             self._emit(sc)
 
+    def _gate_state(self) -> tuple[dict[str, float], bool]:
+        """What the change gate decides on besides the audio: each enabled label's off level,
+        and whether an event is open."""
+        off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
+        return off, bool(self.tracker.active_labels())
+
     def _change_gate(self, live: list[Window]) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
         """Which windows may reuse the last real scores ({index: scores}), and every live
         window's signature (the ones that run become the gate's reference)."""
         if self.change_gate is None or not live:
             return {}, {}
-        off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
-        any_open = bool(self.tracker.active_labels())
+        off, any_open = self._gate_state()
         reuse: dict[int, dict] = {}
         sigs: dict[int, np.ndarray] = {}
         for w in live:
