@@ -100,22 +100,26 @@ def resolve_source(src: str, patterns: list[str] | None = None) -> tuple[Path, s
     except ImportError:
         raise ModelError(f"cannot download {src}: huggingface_hub is missing; {how_to_get(src)}") from None
     patterns = patterns or ["*.json", "*.txt", "*.safetensors", "*.model", "merges.txt", "vocab.json"]
+    d = from_hub(lambda **k: snapshot_download(src, allow_patterns=patterns, **k), src, how_to_get(src))
+    return d, _revision_of(d)
+
+
+def from_hub(fetch: Callable[..., str], what: str, how: str, download_timeout_s: int = 30) -> Path:
+    """The path ``fetch(local_files_only=...)`` returns (a huggingface_hub download): from
+    the local cache first, which works offline, else from the hub with short timeouts. Any
+    hub failure (network, auth, a missing repo or file) is one ModelError naming ``what``
+    and saying ``how`` to get it another way."""
     try:
-        # a copy already in the local cache works offline
-        d = snapshot_download(src, allow_patterns=patterns, local_files_only=True)
-        return Path(d), _revision_of(Path(d))
+        return Path(fetch(local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not cached"; try the network next
         pass
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(download_timeout_s))
     try:
-        d = snapshot_download(src, allow_patterns=patterns)
+        return Path(fetch(local_files_only=False))
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: all one message
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise ModelError(
-            f"cannot get {src} from the Hugging Face Hub ({type(e).__name__}: {reason}); {how_to_get(src)}"
-        ) from None
-    return Path(d), _revision_of(Path(d))
+        raise ModelError(f"cannot get {what} from the Hugging Face Hub ({type(e).__name__}: {reason}); {how}") from None
 
 
 def _revision_of(d: Path) -> str:
@@ -614,8 +618,6 @@ def write_encoders(out: Path, audio, text, feats, ids, mask, int8: bool, threads
         "max_abs_diff": {"audio": diff_audio, "text": diff_text},
         "int8": int8_info,
         "exporter": exporter,
-        "audio_embeds": a_onnx,
-        "text_embeds": t_onnx,
     }
 
 

@@ -48,11 +48,14 @@ from typing import Any
 import numpy as np
 
 from monitor.clap.export import (
+    AUDIO_FILE,
     MANIFEST_VERSION,
     Progress,
     _clear_earlier_export,
     _need_export_deps,
+    _revision_of,
     _stderr_progress,
+    from_hub,
     normalised_encoder,
     resolve_source,
     write_encoders,
@@ -274,11 +277,16 @@ def _safe_load(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _version_of(state: dict, path: Path) -> str:
-    for version, prefix in _AUDIO_KEYS.items():
-        if any(k.startswith(prefix) for k in state):
-            return version
-    raise ModelError(f"{path} is not an msclap checkpoint (neither an HTSAT nor a Cnn14 audio encoder)")
+def load_checkpoint(path: Path, version: str = "") -> tuple[dict, str]:
+    """(state dict, msclap version) of a checkpoint; the version is read off its keys and
+    must be ``version`` when one is asked for."""
+    state = _safe_load(path)
+    found = next((v for v, prefix in _AUDIO_KEYS.items() if any(k.startswith(prefix) for k in state)), None)
+    if found is None:
+        raise ModelError(f"{path} is not an msclap checkpoint (neither an HTSAT nor a Cnn14 audio encoder)")
+    if version and found != version:
+        raise ModelError(f"{path} is not an msclap {version} checkpoint")
+    return state, found
 
 
 def _download_weights(version: str) -> tuple[Path, str]:
@@ -287,26 +295,12 @@ def _download_weights(version: str) -> tuple[Path, str]:
     except ImportError:
         raise ModelError("cannot download msclap: huggingface_hub is missing") from None
     name = VERSIONS[version].weights
-    with contextlib.suppress(Exception):  # a copy in the local cache works offline
-        p = Path(hf_hub_download(MSCLAP_REPO, name, local_files_only=True))
-        return p, _snapshot_revision(p)
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "60")
-    try:
-        p = Path(hf_hub_download(MSCLAP_REPO, name))
-    except Exception as e:  # noqa: BLE001 - network, auth, missing file: one message
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise ModelError(
-            f"cannot get {MSCLAP_REPO}/{name} from the Hugging Face Hub ({type(e).__name__}: {reason}); on a "
-            f"machine with internet run `hf download {MSCLAP_REPO} {name}`, copy the file here and pass "
-            f"`--model PATH/{name}`"
-        ) from None
-    return p, _snapshot_revision(p)
-
-
-def _snapshot_revision(p: Path) -> str:
-    name = p.parent.name
-    return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else "cached"
+    how = (
+        f"on a machine with internet run `hf download {MSCLAP_REPO} {name}`, copy the file here and pass "
+        f"`--model PATH/{name}`"
+    )
+    p = from_hub(lambda **k: hf_hub_download(MSCLAP_REPO, name, **k), f"{MSCLAP_REPO}/{name}", how, 60)
+    return p, _revision_of(p.parent)
 
 
 def _tokenizer(text_dir: Path, args: dict):
@@ -358,10 +352,7 @@ def export_msclap(
         torch.set_num_threads(threads)
     say(f"loading {weights} ...")
     t0 = time.perf_counter()
-    state = _safe_load(weights)
-    version = version or _version_of(state, weights)
-    if _version_of(state, weights) != version:
-        raise ModelError(f"{weights} is not an msclap {version} checkpoint")
+    state, version = load_checkpoint(weights, version)
     args = _msclap_config(version)
     text_dir, text_revision = resolve_source(VERSIONS[version].text_repo, patterns=["*.json", "*.txt", "merges.txt"])
     _clear_earlier_export(out, say)
@@ -483,7 +474,7 @@ def end_to_end_difference(model, fe_params: FrontendParams, out: Path, threads: 
         ref = model.audio_encoder(torch.from_numpy(waves))[0].numpy()
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     feats = ClapFrontend(fe_params).batch_features(waves)
-    got = ort_session(out / "audio_encoder.onnx", threads).run(None, {"input_features": feats})[0]
+    got = ort_session(out / AUDIO_FILE, threads).run(None, {"input_features": feats})[0]
     return float(np.abs(got - ref).max())
 
 
@@ -521,6 +512,5 @@ def make_random_msclap(out: Path, version: str, text_dir: Path, seed: int = 0) -
 
 def reference_model(weights: Path, text_dir: Path) -> Any:
     """msclap's torch model of a checkpoint, as the export loads it (for tests)."""
-    state = _safe_load(weights)
-    version = _version_of(state, weights)
+    state, version = load_checkpoint(weights)
     return build_model(version, _msclap_config(version), text_dir, state), version
