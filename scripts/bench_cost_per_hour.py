@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor.audio_io import read_audio  # noqa: E402
-from monitor.bench import quiet_lead, room_tone  # noqa: E402
+from monitor.bench import cpu_info, quiet_lead, room_tone  # noqa: E402
 
 RATE = 16000
 
@@ -207,7 +207,7 @@ def main() -> int:
         "seed": a.seed,
         "threshold": a.threshold,
         "scoring": a.scoring,
-        "cpu": platform_cpu(),
+        "cpu": cpu_info()[0],
         "configs": {
             k: {kk: vv for kk, vv in v.items() if kk != "starts"}
             | {"events": len(v["starts"]), "ratio_to_ungated": round(v["cpu_s"] / results["ungated"]["cpu_s"], 3)}
@@ -217,16 +217,6 @@ def main() -> int:
     }
     print(json.dumps(out, indent=None if a.json else 1))
     return 0
-
-
-def platform_cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

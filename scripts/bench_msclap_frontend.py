@@ -95,7 +95,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    from monitor.bench import cpu_info
+
+    cpu = cpu_info()[0]
     with tempfile.TemporaryDirectory(prefix="msclap-frontend-") as d:
         rows = [measure(v.strip(), Path(d), a.reps, a.threads) for v in a.versions.split(",") if v.strip()]
     report = {"cpu": cpu, "threads": a.threads, "reps": a.reps, "results": rows}

@@ -43,15 +43,9 @@ def machine_key(threads: int) -> str:
     """What the speed of an encoder depends on here: CPU model and flags, onnxruntime, threads."""
     import onnxruntime
 
-    cpu, flags = "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from monitor.bench import cpu_info
+
+    cpu, flags = cpu_info()
     h = hashlib.sha256(f"{cpu}|{flags}|{onnxruntime.__version__}|{threads}".encode()).hexdigest()[:16]
     return f"{cpu} / {threads} threads / {h}"
 
