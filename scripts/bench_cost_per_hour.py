@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.audio_io import read_audio  # noqa: E402
 from monitor.bench import cpu_info, quiet_lead, room_tone  # noqa: E402
+from monitor.change_gate import GateParams  # noqa: E402
 
 RATE = 16000
 
@@ -144,11 +145,12 @@ def main() -> int:
     ap.add_argument(
         "--classes", choices=("all", "even", "odd"), default="all", help="the clips of all classes or of one half"
     )
+    d = GateParams()
     ap.add_argument(
         "--gate",
-        default="3:5",
-        help="change gate parameters change_db:max_age_s[:rise] for the gated runs; several "
-        "(comma-separated) run one gated configuration each",
+        default=f"{d.change_db:g}:{d.max_age_s:g}:{d.rise:g}",
+        help="change gate parameters change_db:max_age_s[:rise] for the gated runs (default: the monitor's); "
+        "several (comma-separated) run one gated configuration each",
     )
     ap.add_argument(
         "--configs", default="ungated,gated,idle_hop,gated_idle_hop", help="which runs (comma-separated; ungated first)"
@@ -178,6 +180,8 @@ def main() -> int:
         wanted = [k for k in configs if k.split("@")[0] in wanted]
     if not wanted or wanted[0] != "ungated" or any(c not in configs for c in wanted):
         raise SystemExit(f"--configs: start with ungated, then any of {', '.join(configs)}")
+    thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
+    thr += ["--scoring", a.scoring] if a.scoring else []
     results: dict[str, dict] = {}
     for rep in range(max(1, a.repeat)):
         for name in wanted:
@@ -188,8 +192,6 @@ def main() -> int:
                 cfg = state / "config.yaml"
                 cfg.write_text("stream: {" + configs[name] + "}\n")
                 extra = ["--config", str(cfg)]
-            thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
-            thr += ["--scoring", a.scoring] if a.scoring else []
             cpu, starts, info = run(stream, a.model, labels, extra + thr, state, env)
             r = results.setdefault(name, {"cpu_runs": [], "starts": starts, **info})
             r["cpu_runs"].append(round(cpu, 1))
