@@ -11,6 +11,7 @@ stand-in of the hub (tests/hub_stub.py, HF_ENDPOINT):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,12 +20,6 @@ import pytest
 import soundfile as sf
 from cli_helpers import cli
 from hub_stub import HubStub
-
-pytest.importorskip("torch")
-pytest.importorskip("torchlibrosa")
-if __import__("importlib").util.find_spec("msclap") is None:
-    pytest.skip("msclap is not installed (make install-test installs it with --no-deps)", allow_module_level=True)
-
 from msclap_helpers import hub_layout, manifest
 
 from monitor.audio_io import read_audio
@@ -33,6 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "monitor" / "demo"
 LABELS = ["dog barking", "rooster", "rain", "silence"]
 TEMPLATE = "This is a sound of {}."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _msclap_installed():
+    """Without msclap (or torch / torchlibrosa) the Microsoft CLAP export cannot work: a failure
+    that says what to install, not a skip."""
+    missing = [m for m in ("torch", "torchlibrosa", "msclap") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not installed: `make install-test` installs them "
+            '(msclap with pip --no-deps, README "Microsoft CLAP")'
+        )
 
 
 @pytest.fixture(scope="module", params=["2023", "2022"])
