@@ -76,10 +76,24 @@ def signature(samples: np.ndarray, rate: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GateParams:
-    change_db: float = 3.0
+    change_db: float = 4.5
     max_age_s: float = 15.0
-    margin: float = 0.5
+    margin: float = 0.7
     rise: float = 0.3
+    novel_db: float = 6.0  # 0: no frame novelty rule
+    settled_s: float = 3.0  # the newest part of a window that ran is not yet "heard" by it
+
+
+@dataclass(frozen=True)
+class WindowSig:
+    """What the gate knows of one window: its signature, its stream frames [k0, k1), and per
+    band the loudest of its settled frames (all but the newest ``settled_s``)."""
+
+    sig: np.ndarray  # [2 * N_BANDS] dB
+    k0: int
+    k1: int
+    settled_end: int  # frames [k0, settled_end) are settled
+    settled_max: np.ndarray  # [N_BANDS] dB
 
 
 class ChangeGate:
@@ -87,13 +101,14 @@ class ChangeGate:
 
     def __init__(self, params: GateParams):
         self.p = params
-        self._sig: np.ndarray | None = None
+        self._ref: WindowSig | None = None
         self._t: float = -np.inf
         self._scores: dict[str, float] | None = None
         self._before: dict[str, float] = {}  # the real run's scores before the latest one
         # why the model ran on a window the gate was asked about: "first" (no reference yet),
-        # "near" (an event open or a score near its off level), "age", "change"
-        self.why: dict[str, int] = {"first": 0, "near": 0, "age": 0, "change": 0}
+        # "near" (an event open or a score near its off level), "age", "change" (signature),
+        # "novel" (a frame louder than anything the reference had settled)
+        self.why: dict[str, int] = {"first": 0, "near": 0, "age": 0, "change": 0, "novel": 0}
         # band energies of the stream's frames [k_first, k_last) (frame k: samples
         # [k*FRAME, (k+1)*FRAME)), kept while a window may still cover them: overlapping
         # windows share their frames, so each hop computes only its new ones
@@ -101,14 +116,15 @@ class ChangeGate:
         self._k_first = self._k_last = 0
         self._frames_rate = 0
 
-    def signature_at(self, samples: np.ndarray, rate: int, start_n: int) -> np.ndarray:
-        """``signature`` of the window whose first sample is stream sample ``start_n``, over
-        the stream-aligned frames inside it, each frame computed once per stream."""
+    def signature_at(self, samples: np.ndarray, rate: int, start_n: int) -> WindowSig:
+        """The window whose first sample is stream sample ``start_n``: its ``signature`` over
+        the stream-aligned frames inside it (each frame computed once per stream) and the
+        loudest of its settled frames."""
         x = np.asarray(samples, dtype=np.float32)
         k0 = -(-start_n // FRAME)
         k1 = (start_n + x.size) // FRAME
-        if k1 <= k0:
-            return signature(x, rate)
+        if k1 <= k0:  # shorter than a frame: no stream frames, nothing settled
+            return WindowSig(signature(x, rate), k0, k0, k0, np.full(N_BANDS, np.inf, np.float32))
         if rate != self._frames_rate or not self._k_first <= k0 <= self._k_last:
             self._fdb = np.zeros((0, N_BANDS), np.float32)  # not the stream we have frames of
             self._k_first = self._k_last = k0
@@ -120,7 +136,9 @@ class ChangeGate:
             new = _frame_db(x[at[:, None] + np.arange(FRAME)[None, :]], rate)
             self._fdb = np.concatenate([self._fdb, new])
             self._k_last = k1
-        return _summary(self._fdb[: k1 - k0])
+        db = self._fdb[: k1 - k0]
+        settled = max(1, (k1 - k0) - round(self.p.settled_s * rate / FRAME))
+        return WindowSig(_summary(db), k0, k1, k0 + settled, db[:settled].max(axis=0))
 
     def quiet(self, off_levels: Mapping[str, float], any_open: bool) -> bool:
         """Could any window reuse the last real scores now (no event open, every score well
@@ -134,10 +152,25 @@ class ChangeGate:
                 return False
         return True
 
-    def reuse(self, sig: np.ndarray, t_s: float, off_levels: Mapping[str, float], any_open: bool) -> dict | None:
-        """The last real scores if this window (signature ``sig``, stream time ``t_s``) may
-        reuse them; None: the model must run."""
-        if self._sig is None:
+    def _novel(self, ws: WindowSig) -> bool:
+        """Does a frame of this window that the reference had not settled (its newest part, or
+        after it) stand out, in any band, by more than ``novel_db`` over the loudest frame the
+        reference had settled? Such a frame is a sound the model has not heard yet, however
+        little it moves the window's signature (a click, a quiet sound over room tone)."""
+        ref = self._ref
+        if ref is None or self.p.novel_db <= 0:
+            return False
+        a = max(ref.settled_end, ws.k0)
+        if a >= ws.k1 or not self._k_first <= a:
+            return False
+        new = self._fdb[a - self._k_first : ws.k1 - self._k_first]
+        return bool(np.any(new > ref.settled_max + np.float32(self.p.novel_db)))
+
+    def reuse(self, ws: WindowSig, t_s: float, off_levels: Mapping[str, float], any_open: bool) -> dict | None:
+        """The last real scores if this window (``signature_at``'s ``ws``, stream time ``t_s``)
+        may reuse them; None: the model must run. Ask for each window in stream order, right
+        after its ``signature_at``."""
+        if self._ref is None:
             self.why["first"] += 1
             return None
         if not self.quiet(off_levels, any_open):
@@ -146,21 +179,24 @@ class ChangeGate:
         if t_s - self._t > self.p.max_age_s:
             self.why["age"] += 1
             return None
-        if float(np.max(np.abs(sig - self._sig))) > self.p.change_db:
+        if float(np.max(np.abs(ws.sig - self._ref.sig))) > self.p.change_db:
             self.why["change"] += 1
+            return None
+        if self._novel(ws):
+            self.why["novel"] += 1
             return None
         return self._scores
 
-    def ran_on(self, sig: np.ndarray, t_s: float, labels: Sequence[str], values: Sequence[float]) -> None:
+    def ran_on(self, ws: WindowSig, t_s: float, labels: Sequence[str], values: Sequence[float]) -> None:
         """The model ran on this window: it is the reference from now on."""
-        self._sig = sig
+        self._ref = ws
         self._t = t_s
         self._before = self._scores or {}
         self._scores = dict(zip(labels, (float(v) for v in values)))
 
     def forget(self) -> None:
         """A gap in the stream or new labels: the next window runs the model."""
-        self._sig = None
+        self._ref = None
         self._scores = None
         self._before = {}
         self._frames_rate = 0

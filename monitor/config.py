@@ -162,9 +162,12 @@ class StreamConfig(_Section):
     # runs and no event was open, reuses those scores; the model runs at least every
     # change_max_age_s
     change_gate: bool = False
-    change_db: float = Field(3.0, gt=0.0, le=40.0)
+    change_db: float = Field(4.5, gt=0.0, le=40.0)
     change_max_age_s: float = Field(15.0, gt=0.0, le=60.0)
     change_rise: float = Field(0.3, ge=0.0, le=1.0)
+    change_novel_db: float = Field(6.0, ge=0.0, le=40.0)
+    change_margin: float = Field(0.7, gt=0.0, le=1.0)
+    change_settled_s: float = Field(3.0, ge=0.0, le=5.0)
 
     @model_validator(mode="after")
     def _hop_fits(self) -> StreamConfig:

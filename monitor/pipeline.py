@@ -29,7 +29,7 @@ import numpy as np
 from monitor.audio_io import downmix, sanitise
 from monitor.backend import Backend
 from monitor.buffer import DroppedAudio, RingBuffer
-from monitor.change_gate import ChangeGate, GateParams
+from monitor.change_gate import ChangeGate, GateParams, WindowSig
 from monitor.config import SourceConfig, StreamConfig
 from monitor.encode import SharedEncoder
 from monitor.errors import UserError
@@ -148,7 +148,18 @@ class Pipeline:
         self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
         c = stream_cfg
         self.change_gate = (
-            ChangeGate(GateParams(c.change_db, c.change_max_age_s, rise=c.change_rise)) if c.change_gate else None
+            ChangeGate(
+                GateParams(
+                    c.change_db,
+                    c.change_max_age_s,
+                    c.change_margin,
+                    rise=c.change_rise,
+                    novel_db=c.change_novel_db,
+                    settled_s=c.change_settled_s,
+                )
+            )
+            if c.change_gate
+            else None
         )
         self._failed_score_sinks: set[str] = set()
 
@@ -439,14 +450,14 @@ class Pipeline:
         off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
         return off, bool(self.tracker.active_labels())
 
-    def _change_gate(self, live: list[Window]) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+    def _change_gate(self, live: list[Window]) -> tuple[dict[int, dict], dict[int, WindowSig]]:
         """Which windows may reuse the last real scores ({index: scores}), and every live
         window's signature (the ones that run become the gate's reference)."""
         if self.change_gate is None or not live:
             return {}, {}
         off, any_open = self._gate_state()
         reuse: dict[int, dict] = {}
-        sigs: dict[int, np.ndarray] = {}
+        sigs: dict[int, WindowSig] = {}
         for w in live:
             rate = w.sample_rate_hz
             sigs[w.index] = self.change_gate.signature_at(w.samples, rate, round(w.start_s * rate))

@@ -7,12 +7,14 @@ are looped with random gain -- with the uiowa-dev clips themselves inserted at r
 (``--events`` of them, at least 12 s apart). Each configuration runs the real command,
 `sound-monitor run --source STREAM --fast --no-tui --events ...` as its own process, with
 the dataset's 27 class names as labels; its CPU time (user + system, from the child's
-rusage) per hour of audio is reported. The events of the ungated run are the reference:
+rusage) per hour of audio is reported, whole and in steady state (less what a start costs:
+the same command on the stream's first 10 s, which an always-on monitor pays once). The
+events of the ungated run are the reference:
 for the gated runs, the share of reference events that still start (same label, start
 within 5 s) and the delay added to their start.
 
 Usage: python scripts/bench_cost_per_hour.py ../shared/data/uiowa-dev [--model offline|DIR]
-       [--minutes 60] [--events 110] [--classes all|even|odd] [--seed N] [--gate DB:AGE[,DB:AGE...]] [--json]
+       [--minutes 60] [--events 110] [--classes all|even|odd] [--seed N] [--gate db=4.5/age=15,...] [--json]
 """
 
 from __future__ import annotations
@@ -36,9 +38,31 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.audio_io import read_audio  # noqa: E402
 from monitor.bench import cpu_info, quiet_lead, room_tone  # noqa: E402
-from monitor.change_gate import GateParams  # noqa: E402
 
 RATE = 16000
+# --gate KEY=VALUE/...: short names of the config's change-gate fields
+GATE_KEYS = {
+    "db": "change_db",
+    "age": "change_max_age_s",
+    "rise": "change_rise",
+    "novel": "change_novel_db",
+    "margin": "change_margin",
+    "settled": "change_settled_s",
+}
+
+
+def gate_config(spec: str) -> str:
+    """``db=4.5/age=15`` -> the stream config's flow mapping body, gate on; fields left out
+    keep the monitor's defaults ("default" alone: every default)."""
+    out = "change_gate: true"
+    for kv in spec.split("/"):
+        if kv.strip() in ("", "default"):
+            continue
+        k, v = kv.split("=")
+        if k not in GATE_KEYS:
+            raise SystemExit(f"--gate: unknown key {k!r} (one of {', '.join(GATE_KEYS)})")
+        out += f", {GATE_KEYS[k]}: {float(v)}"
+    return out
 
 
 def dataset_rows(dataset: Path, classes: str) -> list[dict]:
@@ -145,12 +169,12 @@ def main() -> int:
     ap.add_argument(
         "--classes", choices=("all", "even", "odd"), default="all", help="the clips of all classes or of one half"
     )
-    d = GateParams()
     ap.add_argument(
         "--gate",
-        default=f"{d.change_db:g}:{d.max_age_s:g}:{d.rise:g}",
-        help="change gate parameters change_db:max_age_s[:rise] for the gated runs (default: the monitor's); "
-        "several (comma-separated) run one gated configuration each",
+        default="default",
+        help="change gate settings for the gated runs, KEY=VALUE/... over db, age, rise, novel, margin, settled "
+        "(the config's change_* fields; left out: the monitor's defaults); several (comma-separated) run one "
+        "gated configuration each",
     )
     ap.add_argument(
         "--configs", default="ungated,gated,idle_hop,gated_idle_hop", help="which runs (comma-separated; ungated first)"
@@ -163,14 +187,17 @@ def main() -> int:
     audio, inserted = build_stream(rows, ds, a.minutes, a.events, a.seed)
     stream = work / "stream.wav"
     sf.write(stream, audio, RATE, subtype="PCM_16")
+    # what a start costs (imports, model load, label embedding): the same command on the
+    # stream's first 10 s; subtracted for the steady-state figures of an always-on monitor
+    head = work / "head.wav"
+    sf.write(head, audio[: 10 * RATE], RATE, subtype="PCM_16")
+    head_hours = 10.0 / 3600.0
     hours = len(audio) / RATE / 3600.0
     env = dict(os.environ)
     gates = [g.strip() for g in a.gate.split(",") if g.strip()]
     configs: dict[str, str] = {"ungated": ""}
     for g in gates:
-        db, age, *rise = (float(v) for v in g.split(":"))
-        gate = f"change_gate: true, change_db: {db}, change_max_age_s: {age}"
-        gate += f", change_rise: {rise[0]}" if rise else ""
+        gate = gate_config(g)
         suffix = "" if len(gates) == 1 else f"@{g}"
         configs["gated" + suffix] = gate
         configs["gated_idle_hop" + suffix] = gate + ", idle_hop_s: 2.5"
@@ -183,9 +210,15 @@ def main() -> int:
     thr = ["--threshold", str(a.threshold)] if a.threshold is not None else []
     thr += ["--scoring", a.scoring] if a.scoring else []
     results: dict[str, dict] = {}
+    starts_cpu: list[float] = []
     for rep in range(max(1, a.repeat)):
+        state = work / f"start-{rep}"
+        state.mkdir()
+        cpu, _, _ = run(head, a.model, labels, thr, state, env)
+        starts_cpu.append(round(cpu, 2))
+        print(f"start #{rep + 1}: {cpu:.2f} CPU s (a 10 s stream)", file=sys.stderr)
         for name in wanted:
-            state = work / f"{name.replace('@', '-').replace(':', '_')}-{rep}"
+            state = work / f"{name.replace('@', '-').replace('/', '_').replace('=', '')}-{rep}"
             state.mkdir()
             extra = []
             if configs[name]:
@@ -197,9 +230,12 @@ def main() -> int:
             r["cpu_runs"].append(round(cpu, 1))
             print(f"{name} #{rep + 1}: {cpu:.1f} CPU s, {cpu / hours:.1f} CPU s per hour of audio, {len(starts)} events",
                   file=sys.stderr)  # fmt: skip
+    start_cpu = float(np.median(starts_cpu))
     for r in results.values():
         r["cpu_s"] = float(np.median(r["cpu_runs"]))
         r["cpu_s_per_hour"] = round(r["cpu_s"] / hours, 1)
+        # steady state: the start and the head's 10 s taken out
+        r["cpu_s_per_hour_steady"] = round((r["cpu_s"] - start_cpu) / (hours - head_hours), 1)
     ref = results["ungated"]["starts"]
     out = {
         "model": a.model,
@@ -210,9 +246,16 @@ def main() -> int:
         "threshold": a.threshold,
         "scoring": a.scoring,
         "cpu": cpu_info()[0],
+        "start_cpu_s": {"median": start_cpu, "runs": starts_cpu},
         "configs": {
             k: {kk: vv for kk, vv in v.items() if kk != "starts"}
-            | {"events": len(v["starts"]), "ratio_to_ungated": round(v["cpu_s"] / results["ungated"]["cpu_s"], 3)}
+            | {
+                "events": len(v["starts"]),
+                "ratio_to_ungated": round(v["cpu_s"] / results["ungated"]["cpu_s"], 3),
+                "steady_ratio_to_ungated": round(
+                    v["cpu_s_per_hour_steady"] / results["ungated"]["cpu_s_per_hour_steady"], 3
+                ),
+            }
             for k, v in results.items()
         },
         "events_vs_ungated": {k: compare(ref, v["starts"]) for k, v in results.items() if k != "ungated"},

@@ -1,9 +1,13 @@
 """The change gate (monitor/change_gate.py): unchanged quiet windows reuse the last real
-scores; any change, any score near a threshold, an open event or age forces the model."""
+scores; any change, a frame louder than the reference had settled, any score near a
+threshold, an open event or age forces the model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 from fault_helpers import RATE, ScriptSource, make_pipeline, noise
 from stream_helpers import BandEnergyBackend
 
@@ -35,7 +39,10 @@ def test_overlapping_windows_share_their_frames():
         got = g.signature_at(x[start : start + win], RATE, start)
         k0, k1 = -(-start // FRAME), (start + win) // FRAME
         want = signature(x[k0 * FRAME : k1 * FRAME], RATE)
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.sig, want, rtol=0, atol=1e-4)
+        assert (got.k0, got.k1) == (k0, k1) and got.settled_end == k1 - round(g.p.settled_s * RATE / FRAME)
+        full = [signature(x[k * FRAME : (k + 1) * FRAME], RATE)[:16] for k in range(k0, got.settled_end)]
+        np.testing.assert_allclose(got.settled_max, np.max(full, axis=0), atol=1e-4)
         assert g._k_first == k0 and len(g._fdb) == k1 - k0  # nothing older is kept
     db = np.random.default_rng(0).normal(size=(77, 16)).astype(np.float32)
     np.testing.assert_allclose(_summary(db)[16:], np.percentile(db, 95, axis=0), atol=1e-5)
@@ -43,13 +50,14 @@ def test_overlapping_windows_share_their_frames():
 
 def test_reuse_rules():
     g = ChangeGate(GateParams(change_db=3.0, max_age_s=5.0, margin=0.5, rise=0.2))
-    s = signature(noise(5, 0.01), RATE)
+    s = g.signature_at(noise(5, 0.01), RATE, 0)
+    moved = replace(s, sig=s.sig + 4.0)
     assert g.reuse(s, 0.0, OFF, False) is None  # nothing to reuse yet
     g.ran_on(s, 0.0, ("dog", "alarm"), (0.05, 0.1))
     assert g.reuse(s, 1.0, OFF, False) == {"dog": 0.05, "alarm": 0.1}
     assert g.reuse(s, 5.5, OFF, False) is None  # too old: the model runs at least every 5 s
     assert g.reuse(s, 1.0, OFF, True) is None  # an open event
-    assert g.reuse(s + 4.0, 1.0, OFF, False) is None  # the sound changed
+    assert g.reuse(moved, 1.0, OFF, False) is None  # the sound changed
     g.ran_on(s, 2.0, ("dog", "alarm"), (0.05, 0.25))  # alarm at 0.25 >= 0.5 x 0.4: near
     assert g.reuse(s, 3.0, OFF, False) is None
     g.ran_on(s, 3.0, ("dog", "alarm"), (0.05, 0.02))
@@ -59,7 +67,45 @@ def test_reuse_rules():
     assert g.reuse(s, 5.5, OFF, False) == {"dog": 0.05, "alarm": 0.12}
     g.forget()
     assert g.reuse(s, 3.0, OFF, False) is None
-    assert g.why == {"first": 2, "near": 3, "age": 1, "change": 1}  # why the model ran, counted
+    assert g.why == {"first": 2, "near": 3, "age": 1, "change": 1, "novel": 0}  # why the model ran, counted
+
+
+@pytest.mark.parametrize("settled_s", [1.0, 3.0])
+def test_a_frame_louder_than_the_reference_settled_runs_the_model(settled_s):
+    """A click moves a 5 s window's signature (band means and 95th percentiles over ~78
+    frames) by far less than change_db, but its frames stand out over every frame the
+    reference window had settled: the window that holds it runs the model, and so does every
+    window after it while the click is in the newest ``settled_s`` of the window that ran
+    (the model has heard little of what follows it yet)."""
+    x = noise(20, 0.01, seed=7)
+    click_at = 9 * RATE + 3000
+    burst = np.random.default_rng(8).standard_normal(400) * np.hanning(400)  # 25 ms, broadband
+    x[click_at : click_at + 400] += (0.3 * burst).astype(np.float32)
+    p = GateParams(change_db=3.0, max_age_s=30.0, margin=0.5, rise=0.2, novel_db=6.0, settled_s=settled_s)
+    g = ChangeGate(p)
+    win = 5 * RATE
+    decisions = {}
+    ref = None  # the window the model last ran on
+    for k in range(0, 16):
+        ws = g.signature_at(x[k * RATE : k * RATE + win], RATE, k * RATE)
+        got = g.reuse(ws, float(k), OFF, False)
+        decisions[k] = got is not None
+        if k == 5:  # the first window with the click, in its newest second
+            assert ref is not None and np.max(np.abs(ws.sig - ref.sig)) < 3.0  # the signature alone would reuse
+        if got is None:
+            g.ran_on(ws, float(k), ("dog", "alarm"), (0.05, 0.05))
+            ref = ws
+    # window 5 holds the click first; windows 6.. run while it was in the newest settled_s of the last run
+    n = int(settled_s) + 1
+    assert decisions[1] and decisions[4]  # steady noise reuses
+    assert not any(decisions[k] for k in range(5, 5 + n))  # the click: never heard, the model runs
+    assert decisions[5 + n] and decisions[6 + n]  # heard: the window that ran settled it
+    assert g.why["novel"] == n and g.why["change"] == 0
+    quiet = ChangeGate(GateParams(novel_db=0.0, change_db=3.0))  # novel_db 0: the rule is off
+    ws0 = quiet.signature_at(x[4 * RATE : 4 * RATE + win], RATE, 4 * RATE)
+    quiet.ran_on(ws0, 4.0, ("dog", "alarm"), (0.05, 0.05))
+    ws1 = quiet.signature_at(x[5 * RATE : 5 * RATE + win], RATE, 5 * RATE)
+    assert quiet.reuse(ws1, 5.0, OFF, False) is not None
 
 
 class CountingBackend(BandEnergyBackend):

@@ -40,7 +40,7 @@ import numpy as np
 
 from monitor.backend import Backend, l2_normalise
 from monitor.errors import ModelError
-from monitor.files import atomic_savez, read_manifest
+from monitor.files import atomic_savez, read_manifest, write_bytes_atomic, write_json_atomic
 from monitor.level import LevelNorm
 from monitor.logs import say as _say
 from monitor.offline import features
@@ -103,6 +103,32 @@ def batched_yamnet(path: Path) -> bytes:
     if fixed != 1:
         raise ModelError(f"{path}: unexpected YAMNet graph ({fixed} batch-1 reshapes); delete it and fetch again")
     return model.SerializeToString()
+
+
+BATCHED = "yamnet-batched.onnx"  # made from yamnet.onnx on the first load, kept beside it
+
+
+def batched_yamnet_kept(directory: Path, source_sha256: str) -> Path | bytes:
+    """``batched_yamnet`` of ``directory/yamnet.onnx``, made once and kept beside it as
+    ``yamnet-batched.onnx`` with ``yamnet-batched.json`` (its sha256 and its source's).
+
+    Making it imports onnx, which took more CPU than the rest of a start (about 2 of 3 s): a
+    later start checks the kept file against both hashes and loads it instead. A folder that
+    cannot be written (a read-only install) gets the graph made in memory at every start."""
+    kept, meta = directory / BATCHED, directory / "yamnet-batched.json"
+    try:
+        m = json.loads(meta.read_text())
+        if m.get("source_sha256") == source_sha256 and kept.is_file() and sha256_file(kept) == m.get("sha256"):
+            return kept
+    except (OSError, ValueError, AttributeError):
+        pass  # not made yet, or unreadable: made again below
+    data = batched_yamnet(directory / "yamnet.onnx")
+    try:
+        write_bytes_atomic(kept, data)
+        write_json_atomic(meta, {"source_sha256": source_sha256, "sha256": hashlib.sha256(data).hexdigest()})
+    except OSError as e:
+        log.debug("batched YAMNet not kept in %s (%s): made at every start", directory, e)
+    return data
 
 
 def class_texts(class_map: Sequence[dict], ontology: dict[str, dict]) -> list[tuple[list[str], list[str], str]]:
@@ -174,7 +200,8 @@ class OfflineBackend(Backend):
         self.threads = threads
         self.spinning = bool(spinning)
         yamnet = self.dir / "yamnet.onnx"
-        self._yamnet = _session(batched_yamnet(yamnet), threads, self.spinning, what=str(yamnet))
+        graph = batched_yamnet_kept(self.dir, manifest["files"]["yamnet.onnx"])
+        self._yamnet = _session(graph, threads, self.spinning, what=str(yamnet))
         self._minilm: Any = None  # onnxruntime session, loaded on first use
         self._tok: Any = None  # tokenizers.Tokenizer, loaded on first use
         with open(self.dir / "yamnet_class_map.csv", newline="", encoding="utf-8") as f:
