@@ -3,22 +3,29 @@ last one the model saw, while nothing was anywhere near an event.
 
 An always-on monitor pays for every window, and with 5 s windows every second each second
 of audio is encoded five times; most hours of a home are steady background. Before the
-encoder, each window gets a cheap spectral signature (log energies in 16 bands, their mean
-and 95th percentile over 1024-sample frames: ~1 ms for 5 s of 48 kHz audio). A window
-*reuses* the last real scores instead of running the model when all of these hold:
+encoder, each window gets a cheap spectral description from 1024-sample frames (log energy
+in 16 bands; each stream frame computed once, overlapping windows share them): its
+signature (per band the mean and 95th percentile over its frames) and, per band, the
+loudest of its *settled* frames (all but the newest ``settled_s``). A window *reuses* the
+last real scores instead of running the model when all of these hold:
 
-- the last window the model ran on is at most ``max_age_s`` older (a real run at least that
-  often, whatever happens);
+- the last window the model ran on (the reference) is at most ``max_age_s`` older;
 - no event is open;
-- every label's last real score is below ``margin`` × its off level (threshold − hysteresis):
+- every label's last real score is below ``margin`` x its off level (threshold - hysteresis):
   nothing was close to starting;
-- no label's score rose by more than ``rise`` × its off level between the two latest real
-  runs: a sound that is fading in (a quiet event the level stage lifts) keeps the model
-  running until its scores stop climbing;
-- no band of the signature moved by more than ``change_db`` dB from that window's.
+- no label's score rose by more than ``rise`` x its off level between the two latest real
+  runs: a sound that is fading in keeps the model running until its scores stop climbing;
+- no band of the signature moved by more than ``change_db`` dB from the reference's;
+- no frame that the reference had not settled (its newest ``settled_s``, and everything
+  after it) is louder, in any band, by more than ``novel_db`` than every frame the reference
+  had settled. A click or a quiet sound over room tone hardly moves a 5 s signature, but its
+  frames stand out; and a sound that began in the newest seconds of the reference was barely
+  heard by the model (its score can jump from 0.02 to 0.3 one window later), so the model
+  keeps running until the sound's start has settled.
 
 Anything else runs the model. The live view and ``--scores`` mark reused windows; the run's
-summary counts them. Pure logic here; the pipeline asks it per window.
+summary counts them and why the model ran on the others. Pure logic here; the pipeline asks
+it per window, in stream order.
 """
 
 from __future__ import annotations

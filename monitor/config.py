@@ -92,9 +92,9 @@ class ModelConfig(_Section):
     models_dir: str | None = None
     threads: int = Field(2, ge=1, le=64)
     # the int8 audio encoder: true | false | auto (time both on the first start on a machine,
-    # keep int8 where it is clearly faster and agrees: monitor/clap/int8_auto.py). Not auto by
-    # default: the choice depends on a timing, and fp32 is what `classify` and the reference give
-    int8: bool | Literal["auto"] = False
+    # keep int8 where it is clearly faster and agrees on the configured labels:
+    # monitor/clap/int8_auto.py). `classify`, `eval` and `bench` run fp32 unless asked
+    int8: bool | Literal["auto"] = "auto"
     # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
     spinning: bool = False
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
@@ -156,12 +156,13 @@ class StreamConfig(_Section):
     # several sources: how long the encoder waits for the other sources' windows so that
     # they go through the model in one batch (seconds of added delay at most)
     batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
-    # the change gate (monitor/change_gate.py): a window whose spectrum moved by at most
-    # change_db from the last one the model ran on, while every score was below half its
-    # off level, none rose by more than change_rise x its off level over the last two
-    # runs and no event was open, reuses those scores; the model runs at least every
-    # change_max_age_s
-    change_gate: bool = False
+    # the change gate (monitor/change_gate.py): a window reuses the last real scores when no
+    # event is open, every score was below change_margin x its off level and none rose by
+    # more than change_rise x its off level over the last two runs, its spectrum moved by
+    # at most change_db and no frame the last run had not settled (its newest
+    # change_settled_s, and after) is change_novel_db louder in a band than every frame it
+    # had settled; the model runs at least every change_max_age_s
+    change_gate: bool = True
     change_db: float = Field(4.5, gt=0.0, le=40.0)
     change_max_age_s: float = Field(15.0, gt=0.0, le=60.0)
     change_rise: float = Field(0.3, ge=0.0, le=1.0)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,9 @@ class Selected:
     reason: str  # one line for the banner: which model runs and why
 
 
-def load_dir(path: Path, cfg: ModelConfig) -> Backend:
+def load_dir(path: Path, cfg: ModelConfig, labels: Sequence[str] = ()) -> Backend:
+    """The exported model in ``path``; ``labels`` (the configured ones) are what ``model.int8:
+    auto`` checks the int8 encoder's top-1 on."""
     if not path.is_dir():
         raise ModelError(
             f"model directory not found: {path} (run `sound-monitor models fetch clap --out {path}` "
@@ -56,7 +58,7 @@ def load_dir(path: Path, cfg: ModelConfig) -> Backend:
     if cfg.int8 == "auto":
         from monitor.clap.int8_auto import choose
 
-        choice = choose(path, cfg.threads, cfg.spinning)
+        choice = choose(path, cfg.threads, cfg.spinning, labels)
         b = ClapBackend.from_dir(path, threads=cfg.threads, int8=choice.int8, spinning=cfg.spinning)
         b.int8_choice = choice.why
         return b
@@ -75,7 +77,7 @@ def level_stage(cfg: ModelConfig, backend_cls: type[Backend]) -> LevelNorm | Non
     return LevelNorm(cfg.level.target_dbfs, cfg.level.max_gain_db) if on else None
 
 
-def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
+def select_backend(spec: str | None, cfg: ModelConfig, labels: Sequence[str] = ()) -> Selected:
     spec = spec or cfg.spec
     if spec == "offline":
         from monitor.offline.backend import OfflineBackend
@@ -90,8 +92,8 @@ def select_backend(spec: str | None, cfg: ModelConfig) -> Selected:
             "offline backend requested",
         )
     if spec == "auto":
-        return select_auto(cfg)
-    return Selected(load_dir(Path(spec), cfg), f"exported model from {spec}")
+        return select_auto(cfg, labels=labels)
+    return Selected(load_dir(Path(spec), cfg, labels), f"exported model from {spec}")
 
 
 def find_clap_export(models_dir: Path) -> Path | None:
@@ -142,11 +144,12 @@ def select_auto(
     hub_check: Callable[[], bool] = _hub_reachable,
     exporter_available: Callable[[], bool] = can_export,
     fetcher: Callable[[ModelConfig], Path] = _fetch,
+    labels: Sequence[str] = (),
 ) -> Selected:
     models_dir = cfg.models_path
     found = find_clap_export(models_dir)
     if found is not None:
-        return Selected(load_dir(found, cfg), f"auto: using the CLAP in {found}")
+        return Selected(load_dir(found, cfg, labels), f"auto: using the CLAP in {found}")
     why = f"no CLAP in {models_dir}"
     if hub_check():
         h = cfg.hub
@@ -157,7 +160,7 @@ def select_auto(
         try:
             out = fetcher(cfg)
             return Selected(
-                load_dir(out, cfg), f"auto: fetched CLAP ({h.repo}@{h.revision[:8]}, {h.variant}) into {out}"
+                load_dir(out, cfg, labels), f"auto: fetched CLAP ({h.repo}@{h.revision[:8]}, {h.variant}) into {out}"
             )
         except ModelError as e:
             why += f"; fetching CLAP failed ({e})"
@@ -169,7 +172,7 @@ def select_auto(
             _say(f"exporting {DEFAULT_CLAP} with torch into {out} (one-time, several minutes)")
             try:
                 export_clap(DEFAULT_CLAP, out)
-                return Selected(load_dir(out, cfg), f"auto: exported {DEFAULT_CLAP} into {out}")
+                return Selected(load_dir(out, cfg, labels), f"auto: exported {DEFAULT_CLAP} into {out}")
             except ModelError as e:
                 why += f"; CLAP export failed ({e})"
     else:

@@ -195,13 +195,13 @@ def main() -> int:
     hours = len(audio) / RATE / 3600.0
     env = dict(os.environ)
     gates = [g.strip() for g in a.gate.split(",") if g.strip()]
-    configs: dict[str, str] = {"ungated": ""}
+    configs: dict[str, str] = {"ungated": "change_gate: false"}  # explicit: whatever the default
     for g in gates:
         gate = gate_config(g)
         suffix = "" if len(gates) == 1 else f"@{g}"
         configs["gated" + suffix] = gate
         configs["gated_idle_hop" + suffix] = gate + ", idle_hop_s: 2.5"
-    configs["idle_hop"] = "idle_hop_s: 2.5"
+    configs["idle_hop"] = "change_gate: false, idle_hop_s: 2.5"
     wanted = [c.strip() for c in a.configs.split(",") if c.strip()]
     if len(gates) > 1:  # every gate setting of each kind asked for
         wanted = [k for k in configs if k.split("@")[0] in wanted]

@@ -16,16 +16,22 @@ def test_the_rule():
     assert not slow.int8 and "not clearly faster" in slow.why and "int8 60 ms vs fp32 70 ms" in slow.why
     assert not decide(70.0, 40.0, 0.95, 6, 6).int8  # fast but a different embedding
     assert "disagrees" in decide(70.0, 40.0, 0.999, 5, 6).why  # one top-1 differs
+    # half the time, but 2 ms saved per window: noise on a model this small, fp32 stays
+    assert not decide(4.0, 2.0, 0.999, 6, 6).int8
+    assert ModelConfig().int8 == "auto"  # the monitor's default
 
 
 def test_auto_measures_once_per_machine_and_says_why(tiny_clap_export, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(tiny_clap_export, d)
-    b = load_dir(d, ModelConfig(int8="auto"))
-    assert b.int8_choice.startswith(("int8:", "fp32:")) and "per window" in b.int8_choice
-    assert b.int8 == b.int8_choice.startswith("int8:") and ("-int8@" in b.name) == b.int8
+    (d / CHOICE_FILE).unlink(missing_ok=True)  # a `run` test may have measured the shared export already
+    b = load_dir(d, ModelConfig(int8="auto"), ["dog barking", "smoke alarm", "dog barking"])
+    # the tiny test model saves well under MIN_SAVING_MS whatever the timing: fp32, every time
+    assert b.int8_choice.startswith("fp32: int8 is not clearly faster") and "per window" in b.int8_choice
+    assert not b.int8 and "-int8@" not in b.name
     kept = json.loads((d / CHOICE_FILE).read_text())
     assert list(kept) == [machine_key(2)] and kept[machine_key(2)]["int8"] == b.int8
+    assert kept[machine_key(2)]["labels"] == ["dog barking", "smoke alarm"]  # the configured labels' top-1
     again = load_dir(d, ModelConfig(int8="auto"))
     assert again.int8 == b.int8 and again.int8_choice.endswith("kept)")  # not measured again
     other = load_dir(d, ModelConfig(int8="auto", threads=1))  # another thread count: measured for itself
@@ -40,4 +46,4 @@ def test_auto_without_an_int8_encoder_runs_fp32(tiny_clap_export, tmp_path):
     m["audio"].pop("int8_file", None)
     (d / "manifest.json").write_text(json.dumps(m))
     b = load_dir(d, ModelConfig(int8="auto"))
-    assert not b.int8 and b.int8_choice == "fp32: this export has no int8 encoder"
+    assert not b.int8 and b.int8_choice.startswith("fp32: this export has no int8 encoder")

@@ -3,10 +3,11 @@ faster than fp32 and agrees with it.
 
 On the first start with a model on a machine, both encoders embed the bundled recordings
 cut into windows (real audio): each is timed (median of two timed passes after a warm-up)
-and their embeddings compared (the smallest cosine, and whether the top-1 of the bundled
-recordings' labels is the same for every window). int8 is chosen when it takes at most
-``FASTER`` of the fp32 time and the cosine is at least ``MIN_COSINE`` with every top-1 the
-same. The decision is kept next to the model (``int8-choice.json``, one entry per machine:
+and their embeddings compared (the smallest cosine, and whether the top-1 among the
+configured labels -- the bundled recordings' own when none are given -- is the same for every
+window). int8 is chosen when it takes at most ``FASTER`` of the fp32 time and saves at least
+``MIN_SAVING_MS`` per window (a model so small that the saving is noise keeps fp32, whatever a
+timing says), and the cosine is at least ``MIN_COSINE`` with every top-1 the same. The decision is kept next to the model (``int8-choice.json``, one entry per machine:
 CPU model and flags, onnxruntime version, thread count), so later starts do not measure
 again; the banner says which encoder runs and why. An export without an int8 encoder runs
 fp32.
@@ -18,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from monitor.types import Window
 log = logging.getLogger(__name__)
 
 FASTER = 0.8  # int8 must take at most this share of the fp32 time
+MIN_SAVING_MS = 5.0  # ... and save at least this much per window
 MIN_COSINE = 0.99
 CHOICE_FILE = "int8-choice.json"
 
@@ -55,7 +58,7 @@ def decide(t32_ms: float, t8_ms: float, cos_min: float, top1_same: int, n: int) 
     figures = (
         f"int8 {t8_ms:.0f} ms vs fp32 {t32_ms:.0f} ms per window, cosine >= {cos_min:.4f}, top-1 same {top1_same}/{n}"
     )
-    if t8_ms > FASTER * t32_ms:
+    if t8_ms > FASTER * t32_ms or t32_ms - t8_ms < MIN_SAVING_MS:
         return Int8Choice(False, f"fp32: int8 is not clearly faster here ({figures})")
     if cos_min < MIN_COSINE or top1_same < n:
         return Int8Choice(False, f"fp32: int8 disagrees with it ({figures})")
@@ -88,14 +91,15 @@ def _time_ms(backend, windows) -> tuple[float, np.ndarray]:
     return float(np.median(times)), np.asarray(emb)
 
 
-def choose(path: Path, threads: int, spinning: bool) -> Int8Choice:
-    """Measure (or recall) whether the export at ``path`` should run its int8 encoder here."""
+def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ()) -> Int8Choice:
+    """Measure (or recall) whether the export at ``path`` should run its int8 encoder here;
+    ``labels``: the configured ones, whose top-1 must not change (none: the bundled clips')."""
     from monitor.clap.encoder import ClapBackend
     from monitor.files import read_manifest
 
     manifest = read_manifest(path / "manifest.json")
     if not (manifest.get("audio") or {}).get("int8_file"):
-        return Int8Choice(False, "fp32: this export has no int8 encoder")
+        return Int8Choice(False, "fp32: this export has no int8 encoder (`models fetch clap --int8` adds one)")
     key = machine_key(threads)
     store = path / CHOICE_FILE
     try:
@@ -112,11 +116,13 @@ def choose(path: Path, threads: int, spinning: bool) -> Int8Choice:
     t8, e8 = _time_ms(b8, wins)
     a, b = e32 / np.linalg.norm(e32, axis=1, keepdims=True), e8 / np.linalg.norm(e8, axis=1, keepdims=True)
     cos_min = float(np.min(np.sum(a * b, axis=1)))
-    labels = [p.stem for p in sorted((Path(__file__).resolve().parents[1] / "demo").glob("*.mp3"))]
-    t = b32.embed_text(labels)
+    names = list(dict.fromkeys(labels)) or [
+        p.stem for p in sorted((Path(__file__).resolve().parents[1] / "demo").glob("*.mp3"))
+    ]
+    t = b32.embed_text(names) if len(names) > 1 else b32.embed_text([*names, "background noise"])
     top1_same = int(np.sum(np.argmax(a @ t.T, axis=1) == np.argmax(b @ t.T, axis=1)))
     choice = decide(t32, t8, cos_min, top1_same, len(wins))
-    entry = {"int8": choice.int8, "why": choice.why, "when": time.strftime("%Y-%m-%d", time.gmtime())}
+    entry = {"int8": choice.int8, "why": choice.why, "when": time.strftime("%Y-%m-%d", time.gmtime()), "labels": names}
     try:
         write_text_atomic(store, json.dumps({**(known if isinstance(known, dict) else {}), key: entry}, indent=1))
     except OSError as e:

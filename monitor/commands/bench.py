@@ -311,11 +311,13 @@ def _cost_per_hour(args, bench, runs, rate, env, common, out, say) -> None:
     wav = runs / "home.wav"
     n = bench.write_home_stream(wav, clips, rate, args.cost_min * 60.0)
     say(f"cost: `run --fast` on {args.cost_min:.0f} min of room tone with {n} clips, change gate off and on ...")
-    gate_cfg = runs / "gate.yaml"
     base = (runs / "config.yaml").read_text()
-    gate_cfg.write_text(base + "stream:\n  change_gate: true\n")
+    paths = {}
+    for name, on in (("ungated", "false"), ("gated", "true")):  # explicit: the gate's default may change
+        paths[name] = runs / f"{name}.yaml"
+        paths[name].write_text(base + f"stream:\n  change_gate: {on}\n")
     hours = args.cost_min / 60.0
-    for name, cfg_path in (("ungated", runs / "config.yaml"), ("gated", gate_cfg)):
+    for name, cfg_path in paths.items():
         argv = ["--source", str(wav), "--fast", *common]
         argv[argv.index("--config") + 1] = str(cfg_path)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -290,7 +290,7 @@ def _run(args, cfg, say) -> int:
 def _backend(cfg, say):
     from monitor.model_select import select_backend
 
-    selected = select_backend(cfg.model.spec, cfg.model)
+    selected = select_backend(cfg.model.spec, cfg.model, [l.name for l in cfg.labels])
     backend = selected.backend
     if cfg.model.adapter:
         from monitor.adapter import maybe_adapt
