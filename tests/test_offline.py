@@ -205,6 +205,32 @@ def test_batched_yamnet_is_bit_identical_to_one_patch_per_run(offline_model_dir,
         assert np.array_equal(emb, np.concatenate([r[1] for r in ref]))
 
 
+def test_the_batched_graph_is_made_once_and_checked_at_every_load(offline_model_dir, tmp_path):
+    """The batched YAMNet is kept beside the model after the first load (no onnx import at
+    later starts); a kept file that does not match its recorded sha256, or was made from
+    another YAMNet, is made again; where nothing can be kept it is made in memory."""
+    import shutil
+
+    from monitor.offline.backend import BATCHED, OfflineBackend, batched_yamnet, batched_yamnet_kept
+
+    d = tmp_path / "offline"
+    shutil.copytree(offline_model_dir, d, ignore=shutil.ignore_patterns("yamnet-batched*", "class-text-*"))
+    sha = json.loads((d / "manifest.json").read_text())["files"]["yamnet.onnx"]
+    want = batched_yamnet(d / "yamnet.onnx")
+    assert batched_yamnet_kept(d, sha) == want  # made (returned as bytes) and kept
+    assert batched_yamnet_kept(d, sha) == d / BATCHED and (d / BATCHED).read_bytes() == want  # loaded
+    (d / BATCHED).write_bytes(want[:-10] + b"0123456789")  # tampered: made again
+    assert batched_yamnet_kept(d, sha) == want and (d / BATCHED).read_bytes() == want
+    assert batched_yamnet_kept(d, "another-yamnet") == want  # another source: made again
+    x = (0.05 * np.random.default_rng(4).standard_normal((1, 80000))).astype(np.float32)
+    a = OfflineBackend.from_dir(offline_model_dir).embed_audio(x)
+    (d / BATCHED).unlink()
+    (d / "yamnet-batched.json").unlink()
+    (d / "yamnet-batched.json").mkdir()  # cannot be written (as a read-only folder; root ignores chmod)
+    assert batched_yamnet_kept(d, sha) == want  # made in memory, every time
+    np.testing.assert_array_equal(OfflineBackend.from_dir(d).embed_audio(x), a)
+
+
 def test_level_stage_makes_the_offline_backend_level_invariant(offline_model_dir):
     from monitor.offline.backend import OfflineBackend
 
