@@ -130,12 +130,14 @@ def run(stream: Path, model: str, labels: list[str], extra: list[str], state: Pa
 
 
 def compare(ref: list, got: list) -> dict:
-    kept, delays = 0, []
+    kept, delays, lost = 0, [], []
     for e in ref:
         match = [g for g in got if g["label"] == e["label"] and abs(g["start_s"] - e["start_s"]) <= 5.0]
         if match:
             kept += 1
             delays.append(min(match, key=lambda g: abs(g["start_s"] - e["start_s"]))["start_s"] - e["start_s"])
+        else:
+            lost.append((e["label"], e["start_s"]))
     return {
         "reference_events": len(ref),
         "kept": kept,
@@ -143,11 +145,12 @@ def compare(ref: list, got: list) -> dict:
         "median_start_delay_s": float(np.median(delays)) if delays else 0.0,
         "max_start_delay_s": float(np.max(delays)) if delays else 0.0,
         "extra_events": max(0, len(got) - kept),
+        "lost": lost,  # (label, start_s) of the reference events that did not start
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_stream_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments that make the stream and its runs (the same ones give the same audio)."""
     ap.add_argument("dataset")
     ap.add_argument("--model", default="offline")
     ap.add_argument("--minutes", type=float, default=60.0)
@@ -157,6 +160,14 @@ def main() -> int:
         "--threshold", type=float, default=None, help="event threshold for every label (default: the config's)"
     )
     ap.add_argument(
+        "--classes", choices=("all", "even", "odd"), default="all", help="the clips of all classes or of one half"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_stream_arguments(ap)
+    ap.add_argument(
         "--scoring",
         choices=("vs-background", "softmax"),
         default=None,
@@ -165,9 +176,6 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--repeat", type=int, default=1, help="run every configuration N times, interleaved; report the median CPU"
-    )
-    ap.add_argument(
-        "--classes", choices=("all", "even", "odd"), default="all", help="the clips of all classes or of one half"
     )
     ap.add_argument(
         "--gate",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_cost_per_hour import RATE, build_stream, compare, dataset_rows, gate_config  # noqa: E402
+from bench_cost_per_hour import (  # noqa: E402
+    RATE,
+    add_stream_arguments,
+    build_stream,
+    compare,
+    dataset_rows,
+    gate_config,
+)
 
 from monitor import cli  # noqa: E402
 from monitor.change_gate import ChangeGate  # noqa: E402
@@ -97,13 +105,7 @@ def run_once(stream: Path, model: str, labels: list[str], stream_cfg: str, extra
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset")
-    ap.add_argument("--model", default="offline")
-    ap.add_argument("--minutes", type=float, default=60.0)
-    ap.add_argument("--events", type=int, default=110)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--classes", choices=("all", "even", "odd"), default="all")
-    ap.add_argument("--threshold", type=float, default=None)
+    add_stream_arguments(ap)
     ap.add_argument(
         "--gate",
         required=True,
@@ -118,8 +120,6 @@ def main() -> int:
     stream = work / "stream.wav"
     sf.write(stream, audio, RATE, subtype="PCM_16")
     extra = ["--threshold", str(a.threshold)] if a.threshold is not None else []
-    import os
-
     os.environ["SOUND_MONITOR_STATE"] = str(work / "state")
     out: dict = {"work": str(work), "seed": a.seed, "classes": a.classes, "threshold": a.threshold, "gates": {}}
     # the ungated run's embeddings, kept per stream and model (the stream is a function of these)
@@ -145,15 +145,9 @@ def main() -> int:
             rp.decisions = []
             got = run_once(stream, a.model, labels, cfg, extra, work)
             c = compare(ref, got)
-            lost = [
-                e
-                for e in ref
-                if not any(x["label"] == e["label"] and abs(x["start_s"] - e["start_s"]) <= 5.0 for x in got)
-            ]
             out["gates"][g] = {
                 "ran_share": round(rp.ran / max(1, total), 3),
-                **{k: c[k] for k in ("kept", "median_start_delay_s", "max_start_delay_s", "extra_events")},
-                "lost": [(e["label"], e["start_s"]) for e in lost],
+                **{k: c[k] for k in ("kept", "median_start_delay_s", "max_start_delay_s", "extra_events", "lost")},
             }
             print(g, json.dumps(out["gates"][g]), file=sys.stderr)
             (work / f"decisions-{len(out['gates'])}.json").write_text(json.dumps({"gate": g, "windows": rp.decisions}))
