@@ -7,8 +7,9 @@ and their embeddings compared (the smallest cosine, and whether the top-1 among 
 configured labels -- the bundled recordings' own when none are given -- is the same for every
 window). int8 is chosen when it takes at most ``FASTER`` of the fp32 time and saves at least
 ``MIN_SAVING_MS`` per window (a model so small that the saving is noise keeps fp32, whatever a
-timing says), and the cosine is at least ``MIN_COSINE`` with every top-1 the same. The decision is kept next to the model (``int8-choice.json``, one entry per machine:
-CPU model and flags, onnxruntime version, thread count), so later starts do not measure
+timing says), and the cosine is at least ``MIN_COSINE`` with every top-1 the same. The
+decision is kept next to the model (``int8-choice.json``, one entry per machine: CPU model
+and flags, onnxruntime version, thread count), so later starts do not measure
 again; the banner says which encoder runs and why. An export without an int8 encoder runs
 fp32.
 """
@@ -67,8 +68,8 @@ def decide(t32_ms: float, t8_ms: float, cos_min: float, top1_same: int, n: int) 
 
 def _windows(rate: int, window_s: float) -> list[Window]:
     from monitor.audio_io import read_audio
+    from monitor.bench import DEMO_DIR as demo
 
-    demo = Path(__file__).resolve().parents[1] / "demo"
     n = int(window_s * rate)
     out: list[Window] = []
     for p in sorted(demo.glob("*.mp3"))[:6]:
@@ -116,9 +117,9 @@ def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ())
     t8, e8 = _time_ms(b8, wins)
     a, b = e32 / np.linalg.norm(e32, axis=1, keepdims=True), e8 / np.linalg.norm(e8, axis=1, keepdims=True)
     cos_min = float(np.min(np.sum(a * b, axis=1)))
-    names = list(dict.fromkeys(labels)) or [
-        p.stem for p in sorted((Path(__file__).resolve().parents[1] / "demo").glob("*.mp3"))
-    ]
+    from monitor.bench import DEMO_DIR
+
+    names = list(dict.fromkeys(labels)) or [p.stem for p in sorted(DEMO_DIR.glob("*.mp3"))]
     t = b32.embed_text(names) if len(names) > 1 else b32.embed_text([*names, "background noise"])
     top1_same = int(np.sum(np.argmax(a @ t.T, axis=1) == np.argmax(b @ t.T, axis=1)))
     choice = decide(t32, t8, cos_min, top1_same, len(wins))
