@@ -107,7 +107,50 @@ def _existing_file(path: str | os.PathLike) -> Path:
         raise AudioError(f"expected an audio file, got a directory: {p}")
     if p.stat().st_size == 0:
         raise AudioError(f"audio file is empty (0 bytes): {p}")
+    problem = wav_truncation(p)
+    if problem:
+        raise AudioError(f"audio file is cut off: {p}: {problem}")
     return p
+
+
+def wav_truncation(p: Path) -> str | None:
+    """Why a RIFF/WAVE file holds less audio than its header declares (None: it does not, or
+    it is not a WAV). libsndfile quietly reads what is there, so a copy that stopped half-way
+    would be monitored or classified as a shorter recording. A data size of 0 or 0xFFFFFFFF
+    is what streaming writers put before they know the length: not checked."""
+    import struct
+
+    size = p.stat().st_size
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos, block_align, fmt_ok = 12, 1, False
+            for _ in range(64):  # a few chunks before "data" (fmt, LIST, fact, ...)
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    # a sound format chunk and then the end: a header whose audio is missing
+                    # (anything else is not a WAV libsndfile can read: its error says so)
+                    return "its header ends before the audio begins" if fmt_ok else None
+                cid, n = struct.unpack("<4sI", chunk)
+                if cid == b"fmt ":
+                    fmt = f.read(min(n, 16))
+                    fmt_ok = 16 <= n <= 64 and len(fmt) == 16
+                    if fmt_ok:
+                        block_align = max(1, struct.unpack("<H", fmt[12:14])[0])
+                elif cid == b"data":
+                    if n in (0, 0xFFFFFFFF):
+                        return None
+                    have = max(0, size - (pos + 8))
+                    if have + block_align <= n:
+                        return f"its header declares {n} bytes of audio, the file holds {have}"
+                    return None
+                pos += 8 + n + (n & 1)
+    except OSError:
+        return None  # unreadable: decoding says why
+    return None
 
 
 def open_check(path: str | os.PathLike) -> Any:

@@ -248,12 +248,32 @@ class LabelConfig(_Section):
         return tuple(clean_label(p) for p in v)
 
 
+def hysteresis_problem(threshold: float, hysteresis: float, label: str) -> str | None:
+    """Why an on level and a hysteresis cannot go together (None: they can). The config,
+    ``check-config`` and a threshold set at run time (MQTT, the web page) share this rule.
+    Threshold 0 marks every window (a diagnostic setting); otherwise the off level
+    (threshold - hysteresis) must be above 0, or an event could end only at max_event_s."""
+    if threshold > 0 and hysteresis >= threshold:
+        return f"hysteresis ({hysteresis:g}) must be below the threshold ({threshold:g}) of {label!r}, or its events never end"
+    return None
+
+
 class EventsConfig(_Section):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     hysteresis: float = Field(0.1, ge=0.0, le=1.0)
     min_windows: int = Field(2, ge=1, le=100)
     cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
     max_event_s: float = Field(300.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _can_end(self) -> EventsConfig:
+        # checked on its own: it is what every label without its own values uses (also the
+        # labels given later, on the command line), so check-config and run agree
+        if self.threshold > 0 and self.hysteresis >= self.threshold:
+            raise ValueError(
+                f"hysteresis ({self.hysteresis:g}) must be below the threshold ({self.threshold:g}), or events never end"
+            )
+        return self
 
 
 class OutputConfig(_Section):
@@ -284,6 +304,10 @@ class MQTTConfig(_Section):
     prefix: str = "sound-monitor"
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
+    # remote control: thresholds, switches and the device pause settable over MQTT (Home
+    # Assistant's number and switch entities). Anyone who may publish to the `.../set`
+    # topics can then pause detection: restrict them with a broker ACL (README), or false
+    control: bool = True
     scores_interval_s: float | None = Field(None, gt=0)
     reconnect_min_s: float = Field(1.0, gt=0, le=3600)
     reconnect_max_s: float = Field(60.0, gt=0, le=86400)
@@ -381,14 +405,9 @@ class Config(_Section):
         for i, lab in enumerate(self.labels):
             thr = self.events.threshold if lab.threshold is None else lab.threshold
             hyst = self.events.hysteresis if lab.hysteresis is None else lab.hysteresis
-            # threshold 0 marks every window (a diagnostic setting); otherwise an event must
-            # be able to end: its off level (threshold - hysteresis) must be above 0
-            if thr > 0 and hyst >= thr:
-                where = f"labels[{i}]" if lab.hysteresis is not None or lab.threshold is not None else "events"
-                raise ValueError(
-                    f"{where}: hysteresis ({hyst}) must be below the threshold ({thr}) of "
-                    f"{lab.name!r}, or its events never end"
-                )
+            problem = hysteresis_problem(thr, hyst, lab.name)
+            if problem:
+                raise ValueError(f"labels[{i}]: {problem}")
         return self
 
     # --- derived values -------------------------------------------------------------

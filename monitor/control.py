@@ -13,14 +13,14 @@ events; a label switched off likewise; switching either off ends the open events
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
+import re
 import threading
-from dataclasses import replace
 from pathlib import Path
 
-from monitor.config import Config
+from monitor.config import Config, hysteresis_problem
 from monitor.events import LabelRule, rules_for
 from monitor.files import write_text_atomic
 from monitor.state import state_file
@@ -32,14 +32,20 @@ class ControlError(ValueError):
     """A control payload that cannot be applied (the message says why)."""
 
 
+# a threshold as Home Assistant's number entity and a person type it: ASCII digits, one
+# optional point, no sign, exponent, underscore or other script's digits (float() takes
+# "0.2_5", "-0", "１" and " 5e-1")
+_THRESHOLD = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
 def parse_threshold(payload: bytes | str) -> float:
     text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-    try:
-        v = float(text.strip())
-    except ValueError:
-        raise ControlError(f"threshold {text[:40]!r} is not a number") from None
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise ControlError(f"threshold {v} is outside 0..1")
+    t = text.strip(" \t\r\n")
+    if not _THRESHOLD.fullmatch(t):
+        raise ControlError(f"threshold {text[:40]!r} is not a number between 0 and 1 (e.g. 0.35)")
+    v = float(t)
+    if not 0.0 <= v <= 1.0:
+        raise ControlError(f"threshold {t[:40]} is outside 0..1")
     return round(v, 4)
 
 
@@ -58,6 +64,7 @@ class Controls:
         self._lock = threading.Lock()
         self.enabled = True
         self.labels: dict[str, dict] = {}
+        self._warned: set[tuple[str, float]] = set()
         self._load()
 
     def _load(self) -> None:
@@ -77,7 +84,10 @@ class Controls:
             keep: dict = {}
             try:
                 if "threshold" in o:
-                    keep["threshold"] = parse_threshold(str(o["threshold"]))
+                    value = o["threshold"]
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                        raise ControlError(f"threshold {str(value)[:40]!r} is not a number between 0 and 1")
+                    keep["threshold"] = round(float(value), 4)
             except ControlError as e:
                 log.warning("%s: label %r: %s (ignored)", self.path, name, e)
             if "enabled" in o:
@@ -93,20 +103,37 @@ class Controls:
             log.warning("cannot save control overrides %s: %s (they hold until the monitor stops)", self.path, e)
 
     # -- changes (from MQTT) ----------------------------------------------------------------
-    def set_threshold(self, label: str, value: float) -> None:
+    # Each returns the change as "old -> new", or None when the value is already in force
+    # (then nothing is written: a flood of the same command does not rewrite the file).
+    def set_threshold(self, label: str, value: float, rule: LabelRule) -> str | None:
+        """``rule``: the label's rule in force (its threshold and hysteresis); a threshold
+        the config could not have (hysteresis not below it) is refused with its message."""
+        problem = hysteresis_problem(value, rule.hysteresis, label)
+        if problem:
+            raise ControlError(problem)
         with self._lock:
+            if rule.threshold == value:
+                return None
             self.labels.setdefault(label, {})["threshold"] = value
             self._save()
+        return f"threshold {rule.threshold:g} -> {value:g}"
 
-    def set_label_enabled(self, label: str, on: bool) -> None:
+    def set_label_enabled(self, label: str, on: bool) -> str | None:
         with self._lock:
+            before = self.labels.get(label, {}).get("enabled", True) is not False
+            if before == on:
+                return None
             self.labels.setdefault(label, {})["enabled"] = on
             self._save()
+        return f"detection {'off -> on' if on else 'on -> off'}"
 
-    def set_enabled(self, on: bool) -> None:
+    def set_enabled(self, on: bool) -> str | None:
         with self._lock:
+            if self.enabled == on:
+                return None
             self.enabled = on
             self._save()
+        return "detection resumed" if on else "detection paused"
 
     def label_enabled(self, label: str) -> bool:
         """The label's own switch (the device switch aside)."""
@@ -122,10 +149,19 @@ class Controls:
             for name, rule in base.items():
                 o = self.labels.get(name, {})
                 if "threshold" in o:
-                    thr = o["threshold"]
-                    hyst = rule.threshold - rule.off_level
-                    rule = replace(rule, threshold=thr, off_level=max(0.0, thr - hyst))
-                rule = replace(rule, enabled=self.enabled and o.get("enabled", True))
+                    problem = hysteresis_problem(o["threshold"], rule.hysteresis, name)
+                    if problem is None:
+                        rule = rule.with_threshold(o["threshold"])
+                    elif (name, o["threshold"]) not in self._warned:
+                        # the config's hysteresis grew past a threshold set earlier at run time
+                        self._warned.add((name, o["threshold"]))
+                        log.warning(
+                            "%s: the threshold set at run time does not hold: %s; the config's %g is used",
+                            self.path,
+                            problem,
+                            rule.threshold,
+                        )
+                rule = dataclasses.replace(rule, enabled=self.enabled and o.get("enabled", True))
                 out[name] = rule
             return out
 

@@ -12,9 +12,10 @@ Stream times: ``start_s`` is the start of the first window of the run above thre
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from monitor.config import EventsConfig, LabelConfig
@@ -30,6 +31,14 @@ def iso_utc(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def lowest_threshold(hysteresis: float, step: float = 0.01) -> float:
+    """The lowest threshold above 0 on a ``step`` grid that ``hysteresis`` allows (what the
+    Home Assistant ``number`` entity announces as its ``min``)."""
+    if hysteresis <= 0:
+        return 0.0
+    return round((math.floor(hysteresis / step + 1e-9) + 1) * step, 4)
+
+
 @dataclass(frozen=True)
 class LabelRule:
     threshold: float
@@ -38,6 +47,10 @@ class LabelRule:
     cooldown_s: float
     max_event_s: float
     enabled: bool = True  # False (switched off over MQTT, or the device paused): no events
+    hysteresis: float = 0.0  # threshold - off_level before clamping at 0 (a new threshold keeps it)
+
+    def with_threshold(self, threshold: float) -> LabelRule:
+        return replace(self, threshold=threshold, off_level=max(0.0, threshold - self.hysteresis))
 
 
 def rules_for(labels: Sequence[LabelConfig], cfg: EventsConfig) -> dict[str, LabelRule]:
@@ -51,6 +64,7 @@ def rules_for(labels: Sequence[LabelConfig], cfg: EventsConfig) -> dict[str, Lab
             min_windows=cfg.min_windows if lab.min_windows is None else lab.min_windows,
             cooldown_s=cfg.cooldown_s if lab.cooldown_s is None else lab.cooldown_s,
             max_event_s=cfg.max_event_s,
+            hysteresis=hyst,
         )
     return out
 
@@ -160,11 +174,15 @@ class EventTracker:
                 else:
                     continue
             if s >= rule.threshold:
+                if not self.cooled(name, scores.start_s):
+                    # a window that begins before the last end + cooldown never counts: the
+                    # next event's start_s (its run's first window) cannot lie in the last one
+                    st.run = 0
+                    continue
                 if st.run == 0:
                     st.run_start_s = scores.start_s
                 st.run += 1
-                cooled = st.last_end_s is None or scores.start_s - st.last_end_s >= rule.cooldown_s
-                if st.run >= rule.min_windows and cooled:
+                if st.run >= rule.min_windows:
                     st.active = True
                     st.event_id = uuid.uuid4().hex
                     st.start_s = st.run_start_s
@@ -175,6 +193,16 @@ class EventTracker:
                 st.run = 0
         return events
 
+    def cooled(self, name: str, start_s: float) -> bool:
+        """Whether a window starting at ``start_s`` is past the label's last end + cooldown."""
+        st, rule = self._state[name], self.rules[name]
+        return st.last_end_s is None or start_s >= st.last_end_s + rule.cooldown_s
+
     def close_all(self) -> list[Event]:
-        """End every open event (stream end, source lost, shutdown) at its last window above."""
-        return [self._end(name, st, st.peak, st.last_above_end_s) for name, st in self._state.items() if st.active]
+        """End every open event (stream end, source lost, shutdown) at its last window above,
+        and forget every label's run of windows above threshold: audio after a gap never
+        completes a run that began before it."""
+        ends = [self._end(name, st, st.peak, st.last_above_end_s) for name, st in self._state.items() if st.active]
+        for st in self._state.values():
+            st.run = 0
+        return ends

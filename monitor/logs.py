@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TextIO
 
 if TYPE_CHECKING:
@@ -89,3 +91,32 @@ class under_live:
         for h in self._saved:
             root.addHandler(h)
         return False
+
+
+class Throttle:
+    """At most one log line per key per ``interval_s``; the lines held back in between are
+    counted, and the next line that goes out says how many. Keys are few and fixed (a kind
+    of message, never a payload), so a flood costs a counter, not memory or log lines."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def take(self, key: str) -> int | None:
+        """None: hold this line back (counted); else the number held back since the last one."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+
+def held_note(n: int, interval_s: float) -> str:
+    """The tail a throttled line carries: `` (+N more like it in the last S s)``."""
+    return f" (+{n} more like it in the last {interval_s:.0f} s)" if n else ""

@@ -42,8 +42,10 @@ class SourceHealth:
     gated: int
     dropped_windows: int
     dropped_frames: int
-    inference_ms: float
+    inference_ms: float | None  # None: nothing measured yet
     level_dbfs: float
+    recent_dropped_windows: int = 0  # in the last minute: the source falls behind
+    recent_dropped_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Snapshot:
     events: dict[tuple[str, str], int] = field(default_factory=dict)  # (label, type) -> count
     outbox_pending: int | None = None  # None: no MQTT
     mqtt_connected: bool | None = None
+    detection_enabled: bool = True  # False: the device is paused (no events start)
+    labels_enabled: dict[str, bool] = field(default_factory=dict)  # label -> its own switch
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -68,16 +72,26 @@ def parse_listen(spec: str) -> tuple[str, int]:
 
 
 def health(snap: Snapshot) -> tuple[int, str]:
-    """(HTTP status, body) for /healthz."""
+    """(HTTP status, body) for /healthz: 503 while a source delivers no audio, its worker
+    stopped, or it falls behind (audio or windows dropped in the last minute); the body's
+    further lines say what is switched off (200: the monitor works as configured)."""
     problems = []
     for s in snap.sources:
         if not s.alive:
             problems.append(f"source {s.name}: its worker stopped ({s.status})")
         elif s.status not in HEALTHY:
             problems.append(f"source {s.name}: {s.status}" + (f" ({s.detail})" if s.detail else ""))
+        elif s.recent_dropped_windows or s.recent_dropped_frames:
+            problems.append(
+                f"source {s.name}: falling behind ({s.recent_dropped_windows} window(s) and "
+                f"{s.recent_dropped_frames} samples dropped in the last minute)"
+            )
+    notes = [f"source {s.name}: {s.status}" for s in snap.sources if s.status != "ok" and s.status in HEALTHY]
+    if not snap.detection_enabled:
+        notes.append("paused: detection is switched off for the whole device (no events start)")
+    notes += [f"label {name!r}: switched off (no events)" for name, on in snap.labels_enabled.items() if not on]
     if problems:
-        return 503, "\n".join(problems) + "\n"
-    notes = [f"source {s.name}: {s.status}" for s in snap.sources if s.status != "ok"]
+        return 503, "".join(p + "\n" for p in problems + notes)
     return 200, "ok\n" + "".join(n + "\n" for n in notes)
 
 
@@ -103,7 +117,12 @@ def render(snap: Snapshot) -> bytes:
                     "input samples dropped by a full capture buffer",
                     lambda s: s.dropped_frames,
                 ),
-                ("inference_ms", "gauge", "model time of the latest batch of windows, ms", lambda s: s.inference_ms),
+                (
+                    "inference_ms",
+                    "gauge",
+                    "model time of the latest batch of windows, ms (NaN until measured)",
+                    lambda s: float("nan") if s.inference_ms is None else s.inference_ms,
+                ),
                 ("level_dbfs", "gauge", "RMS level of the latest window, dBFS", lambda s: s.level_dbfs),
             ]
             for name, kind, doc, get in per_source:
@@ -124,6 +143,17 @@ def render(snap: Snapshot) -> bytes:
             for (label, kind), n in sorted(snap.events.items()):
                 ev.add_metric([label, kind], float(n))
             yield ev
+            yield GaugeMetricFamily(
+                "sound_monitor_detection_enabled",
+                "1 while detection runs, 0 while the device is paused (no events start)",
+                value=float(snap.detection_enabled),
+            )
+            lab = GaugeMetricFamily(
+                "sound_monitor_label_enabled", "1 while the label's own switch is on", labels=["label"]
+            )
+            for name, on in sorted(snap.labels_enabled.items()):
+                lab.add_metric([name], float(on))
+            yield lab
             if snap.outbox_pending is not None:
                 yield GaugeMetricFamily(
                     "sound_monitor_outbox_pending",
@@ -160,8 +190,53 @@ class EventCounter(Sink):
             return dict(self._counts)
 
 
+MAX_CONNECTIONS = 16  # at once; more are closed at once (a thread each, never unbounded)
+CONNECTION_TIMEOUT_S = 10.0  # a client that sends nothing (or reads nothing) for this long is dropped
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most ``MAX_CONNECTIONS`` connections being served: one
+    more is closed without a thread (idle clients cannot hold hundreds of threads)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.turned_away = 0
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class MetricsServer:
-    """/healthz and /metrics on a daemon thread; ``close()`` stops it."""
+    """/healthz and /metrics on a daemon thread; ``close()`` stops it. Each connection is
+    dropped after ``CONNECTION_TIMEOUT_S`` without progress; at most ``MAX_CONNECTIONS`` at once."""
 
     def __init__(self, listen: str, snapshot: Callable[[], Snapshot]):
         host, port = parse_listen(listen)
@@ -170,6 +245,8 @@ class MetricsServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CONNECTION_TIMEOUT_S  # socket timeout: a silent client frees its thread
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 try:
@@ -193,10 +270,16 @@ class MetricsServer:
                 pass
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = _BoundedServer((host, port), Handler)
         except OSError as e:
             raise UserError(f"metrics: cannot listen on {host}:{port}: {e.strerror or e}") from None
-        self.httpd.daemon_threads = True
+        if not is_loopback(host):
+            log.warning(
+                "metrics: listening on %s, outside this machine's loopback: anyone who can reach it sees the "
+                "sound level, what the monitor hears (event counts per label) and whether it is paused; "
+                "there is no login (bind 127.0.0.1, or firewall the port)",
+                host,
+            )
         self.address = f"{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
         self._thread.start()

@@ -14,6 +14,7 @@ database any more (corrupt, truncated) is moved aside and a fresh one started.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -36,6 +37,11 @@ class Outbox:
 
     # -- opening ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        # created 0600 here (sqlite would make it 0644; its -wal and -shm files copy the mode)
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError:
+            pass  # sqlite's own open says what is wrong (read-only, full, ...)
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

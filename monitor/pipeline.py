@@ -16,6 +16,7 @@ scorer and event rules between two batches of windows (config hot reload).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -34,6 +35,7 @@ from monitor.config import SourceConfig, StreamConfig
 from monitor.encode import SharedEncoder
 from monitor.errors import UserError
 from monitor.events import EventTracker
+from monitor.logs import Throttle
 from monitor.resample import StreamResampler
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
@@ -54,7 +56,7 @@ class Stats:
     nonfinite_samples: int = 0
     events: int = 0  # start and end messages
     events_started: int = 0
-    inference_ms: float = 0.0
+    inference_ms: float | None = None  # the model's time for the latest batch (None: not run yet)
     level_dbfs: float = -150.0
     stream_s: float = 0.0
     source_error: str | None = None
@@ -68,6 +70,7 @@ class Stats:
     source_status: str = "starting"
     source_detail: str = ""
     source_restarts: int = 0
+    source_failed_reopens: int = 0
     source_stalls: int = 0
     source_losses: int = 0
     source_last_error: str | None = None
@@ -78,6 +81,14 @@ class Stats:
     received_frames: int = 0
     reused: int = 0  # windows whose scores the change gate reused (no model run)
     gate_ran: dict[str, int] = field(default_factory=dict)  # why the change gate let windows through
+    # (monotonic time, windows, samples) of each drop: "falling behind" in /healthz
+    drops: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+
+    def dropped_recently(self, within_s: float = 60.0, now: float | None = None) -> tuple[int, int]:
+        """(windows, samples) dropped in the last ``within_s`` seconds of wall time."""
+        now = time.monotonic() if now is None else now
+        recent = [(w, f) for t, w, f in list(self.drops) if now - t <= within_s]
+        return sum(w for w, _ in recent), sum(f for _, f in recent)
 
 
 class Pipeline:
@@ -145,6 +156,8 @@ class Pipeline:
         self._segment_lost = False
         self._swap_lock = threading.Lock()
         self._swap: tuple | None = None
+        self._drop_log = Throttle(60.0)
+        self._drop_windows = self._drop_frames = 0  # since the last drop warning
         self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
         c = stream_cfg
         self.change_gate = (
@@ -175,6 +188,7 @@ class Pipeline:
         self._last_source = st
         stats = self.stats
         stats.source_restarts, stats.source_stalls, stats.source_losses = st.restarts, st.stalls, st.losses
+        stats.source_failed_reopens = st.failed_reopens
         stats.source_last_error = st.last_error
         stats.source_detail = st.detail
         stats.source_status = SILENT if (st.status == OK and self._silent) else st.status
@@ -238,6 +252,7 @@ class Pipeline:
                 self._source_resumed(block)
                 continue
             if isinstance(block, DroppedAudio):
+                self._dropped(0, block.frames)
                 pending.extend(self._end_segment())
                 self._new_segment(block.frames / self.resampler.in_rate_hz, self.resampler.in_rate_hz)
                 continue
@@ -251,7 +266,7 @@ class Pipeline:
             if self.source.realtime and len(pending) > self.max_pending:
                 n = len(pending) - self.max_pending
                 self.stats.dropped_windows += n
-                log.warning("inference cannot keep up: dropped %d window(s)", n)
+                self._dropped(n, 0)
                 for w in pending[:n]:
                     self._arrived.pop(w.index, None)
                 pending = pending[n:]
@@ -274,6 +289,24 @@ class Pipeline:
         self._apply_swap()
         if pending:
             self._process(pending)
+
+    def _dropped(self, windows: int, frames: int) -> None:
+        """Count a drop; warn at most once a minute, with what was dropped since the last warning."""
+        self.stats.drops.append((time.monotonic(), windows, frames))
+        self._drop_windows += windows
+        self._drop_frames += frames
+        if self._drop_log.take("drop") is None:
+            return
+        parts = []
+        if self._drop_windows:
+            parts.append(f"{self._drop_windows} window(s) dropped (inference cannot keep up)")
+        if self._drop_frames:
+            parts.append(
+                f"{self._drop_frames} samples ({self._drop_frames / self.resampler.in_rate_hz:.1f} s) of audio dropped "
+                "(the buffer was full: the source delivers faster than it is processed)"
+            )
+        log.warning("%s: %s; said at most once a minute", self.name, ", ".join(parts))
+        self._drop_windows = self._drop_frames = 0
 
     def _windows_from(self, block: np.ndarray) -> list[Window]:
         mono, n_bad = sanitise(downmix(block))
@@ -352,20 +385,24 @@ class Pipeline:
         return start_n / rate
 
     # -- hot reload ----------------------------------------------------------------------
-    def swap_live(self, scorer: Scorer, rules: dict, on_applied: Callable[[list], None] | None = None) -> None:
+    def swap_live(
+        self, scorer: Scorer, rules: dict, on_applied: Callable[[list], None] | None = None, *, reload: bool = True
+    ) -> None:
         """Use ``scorer`` and event ``rules`` from the next batch of windows on (thread-safe).
 
         Open events of labels that are gone end; sinks get ``set_labels``. ``on_applied`` is
         called on the worker thread with the events that the change ended.
         """
         with self._swap_lock:
-            self._swap = (scorer, rules, on_applied)
+            # a command and a reload between the same two windows: the swap counts as a reload
+            was_reload = self._swap is not None and self._swap[3]
+            self._swap = (scorer, rules, on_applied, reload or was_reload)
 
     def _apply_swap(self) -> None:
         if self._swap is None:
             return
         with self._swap_lock:
-            scorer, rules, on_applied = self._swap
+            scorer, rules, on_applied, reload = self._swap
             self._swap = None
         self.scorer = scorer
         if self.change_gate is not None:
@@ -379,7 +416,8 @@ class Pipeline:
                     s.set_labels(list(scorer.labels))
                 except Exception as e:  # noqa: BLE001 - one failing sink must not stop a reload
                     log.error("sink %s failed to change labels: %s", s.name, e)
-        self.stats.reloads += 1
+        if reload:  # a remote command's change of rules is counted by the service, not here
+            self.stats.reloads += 1
         if on_applied is not None:
             on_applied(ended)
 

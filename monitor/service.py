@@ -28,7 +28,8 @@ from monitor.backend import Backend
 from monitor.config import Config
 from monitor.control import ControlError, Controls, parse_switch, parse_threshold
 from monitor.encode import SharedEncoder
-from monitor.events import EventTracker
+from monitor.events import EventTracker, lowest_threshold
+from monitor.logs import Throttle, held_note
 from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
 from monitor.reload import ConfigReloader
@@ -76,6 +77,8 @@ class MonitorService:
         # thresholds and switches set over MQTT, kept in the state dir, on top of every config
         self.controls = Controls(cfg.state_path, cfg.device)
         self.rules = self.controls.rules(cfg)
+        self.commands_applied = 0  # remote commands that changed something (the summary)
+        self._command_log = Throttle(60.0)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
         self.event_counter: EventCounter | None = EventCounter() if cfg.metrics.listen else None
         self.shared_sinks = [self.journal, *shared_sinks]
@@ -128,45 +131,77 @@ class MonitorService:
         """Build the new scorer here (reload thread); the workers swap it in between windows."""
         new_scorer = Scorer(self.backend, new_cfg.labels, new_cfg.scoring, cache_dir=self.cache_dir)
         self.cfg, self.scorer = new_cfg, new_scorer
-        self._push_rules()
+        self._push_rules(reload=True)
 
-    def _push_rules(self) -> None:
+    def _push_rules(self, reload: bool = False) -> None:
         """The event rules of the current config and controls to every pipeline (between two
         windows), the live view and the MQTT entities."""
         rules = self.controls.rules(self.cfg)
         self.rules = rules
-        self.term.set_rules(self.scorer.labels, {k: r.threshold for k, r in rules.items()})
+        self._show_rules()
         for pipe in self.pipes:
-            pipe.swap_live(self.scorer, rules)
+            pipe.swap_live(self.scorer, rules, reload=reload)
         self._publish_controls()
 
+    def _show_rules(self) -> None:
+        """The rules in force to the live view: thresholds, switched-off labels, the pause."""
+        self.term.set_rules(
+            self.scorer.labels,
+            {k: r.threshold for k, r in self.rules.items()},
+            switched_off=[k for k in self.rules if not self.controls.label_enabled(k)],
+            paused=not self.controls.enabled,
+        )
+
+    def control_notes(self) -> list[str]:
+        """What values set at run time (kept in the state dir) override in this run's config:
+        said at start, so a threshold from Home Assistant never silently beats --threshold."""
+        lines = self.controls.describe(list(self.scorer.labels))
+        if not lines:
+            return []
+        return [
+            f"set at run time and kept in {self.controls.path} (they override the config and the "
+            "command line; change them from Home Assistant / MQTT, or delete that file):",
+            *lines,
+        ]
+
     def _publish_controls(self) -> None:
-        values = {k: (r.threshold, self.controls.label_enabled(k)) for k, r in self.rules.items()}
+        values = {
+            k: (r.threshold, self.controls.label_enabled(k), lowest_threshold(r.hysteresis))
+            for k, r in self.rules.items()
+        }
         for s in self.all_sinks:
             if isinstance(s, MqttSink):
                 s.set_controls(values, self.controls.enabled)
 
-    def control(self, kind: str, label: str | None, payload: bytes) -> str | None:
-        """A command from MQTT (network thread): validate, keep, apply. -> why it was refused."""
+    def control(self, kind: str, label: str | None, payload: bytes, via: str = "MQTT") -> str | None:
+        """A command from MQTT (network thread): validate, keep, apply. -> why it was refused.
+
+        A value already in force changes nothing (no file write, no log line); every change
+        is logged with what it was before, at most one line per kind of command a minute
+        (a flood is counted in the next line)."""
         try:
             if kind == "threshold":
                 assert label is not None
-                value = parse_threshold(payload)
-                self.controls.set_threshold(label, value)
-                self.say(f"{label}: threshold {value:g} (set over MQTT)")
+                rule = self.rules.get(label)
+                if rule is None:
+                    return "no such label on this device"
+                change = self.controls.set_threshold(label, parse_threshold(payload), rule)
             elif kind == "enabled":
                 assert label is not None
-                on = parse_switch(payload)
-                self.controls.set_label_enabled(label, on)
-                self.say(f"{label}: detection {'on' if on else 'off'} (set over MQTT)")
+                change = self.controls.set_label_enabled(label, parse_switch(payload))
             elif kind == "device_enabled":
-                on = parse_switch(payload)
-                self.controls.set_enabled(on)
-                self.say(f"detection {'resumed' if on else 'paused'} (set over MQTT)")
+                change = self.controls.set_enabled(parse_switch(payload))
             else:
                 return f"unknown command {kind!r}"
         except ControlError as e:
             return str(e)
+        if change is None:
+            return None
+        self.commands_applied += 1
+        held = self._command_log.take(kind)
+        if held is not None:
+            who = f"{label}: " if label else ""
+            self.say(f"{who}{change} (set over {via})" + held_note(held, self._command_log.interval_s))
         self._push_rules()
         return None
 
@@ -199,8 +234,9 @@ class MonitorService:
         ]
         self._workers = {p.name: t for p, t in zip(self.pipes, workers)}
         for s in self.all_sinks:
-            if isinstance(s, MqttSink):
+            if isinstance(s, MqttSink) and self.cfg.mqtt.control:
                 s.on_control = self.control
+        self._show_rules()
         self._publish_controls()
         if self.cfg.metrics.listen:
             self.metrics = MetricsServer(self.cfg.metrics.listen, self.snapshot)
@@ -260,6 +296,7 @@ class MonitorService:
         for p in self.pipes:
             st = p.stats
             t = self._workers.get(p.name)
+            recent = st.dropped_recently(60.0)
             sources.append(
                 SourceHealth(
                     name=p.name,
@@ -272,6 +309,8 @@ class MonitorService:
                     dropped_frames=p.buffer.dropped_frames,
                     inference_ms=st.inference_ms,
                     level_dbfs=st.level_dbfs,
+                    recent_dropped_windows=recent[0],
+                    recent_dropped_frames=recent[1],
                 )
             )
         pending = connected = None
@@ -280,7 +319,14 @@ class MonitorService:
                 ms = s.status()
                 pending, connected = int(ms.get("backlog", 0)), str(ms.get("state", "")).startswith("connected")
         counts = self.event_counter.counts() if self.event_counter is not None else {}
-        return Snapshot(tuple(sources), counts, pending, connected)
+        return Snapshot(
+            tuple(sources),
+            counts,
+            pending,
+            connected,
+            detection_enabled=self.controls.enabled,
+            labels_enabled={k: self.controls.label_enabled(k) for k in self.rules},
+        )
 
     def refresh(self) -> None:
         """Status snapshot for the live view: drops, sinks (with the MQTT backlog), sources."""

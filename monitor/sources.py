@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -314,12 +315,34 @@ def is_stream_url(spec: str) -> bool:
     return bool(sep) and scheme.lower() in URL_SCHEMES
 
 
-def redact_url(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host`` wherever it appears
-    (descriptions, logs, ffmpeg's messages): camera passwords never reach a log."""
-    import re
+# query parameters that carry a credential in camera and stream URLs (?pwd=, &token=, ...)
+SECRET_QUERY_KEYS = (
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "token",
+    "access_token",
+    "auth",
+    "key",
+    "api_key",
+    "secret",
+    "sig",
+)
+_SECRET_QUERY = re.compile(r"([?&;](?:" + "|".join(SECRET_QUERY_KEYS) + r")=)[^&;#\s'\"]*", re.IGNORECASE)
+_USERINFO_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@/\s]*@")
 
-    return re.sub(r"(://[^/\s:@]*:)[^@/\s]*@", r"\1***@", text)
+
+def redact_url(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``, and ``?pwd=x`` /
+    ``&token=x`` (see SECRET_QUERY_KEYS) -> ``?pwd=***``, wherever they appear
+    (descriptions, logs, ffmpeg's messages): camera passwords never reach a log."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", text))
+
+
+def url_has_secret(url: str) -> bool:
+    """Whether a URL carries a password or token that must not appear on a command line."""
+    return redact_url(url) != url
 
 
 def find_ffmpeg() -> str:
@@ -333,6 +356,14 @@ def find_ffmpeg() -> str:
     return exe
 
 
+# streams that can deliver faster than real time (a file on a web server): ffmpeg reads
+# them at their own pace (-re); a live one arrives at that pace anyway
+PACED_SCHEMES = ("http", "https", "hls")
+# what ffmpeg may open behind the private input list that hides a URL's credentials
+_PROTOCOLS = "file,http,https,tcp,tls,crypto,httpproxy,rtsp,rtsps,rtp,srtp,udp,rtmp,rtmps,srt,hls,mmsh,mmst"
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
 class FfmpegSource(Source):
     """A network stream (camera RTSP, HTTP, anything ffmpeg reads) decoded by an ffmpeg
     subprocess to mono s16le at ``STREAM_RATE_HZ`` on a pipe.
@@ -341,6 +372,15 @@ class FfmpegSource(Source):
     supervisor then reports the source lost and starts a new ffmpeg with backoff; a stream
     that stops delivering is stalled, closed and restarted the same way. ffmpeg's own
     messages are summarised (how many, the last one, passwords redacted), never echoed.
+
+    HTTP(S) and HLS inputs are read at real-time pace (``-re``): a file on a web server would
+    otherwise arrive at network speed and overflow the buffer. An input that is known to be
+    whole (ffmpeg states its "Duration", or the server its Content-Length) and was delivered
+    whole has ended like a file: ``finished`` is set and the source is not reopened (no replay
+    of the same sounds). A URL with a password or token never appears on ffmpeg's command
+    line (readable by every local user in ``ps``): an http(s) one is fetched here (basic auth
+    from the URL) and piped into ffmpeg; any other is named in a private (0600) input list
+    that ffmpeg reads and that is removed once read.
     """
 
     realtime = True  # a live stream comes at its own pace: windows that fall behind are dropped
@@ -355,17 +395,37 @@ class FfmpegSource(Source):
         self.description = "stream:" + redact_url(url)
         self.messages = 0
         self.last_message = ""
+        self.finished = False
+        self.duration_s: float | None = None  # what ffmpeg says the input lasts (None: live / unknown)
+        self.hidden = url_has_secret(url)  # the URL goes through a private input list
 
-    def command(self) -> list[str]:
+    @property
+    def paced(self) -> bool:
+        return self.url.partition("://")[0].lower() in PACED_SCHEMES
+
+    @property
+    def fetched_here(self) -> bool:
+        """An http(s) URL with credentials: this process fetches it and pipes it to ffmpeg."""
+        return self.hidden and self.url.partition("://")[0].lower() in ("http", "https")
+
+    def command(self, input_list: str | None = None) -> list[str]:
+        """ffmpeg's arguments; ``input_list``: the private ffconcat file that names the URL."""
+        rtsp = self.url.lower().startswith("rtsp")
+        if self.fetched_here:
+            source = ["-i", "pipe:0"]
+        elif input_list is not None:
+            source = ["-f", "concat", "-safe", "0", "-protocol_whitelist", _PROTOCOLS, "-i", input_list]
+        else:
+            source = [*(["-rtsp_transport", "tcp"] if rtsp else []), "-i", self.url]
         return [
             self.ffmpeg,
             "-hide_banner",
             "-nostdin",
+            "-nostats",
             "-loglevel",
-            "error",
-            *(["-rtsp_transport", "tcp"] if self.url.lower().startswith("rtsp") else []),
-            "-i",
-            self.url,
+            "level+info",  # "[error] ..." prefixes: the Duration line is read, only warnings count
+            *(["-re"] if self.paced else []),
+            *source,
             "-vn",
             "-ac",
             "1",
@@ -376,23 +436,117 @@ class FfmpegSource(Source):
             "pipe:1",
         ]
 
+    def _write_input_list(self) -> str:
+        """A 0600 ffconcat file naming the URL (credentials stay off the command line)."""
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="sound-monitor-input-", suffix=".ffconcat")
+        quoted = "'" + self.url.replace("'", "'\\''") + "'"
+        lines = ["ffconcat version 1.0", f"file {quoted}"]
+        if self.url.lower().startswith("rtsp"):
+            lines.append("option rtsp_transport tcp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+
     def _drain_stderr(self, pipe: BinaryIO) -> None:
         for raw in iter(pipe.readline, b""):
             line = raw.decode("utf-8", "replace").strip()
-            if line:
+            level, _, text = line.partition("] ")
+            if not line.startswith("[") or not text:
+                level, text = "[error", line
+            if level.endswith(("[info", "[verbose", "[debug")):
+                m = _DURATION.search(text)
+                if m:
+                    h, mi, sec = m.groups()
+                    self.duration_s = int(h) * 3600 + int(mi) * 60 + float(sec)
+                continue
+            if text:
                 self.messages += 1
-                self.last_message = redact_url(line)[:300]
+                self.last_message = redact_url(text)[:300]
+
+    def _open_http(self) -> tuple[Any, int | None]:
+        """The response of an http(s) URL with its credentials as a basic-auth header (never
+        on a command line), and its Content-Length (None: a live stream of unknown length)."""
+        import base64
+        import urllib.error
+        import urllib.request
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
+        u = urlsplit(self.url)
+        headers = {"User-Agent": "sound-monitor"}
+        if u.username is not None:
+            cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        netloc = u.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if u.port:
+            netloc += f":{u.port}"
+        clean = urlunsplit((u.scheme, netloc, u.path, u.query, ""))
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(clean, headers=headers), timeout=15)
+        except urllib.error.HTTPError as e:
+            raise AudioError(f"the server answered {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise AudioError(f"cannot open the stream: {redact_url(str(reason))}") from None
+        length = resp.headers.get("Content-Length")
+        return resp, int(length) if length and length.isdigit() else None
+
+    def _feed(self, resp: Any, stdin: BinaryIO, stop: threading.Event, state: dict) -> None:
+        """Copy the response into ffmpeg's stdin (its -re read paces this through the pipe)."""
+        try:
+            while not stop.is_set():
+                chunk = resp.read(65536)
+                if not chunk:
+                    state["eof"] = True
+                    break
+                stdin.write(chunk)
+                state["bytes"] += len(chunk)
+        except (OSError, ValueError) as e:  # the connection broke, or ffmpeg went away
+            state["error"] = redact_url(str(e))
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+            resp.close()
 
     def run(self, put: Put, stop: threading.Event) -> None:
         import select
         import subprocess
 
-        proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        fetch: dict = {"bytes": 0, "eof": False, "length": None}
+        resp = None
+        if self.fetched_here:
+            resp, fetch["length"] = self._open_http()
+        input_list = self._write_input_list() if self.hidden and resp is None else None
+        self.duration_s = None
+        delivered = 0
+        try:
+            proc = subprocess.Popen(
+                self.command(input_list),
+                stdin=subprocess.PIPE if resp is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except BaseException:
+            if input_list is not None:
+                os.unlink(input_list)
+            if resp is not None:
+                resp.close()
+            raise
         assert proc.stdout is not None and proc.stderr is not None
         err = threading.Thread(target=self._drain_stderr, args=(proc.stderr,), name="ffmpeg-stderr", daemon=True)
         err.start()
+        feeder = None
+        if resp is not None:
+            assert proc.stdin is not None
+            feeder = threading.Thread(
+                target=self._feed, args=(resp, proc.stdin, stop, fetch), name="stream-fetch", daemon=True
+            )
+            feeder.start()
         fd = proc.stdout.fileno()
         want = self.block_frames * 2
         pending = b""
@@ -404,12 +558,18 @@ class FfmpegSource(Source):
                 chunk = os.read(fd, want)
                 if not chunk:
                     break  # ffmpeg closed its output: it is exiting
+                if input_list is not None:  # ffmpeg has read it: the credentials leave the disk
+                    os.unlink(input_list)
+                    input_list = None
                 pending += chunk
                 usable = len(pending) - len(pending) % 2
                 if usable:
                     put((np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0).reshape(-1, 1))
+                    delivered += usable // 2
                     pending = pending[usable:]
         finally:
+            if input_list is not None:
+                os.unlink(input_list)
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -418,6 +578,8 @@ class FfmpegSource(Source):
                     proc.kill()
                     proc.wait(timeout=3)
             err.join(timeout=2)
+            if feeder is not None:
+                feeder.join(timeout=2)
             proc.stdout.close()
             proc.stderr.close()
         if stop.is_set():
@@ -426,6 +588,12 @@ class FfmpegSource(Source):
         why = f": {self.last_message}" if self.last_message else ""
         if rc != 0:
             raise AudioError(f"ffmpeg exited with status {rc} ({self.messages} message(s)){why}")
+        whole_by_length = fetch["length"] is not None and fetch["eof"] and fetch["bytes"] >= fetch["length"]
+        whole_by_duration = (
+            self.duration_s is not None and delivered >= 0.98 * self.duration_s * STREAM_RATE_HZ - STREAM_RATE_HZ // 10
+        )
+        if delivered and (whole_by_length or whole_by_duration):
+            self.finished = True  # a file served over the network, delivered whole: it has ended
 
 
 def demo_source(block_frames: int = 1024, realtime: bool = True) -> ArraySource:

@@ -30,6 +30,32 @@ def state_file(state_dir: str | os.PathLike, stem: str, device_id: str, suffix: 
     return Path(state_dir).expanduser() / f"{stem}-{device_slug(device_id)}{suffix}"
 
 
+def make_private(state_dir: Path) -> None:
+    """The state dir 0700 and everything in it 0600 (folders 0700): it holds undelivered
+    events, what the monitor heard and the control values, which are nobody else's. Run at
+    every start, so files of an older version (or copied in) are closed too. A folder this
+    user does not own is left as it is, with one warning."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+    except OSError as e:
+        log.warning("cannot make the state dir %s private (%s): others may read it", state_dir, e.strerror)
+        return
+    for root, dirs, files in os.walk(state_dir):
+        for name in dirs:
+            _chmod(Path(root) / name, 0o700)
+        for name in files:
+            _chmod(Path(root) / name, 0o600)
+
+
+def _chmod(p: Path, mode: int) -> None:
+    try:
+        if not p.is_symlink() and (p.stat().st_mode & 0o777) != mode:
+            os.chmod(p, mode)
+    except OSError:
+        pass  # another user's file or a race with a rename: the 0700 folder still closes it
+
+
 class StateLock:
     """An exclusive ``flock`` on ``<state_dir>/lock-<dev>`` held for the whole run.
 
@@ -42,8 +68,8 @@ class StateLock:
 
         self.path = state_file(state_dir, "lock", device_id, "")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a+", encoding="utf-8")
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._f = open(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", encoding="utf-8")
         except OSError as e:
             raise UserError(
                 f"the state dir {self.path.parent} is not writable ({e.strerror}): "
@@ -69,6 +95,7 @@ class StateLock:
             self._f.flush()
         except OSError:
             pass  # a full disk: the lock holds without the pid in it
+        make_private(self.path.parent)
 
     def release(self) -> None:
         try:

@@ -59,6 +59,7 @@ class SourceStatus:
     stalls: int
     losses: int
     last_error: str | None
+    failed_reopens: int = 0  # attempts to reopen that failed (logged once per reason, counted here)
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,14 @@ class SourceSupervisor:
         self._done = threading.Event()
         self.status = STARTING
         self.restarts = 0
+        self.failed_reopens = 0
         self.stalls = 0
         self.losses = 0
         self.last_error: str | None = None
         self.history: collections.deque = collections.deque(maxlen=200)  # (monotonic, status, detail)
+        # a source that keeps failing logs once per change of its reason, not once per retry
+        self._logged_failure: str | None = None
+        self._episode_retries = 0  # reopen attempts since audio last flowed
 
     @property
     def restartable(self) -> bool:
@@ -134,7 +139,9 @@ class SourceSupervisor:
             self._on_status(self.snapshot(detail))
 
     def snapshot(self, detail: str = "") -> SourceStatus:
-        return SourceStatus(self.status, detail, self.restarts, self.stalls, self.losses, self.last_error)
+        return SourceStatus(
+            self.status, detail, self.restarts, self.stalls, self.losses, self.last_error, self.failed_reopens
+        )
 
     # -- capture side (may run inside the audio callback) ----------------------------------
     def put(self, block: np.ndarray) -> object:
@@ -155,6 +162,8 @@ class SourceSupervisor:
         src = self.source
         self._signal(SourceResumed(gap, int(src.sample_rate_hz), src.description))
         self._set_status(OK, f"resumed after {gap:.1f} s")
+        self._logged_failure = None
+        self._episode_retries = 0
         log.warning("source %s resumed after a %.1f s gap", src.description, gap)
 
     def _mark_lost(self, status: str, reason: str) -> None:
@@ -224,7 +233,12 @@ class SourceSupervisor:
                 return  # a file or pipe that ends normally (or a source that says so) ends the run
             if failure is not None:
                 self.last_error = failure
-                log.error("source %s failed: %s", self.source.description, failure)
+                if failure != self._logged_failure:
+                    self._logged_failure = failure
+                    retry = " (retrying with backoff; said again only when the reason changes)"
+                    log.error(
+                        "source %s failed: %s%s", self.source.description, failure, retry if self.restartable else ""
+                    )
                 if not self.restartable:
                     self._set_status(FAILED, failure)
                     raise _SourceFailed(failure)
@@ -241,7 +255,11 @@ class SourceSupervisor:
         while True:
             delay = next(delays)
             self._set_status(RETRYING, f"reopening in {delay:.1f} s")
-            log.warning("source lost; reopening in %.1f s", delay)
+            log.log(
+                logging.WARNING if self._episode_retries == 0 else logging.DEBUG,
+                "source lost; reopening in %.1f s",
+                delay,
+            )
             if self.stop.wait(delay):
                 return False
             assert self.reopen is not None  # only a restartable source gets here
@@ -249,14 +267,25 @@ class SourceSupervisor:
                 self.source = self.reopen()
             except Exception as e:  # noqa: BLE001 - the device may still be gone
                 self.last_error = str(e) or type(e).__name__
+                self.failed_reopens += 1
                 self._set_status(LOST, self.last_error)
-                log.warning("cannot reopen the source: %s", self.last_error)
+                if self.last_error != self._logged_failure:
+                    self._logged_failure = self.last_error
+                    log.warning(
+                        "cannot reopen the source: %s (said again only when the reason changes)", self.last_error
+                    )
                 continue
             self.restarts += 1
             self._attempt_stop = threading.Event()
+            self._episode_retries += 1
             if self.stop.is_set():
                 self._attempt_stop.set()
-            log.warning("source reopened: %s", self.source.description)
+            # once per episode; a stream that fails again at once says nothing new
+            log.log(
+                logging.WARNING if self._episode_retries == 1 else logging.DEBUG,
+                "source reopened: %s",
+                self.source.description,
+            )
             return True
 
 

@@ -155,17 +155,31 @@ class Topics:
             "json_attributes_topic": self.label_topic(slug, "attributes"),
         }
 
-    def label_entities(self, label: str, slug: str, model: str, version: str) -> dict[str, dict]:
-        """Discovery topic -> payload of the label's other entities: its threshold (number),
-        its on/off switch, and an event entity that fires on each start and end."""
+    def label_entities(
+        self, label: str, slug: str, model: str, version: str, *, min_threshold: float = 0.0, control: bool = True
+    ) -> dict[str, dict]:
+        """Discovery topic -> payload of the label's other entities: its threshold (number,
+        from the lowest threshold its hysteresis allows) and its on/off switch when remote
+        control is on, and an event entity that fires on each start and end."""
+        event = {
+            self.discovery(slug, "event", slug): {
+                "name": f"{label} event",
+                **self._common("event", slug, model, version),
+                "state_topic": self.label_topic(slug, "event"),
+                "event_types": ["start", "end"],
+            },
+        }
+        if not control:
+            return event
         return {
+            **event,
             self.discovery(slug, "number", f"{slug}_threshold"): {
                 "name": f"{label} threshold",
                 **self._common("number", f"{slug}_threshold", model, version),
                 "entity_category": "config",
                 "state_topic": self.label_topic(slug, "threshold"),
                 "command_topic": self.label_topic(slug, "threshold/set"),
-                "min": 0.0,
+                "min": min_threshold,
                 "max": 1.0,
                 "step": 0.01,
                 "mode": "slider",
@@ -179,19 +193,13 @@ class Topics:
                 "payload_on": "ON",
                 "payload_off": "OFF",
             },
-            self.discovery(slug, "event", slug): {
-                "name": f"{label} event",
-                **self._common("event", slug, model, version),
-                "state_topic": self.label_topic(slug, "event"),
-                "event_types": ["start", "end"],
-            },
         }
 
-    def device_entities(self, model: str, version: str) -> dict[str, dict]:
-        """Discovery topic -> payload of the device's own entities: the pause switch, the
-        level and "what it hears" sensors, and diagnostics."""
+    def device_entities(self, model: str, version: str, *, control: bool = True) -> dict[str, dict]:
+        """Discovery topic -> payload of the device's own entities: the pause switch (when
+        remote control is on), the level and "what it hears" sensors, and diagnostics."""
         diag = self.device_topic("diagnostics")
-        return {
+        switch = {
             self.discovery("", "switch", "enabled"): {
                 "name": "detection",
                 **self._common("switch", "enabled", model, version),
@@ -200,11 +208,14 @@ class Topics:
                 "payload_on": "ON",
                 "payload_off": "OFF",
             },
+        }
+        return {
+            **(switch if control else {}),
             self.discovery("", "sensor", "level"): {
                 "name": "sound level",
                 **self._common("sensor", "level", model, version),
                 "state_topic": self.device_topic("level"),
-                "unit_of_measurement": "dB",
+                "unit_of_measurement": "dBFS",
                 "state_class": "measurement",
                 "suggested_display_precision": 1,
             },
@@ -227,6 +238,7 @@ class Topics:
                 **self._common("sensor", "inference_ms", model, version),
                 "entity_category": "diagnostic",
                 "state_topic": diag,
+                # null until measured: renders "None", which Home Assistant shows as unknown
                 "value_template": "{{ value_json.inference_ms }}",
                 "unit_of_measurement": "ms",
                 "state_class": "measurement",

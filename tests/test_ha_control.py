@@ -34,7 +34,7 @@ def test_controls_persist_and_override_the_config(tmp_path):
 
     cfg = Config(labels=["dog barking", "smoke alarm"], events={"threshold": 0.5, "hysteresis": 0.1})
     c = Controls(tmp_path, "dev1")
-    c.set_threshold("dog barking", 0.8)
+    c.set_threshold("dog barking", 0.8, c.rules(cfg)["dog barking"])
     c.set_label_enabled("smoke alarm", False)
     again = Controls(tmp_path, "dev1")  # a restart
     r = again.rules(cfg)

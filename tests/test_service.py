@@ -78,12 +78,63 @@ def test_root_and_missing_config_are_refused(tmp_path):
     r = cli(
         "service",
         "install",
-        "--print",
         "--config",
         config(tmp_path),
+        "--out",
+        tmp_path / "x.service",
         state=tmp_path / "s",
         env_extra={"SUDO_USER": "root"},
     )
-    assert r.returncode == 2 and "must not run as root" in r.stderr
+    assert r.returncode == 2 and "must not run as root" in r.stderr and not (tmp_path / "x.service").exists()
+    # --print writes nothing, so it works as root too (and says what install would refuse)
+    r = cli("service", "install", "--print", "--config", config(tmp_path), state=tmp_path / "s",
+            env_extra={"SUDO_USER": "root"})  # fmt: skip
+    assert r.returncode == 0 and "User=root" in r.stdout and "install refuses this" in r.stdout, r.stderr
     r = cli("service", "install", "--user", "--config", tmp_path / "nope.yaml", state=tmp_path / "s")
     assert r.returncode == 2 and "config file not found" in r.stderr
+
+
+def test_the_unit_can_write_the_event_log_and_gets_the_mqtt_password(tmp_path):
+    """The shipped relative events.jsonl resolves in the config's folder, which the unit makes
+    writable; a broker login with the password in an environment variable gets it through a
+    0600 EnvironmentFile (or install refuses, instead of writing a unit that cannot log in)."""
+    import os
+    import stat
+
+    cfg = tmp_path / "home" / "config.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(
+        "output: {events_path: events.jsonl, scores_path: logs/scores.jsonl}\n"
+        "mqtt: {host: 127.0.0.1, username: monitor}\n"
+    )
+    state = tmp_path / "state"
+    out = tmp_path / "unit.service"
+    env = {"SOUND_MONITOR_MQTT_PASSWORD": ""}
+    r = cli("service", "install", "--user", "--config", cfg, "--out", out, state=state, env_extra=env)
+    assert r.returncode == 2 and "SOUND_MONITOR_MQTT_PASSWORD" in r.stderr and "not set" in r.stderr
+    assert not out.exists()
+    secret = 'pa$$ "word" `x` \\'
+    env = {"SOUND_MONITOR_MQTT_PASSWORD": secret}
+    r = cli("service", "install", "--user", "--config", cfg, "--out", out, state=state, env_extra=env)
+    assert r.returncode == 0, r.stderr
+    unit = out.read_text()
+    rw = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
+    assert str(cfg.parent) in rw.split() and str(cfg.parent / "logs") in rw.split()
+    env_file = state / "service.env"
+    assert f"EnvironmentFile={env_file}" in unit.splitlines() and secret not in unit and secret not in r.stdout
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert env_file.read_text().startswith('SOUND_MONITOR_MQTT_PASSWORD="') and env_file.read_text().count("\n") == 1
+    v = analyze(out)
+    assert v.returncode == 0, v.stderr
+    # read back, the value is the password: systemd's EnvironmentFile unescapes \\ \" \$ \` in
+    # double quotes as a POSIX shell does (no systemd runs here to read it itself)
+    got = subprocess.run(
+        ["sh", "-c", f'. {env_file} && printf %s "$SOUND_MONITOR_MQTT_PASSWORD"'], capture_output=True, text=True
+    )
+    assert got.stdout == secret
+    # a password file needs nothing
+    cfg.write_text("mqtt: {host: 127.0.0.1, username: monitor, password_file: /etc/pw}\n")
+    r = cli("service", "install", "--user", "--print", "--config", cfg, state=tmp_path / "s2",
+            env_extra={"SOUND_MONITOR_MQTT_PASSWORD": ""})  # fmt: skip
+    assert r.returncode == 0 and "EnvironmentFile" not in r.stdout
+    assert os.environ.get("SOUND_MONITOR_MQTT_PASSWORD") != secret

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -148,3 +149,150 @@ def test_a_dropped_http_stream_is_restarted_and_stream_time_stays_monotonic(tmp_
     t = [l["t_s"] for l in lines()]
     assert all(b > a for a, b in zip(t, t[1:])), t  # monotonic across the restart
     assert max(t) > 7.0
+
+
+class FileServer:
+    """A WAV served whole (with Content-Length) at network speed, behind HTTP basic auth."""
+
+    def __init__(self, data: bytes, user: str = "cam", password: str = "s3cret"):
+        import base64
+
+        self.connections = 0
+        want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.headers.get("Authorization") != want:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+                    self.end_headers()
+                    return
+                outer.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        port = self.httpd.server_address[1]
+        self.url = f"http://{user}:{password}@127.0.0.1:{port}/clip.wav"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def cmdlines() -> list[str]:
+    """Every process's command line, as any local user can read it (``ps -eo args``)."""
+    from pathlib import Path
+
+    out = []
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(p.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return out
+
+
+@needs_ffmpeg
+def test_a_file_on_a_web_server_is_paced_ends_once_and_its_password_stays_off_the_command_line(tmp_path):
+    s = FileServer(wav_bytes(4.0, 1))
+    try:
+        src = FfmpegSource(s.url)
+        assert src.hidden and src.paced
+        got: list = []
+        seen_argv: list[str] = []
+
+        def put(block):
+            got.append(block)
+            if len(got) == 5:
+                seen_argv.extend(cmdlines())
+
+        t0 = time.monotonic()
+        src.run(put, threading.Event())
+        took = time.monotonic() - t0
+        audio = np.concatenate(got)[:, 0]
+        assert abs(audio.size / 48000 - 4.0) < 0.05
+        assert took > 3.5  # read at its own pace (-re), not at network speed
+        assert src.finished  # delivered whole (its Content-Length): it has ended
+        assert seen_argv and not [c for c in seen_argv if "s3cret" in c], [c for c in seen_argv if "ffmpeg" in c]
+        assert [c for c in seen_argv if "ffmpeg" in c and "pipe:0" in c]  # fetched here, piped to ffmpeg
+        assert not list(tmp_path.glob("sound-monitor-input-*"))
+        assert s.connections == 1
+    finally:
+        s.close()
+
+
+@needs_ffmpeg
+def test_run_on_a_web_server_file_ends_with_the_file_no_replays_no_drops(tmp_path, tiny_clap_export):
+    s = FileServer(wav_bytes(6.0, 2))
+    scores = tmp_path / "scores.jsonl"
+    try:
+        r = cli(
+            "run",
+            "--source",
+            s.url,
+            "--no-tui",
+            "--model",
+            tiny_clap_export,
+            "--labels",
+            "tone,noise",
+            "--scores",
+            scores,
+            state=tmp_path / "state",
+            timeout=120,
+        )
+    finally:
+        s.close()
+    assert r.returncode == 0, r.stderr
+    assert s.connections == 1  # played once: not reopened and replayed from the start
+    assert "s3cret" not in r.stderr and "cam:***@" in r.stderr
+    assert "dropped" not in r.stderr.split("finished:")[0]  # no drop warning during the run
+    assert "0 windows dropped, 0 samples dropped" in r.stderr
+    t = [json.loads(line)["t_s"] for line in scores.read_text().splitlines()]
+    assert len(t) == 2 and t == sorted(t)  # a 6 s file: windows at 0 and 1 s (5 s windows, 1 s hop)
+
+
+@needs_ffmpeg
+def test_other_schemes_name_their_secret_url_in_a_private_list_that_ffmpeg_reads(tmp_path, monkeypatch):
+    """The path of rtsp://user:pass@camera (no RTSP server here): ffmpeg opens the URL named
+    in a 0600 ffconcat file, exercised with the basic-auth HTTP server."""
+    import stat
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    s = FileServer(wav_bytes(2.0, 3))
+
+    class ListSource(FfmpegSource):
+        fetched_here = False  # what every non-http scheme does
+
+    try:
+        src = ListSource(s.url)
+        seen: dict = {}
+
+        def put(block):
+            if not seen:
+                seen["argv"] = [c for c in cmdlines() if "ffmpeg" in c and "concat" in c]
+            seen.setdefault("n", 0)
+            seen["n"] += len(block)
+
+        path = src._write_input_list()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and "s3cret" in open(path).read()
+        os.unlink(path)
+        src.run(put, threading.Event())
+        assert seen["argv"] and not [c for c in seen["argv"] if "s3cret" in c]
+        assert abs(seen["n"] / 48000 - 2.0) < 0.05 and s.connections == 1
+        assert not list(tmp_path.glob("sound-monitor-input-*"))  # removed once ffmpeg had read it
+    finally:
+        s.close()

@@ -192,3 +192,45 @@ def test_hot_swap_between_windows_loses_no_audio():
     assert [e.type for e in c.events if e.label == "doorbell"] == ["start", "end"]
     assert c.labels_seen == [("smoke alarm", "doorbell")]
     assert pairs_balanced(c.events)
+
+
+def test_a_source_that_keeps_failing_logs_once_per_reason_not_per_retry(caplog):
+    """A camera that is gone for good: retries go on (counted), the log says it once, and
+    again only when the reason changes."""
+    import logging
+
+    from monitor.sources import Source
+    from monitor.supervise import SourceSupervisor
+
+    reasons = ["connection refused"] * 6 + ["401 Unauthorized"] * 4
+
+    class Gone(Source):
+        sample_rate_hz, channels, description = 16000, 1, "stream:rtsp://cam/s"
+        realtime = True
+
+        def run(self, put, stop):
+            raise RuntimeError(reasons.pop(0) if reasons else "401 Unauthorized")
+
+    stop = threading.Event()
+    sup = SourceSupervisor(
+        Gone(), put=lambda b: None, signal=lambda m: None, stop=stop, reopen=Gone, retry_first_s=0.01, retry_max_s=0.02
+    )
+    t = threading.Thread(target=sup.run)
+    with caplog.at_level(logging.WARNING, logger="monitor.supervise"):
+        t.start()
+        assert _wait(lambda: sup.restarts >= 12, 10)
+        stop.set()
+        t.join(5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sup.restarts >= 12
+    failed = [m for m in lines if "failed:" in m]
+    assert len(failed) == 2 and "connection refused" in failed[0] and "401" in failed[1], lines
+    assert len([m for m in lines if "reopening in" in m]) == 1 and len([m for m in lines if "reopened" in m]) == 1
+    assert len(lines) <= 5, lines
+
+
+def _wait(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.01)
+    return pred()

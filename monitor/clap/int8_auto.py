@@ -92,6 +92,22 @@ def _time_ms(backend, windows) -> tuple[float, np.ndarray]:
     return float(np.median(times)), np.asarray(emb)
 
 
+def _kept(entry: object, store: Path) -> Int8Choice | None:
+    """A decision kept in ``store``, if it is one this module wrote: ``int8`` a JSON boolean,
+    ``why`` text that begins with the encoder it names. A hand-edited entry (``"int8": "yes"``)
+    is not trusted: it is reported and measured again, so the banner says what runs."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        entry = {}
+    int8, why = entry.get("int8"), entry.get("why")
+    if not isinstance(int8, bool) or not isinstance(why, str) or not why.startswith("int8: " if int8 else "fp32: "):
+        log.warning("%s: this machine's entry is not a decision this program wrote (measuring again)", store)
+        return None
+    when = entry.get("when") if isinstance(entry.get("when"), str) else "?"
+    return Int8Choice(int8, f"{why} (measured {when}, kept)")
+
+
 def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ()) -> Int8Choice:
     """Measure (or recall) whether the export at ``path`` should run its int8 encoder here;
     ``labels``: the configured ones, whose top-1 must not change (none: the bundled clips')."""
@@ -107,9 +123,9 @@ def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ())
         known = json.loads(store.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), dict):
-        k = known[key]
-        return Int8Choice(bool(k.get("int8")), f"{k.get('why', '')} (measured {k.get('when', '?')}, kept)")
+    kept = _kept(known.get(key) if isinstance(known, dict) else None, store)
+    if kept is not None:
+        return kept
     b32 = ClapBackend.from_dir(path, threads=threads, int8=False, spinning=spinning)
     b8 = ClapBackend.from_dir(path, threads=threads, int8=True, spinning=spinning)
     wins = _windows(b32.sample_rate_hz, b32.window_s)

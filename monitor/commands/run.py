@@ -279,6 +279,8 @@ def _run(args, cfg, say) -> int:
         watch_path=args.config if args.watch_config else None,
         say=say,
     )
+    for line in service.control_notes():
+        say(line)
     ended = service.end_left_open()
     if ended:
         say(f"ended {ended} event(s) that the previous run left open (reason: restart)")
@@ -348,7 +350,7 @@ def _report(outcomes, service, say) -> int:
             + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
             + (
                 f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
-                f"reopen(s), {st.gaps} gap(s) totalling {st.gap_s:.1f} s"
+                f"reopen(s) ({st.source_failed_reopens} failed), {st.gaps} gap(s) totalling {st.gap_s:.1f} s"
                 if st.source_losses
                 else ""
             )
@@ -357,6 +359,8 @@ def _report(outcomes, service, say) -> int:
         if st.source_error:
             say(f"{who}source error: {st.source_error}")
             rc = 1
+    if service.commands_applied:
+        say(f"remote control: {service.commands_applied} command(s) applied")
     if several:
         b = service.encoder.summary()
         say(

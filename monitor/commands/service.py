@@ -37,6 +37,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the unit to this path instead (tests, packaging)")
 
 
+def _in(folder: Path, path: str) -> Path:
+    """``path`` as the service sees it: relative paths are in its working directory."""
+    p = Path(path).expanduser()
+    return p.resolve() if p.is_absolute() else (folder / p).resolve()
+
+
+def _secrets(cfg) -> tuple[dict[str, str], str]:
+    """The environment variables with secrets the service needs (name -> value, taken from
+    the installer's environment), and a note for the unit. A broker login whose password
+    comes from a variable that is not set here is refused: the unit could never log in."""
+    m = cfg.mqtt
+    if not (m.host and m.username) or m.password_file or not m.password_env:
+        return {}, ""
+    value = os.environ.get(m.password_env)
+    if not value:
+        raise UserError(
+            f"the config logs in to MQTT as {m.username!r} with the password in ${m.password_env}, which is not "
+            f"set here: set it for the install (`{m.password_env}=... sound-monitor service install`; it is "
+            "written to a 0600 file that only the service reads) or use mqtt.password_file"
+        )
+    return {m.password_env: value}, f"${m.password_env} (the MQTT password) comes from the EnvironmentFile below"
+
+
+def _write_env_file(path: Path, values: dict[str, str], user: pwd.struct_passwd | None) -> None:
+    """``KEY="value"`` lines, created 0600 (never readable by others, not even for a moment)."""
+
+    def quoted(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`") + '"'
+
+    text = "".join(f"{k}={quoted(v)}\n" for k, v in values.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        if user is not None and os.geteuid() == 0:
+            os.fchown(fd, user.pw_uid, user.pw_gid)
+    finally:
+        os.close(fd)
+
+
 def _user() -> pwd.struct_passwd:
     name = os.environ.get("SUDO_USER") or getpass.getuser()
     try:
@@ -46,13 +87,21 @@ def _user() -> pwd.struct_passwd:
 
 
 def unit_text(
-    config: Path, user: pwd.struct_passwd | None, rw_paths: list[Path], exe: list[str], env: dict[str, str]
+    config: Path,
+    user: pwd.struct_passwd | None,
+    rw_paths: list[Path],
+    exe: list[str],
+    env: dict[str, str],
+    env_file: Path | None = None,
+    notes: tuple[str, ...] = (),
 ) -> str:
-    """The unit file. ``user`` None: a user unit (runs as the user whose manager starts it)."""
+    """The unit file. ``user`` None: a user unit (runs as the user whose manager starts it);
+    ``env_file``: a 0600 file with the secrets the config reads from the environment."""
     cmd = " ".join(shlex.quote(a) for a in [*exe, "run", "--no-tui", "--config", str(config)])
     rw = " ".join(shlex.quote(str(p)) for p in rw_paths)
     lines = [
         "# written by `sound-monitor service install`; edit, then `systemctl daemon-reload`",
+        *(f"# {n}" for n in notes),
         "[Unit]",
         "Description=sound-monitor: zero-shot sound events to MQTT and Home Assistant",
         "Wants=network-online.target",
@@ -72,6 +121,7 @@ def unit_text(
         # the folders the installer resolved (and opened for writing below), whatever the
         # service's own environment would give
         *(f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()),
+        *([f"EnvironmentFile={shlex.quote(str(env_file))}"] if env_file is not None else []),
     ]
     if user is not None:
         lines += [f"User={user.pw_name}", "SupplementaryGroups=audio"]
@@ -103,8 +153,11 @@ def run(args) -> int:
     if not config.is_file():
         raise UserError(f"config file not found: {config} (the service needs one: copy config.yaml)")
     user = None if args.user else _user()
+    notes: list[str] = []
     if user is not None and user.pw_uid == 0:
-        raise UserError("the service must not run as root: run `sudo sound-monitor service install` from your user")
+        if not args.print:
+            raise UserError("the service must not run as root: run `sudo sound-monitor service install` from your user")
+        notes.append("User=root: install refuses this; run it from the user the service should run as")
     # the folders as the service's user will have them (under sudo, $HOME is root's)
     saved_home = os.environ.get("HOME")
     if user is not None:
@@ -113,22 +166,40 @@ def run(args) -> int:
         cfg = load_config(str(config))  # refuses a config the service could not start with
         state, models = cfg.state_path.resolve(), cfg.model.models_path.resolve()
         rw = [state, models]
+        # the service runs in the config's folder: relative paths resolve there
         if cfg.clips.enabled:
-            clips = Path(cfg.clips.dir).expanduser()
-            rw.append((config.parent / clips).resolve() if not clips.is_absolute() else clips)
+            rw.append(_in(config.parent, cfg.clips.dir))
+        for out in (cfg.output.events_path, cfg.output.scores_path):
+            if out and out != "-":  # the event log and scores file: their folders must be writable
+                folder = _in(config.parent, out).parent
+                if folder not in rw:
+                    rw.append(folder)
     finally:
         if saved_home is not None:
             os.environ["HOME"] = saved_home
     exe = [sys.executable, "-m", "monitor"]
     env = {"SOUND_MONITOR_STATE": str(state), "SOUND_MONITOR_MODELS": str(models)}
-    text = unit_text(config, user, rw, exe, env)
+    secrets, env_note = _secrets(cfg)
+    env_file = state / "service.env" if secrets else None
+    if env_note:
+        notes.append(env_note)
+    text = unit_text(config, user, rw, exe, env, env_file, tuple(notes))
     if args.print:
         sys.stdout.write(text)
+        if secrets:
+            print(
+                f"# install (without --print) writes {env_file} (mode 0600) with {', '.join(secrets)} "
+                "from this shell's environment",
+                file=sys.stderr,
+            )
         return 0
     for p in rw:
         p.mkdir(parents=True, exist_ok=True)  # ReadWritePaths must exist when the unit starts
         if user is not None and os.geteuid() == 0 and p.stat().st_uid == 0:
             os.chown(p, user.pw_uid, user.pw_gid)
+    if env_file is not None:
+        _write_env_file(env_file, secrets, user)
+        print(f"wrote {env_file} (mode 0600): {', '.join(secrets)} for the service")
     if args.out:
         target = Path(args.out)
     elif args.user:

@@ -21,6 +21,7 @@ are never logged. paho is imported only here.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from monitor.config import MQTTConfig
 from monitor.errors import UserError
 from monitor.events import utc_now_iso
 from monitor.files import write_text_atomic
+from monitor.logs import Throttle, held_note
 from monitor.outbox import Outbox
 from monitor.sinks.base import OpenLabels, Sink
 from monitor.state import state_file
@@ -164,9 +166,18 @@ class MqttSink(Sink):
         # runtime control (see monitor/control.py): the current values, published retained,
         # and where commands go (the service sets it; None: commands are refused)
         self.on_control: Callable[[str, str | None, bytes], str | None] | None = None
-        self._controls: dict[str, tuple[float, bool]] = {}  # label -> (threshold, enabled)
+        self._controls: dict[str, tuple[float, bool, float]] = {}  # label -> (threshold, enabled, lowest)
         self._device_enabled = True
-        self._refused_logged: set[str] = set()
+        self._announced_lowest: dict[str, float] = {}  # label -> the number entity's min last announced
+        self._refusals = Throttle(60.0)  # refused commands: a line per kind of topic a minute, with a count
+        # Home Assistant's topics (label states, attributes, event entities, controls) go out
+        # only after a connection's announcement: until then they wait here (latest retained
+        # value per topic; event-entity messages in order, bounded), and the announcement
+        # sends states before `online`. One lock orders announcement, events and controls.
+        self._ha_lock = threading.RLock()
+        self._ha_ready = False
+        self._ha_retained: dict[str, str] = {}
+        self._ha_events: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         self.sensor_interval_s = 10.0  # level / heard / diagnostics: at most one message per this
         self._last_sensor_t = 0.0
         self._last_heard: str | None = None
@@ -292,12 +303,20 @@ class MqttSink(Sink):
                 self.cfg.reconnect_max_s,
             )
             return
-        self._pub(self.topics.availability, "online", retain=True)
         if self.cfg.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
-        for f in self.topics.command_filters:
-            client.subscribe(f, qos=1)
-        self._publish_labels()
+        if self.cfg.control:
+            for f in self.topics.command_filters:
+                client.subscribe(f, qos=1)
+        with self._ha_lock:
+            # discovery, then every label's state, controls and what waited for the connection,
+            # and only then `online`: Home Assistant never sees a stale `ON` come back to life
+            self._publish_labels(states=False)
+            self._flush_ha()
+            self._publish_states()
+            self._flush_ha_events()
+            self._pub(self.topics.availability, "online", retain=True)
+            self._ha_ready = True
         self._clear_stale()
         with self._lock:
             self._connected = True
@@ -318,6 +337,8 @@ class MqttSink(Sink):
             self._log_state("connected", "MQTT connected to %s", self._where, level=logging.INFO)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._ha_lock:
+            self._ha_ready = False
         with self._lock:
             self._connected = False
             refused = self._state.startswith("refused")
@@ -371,7 +392,8 @@ class MqttSink(Sink):
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         if msg.topic == self.topics.ha_status:
             if msg.payload == b"online":
-                self._publish_labels(states=False)
+                with self._ha_lock:
+                    self._publish_labels(states=False)
             return
         cmd = self.topics.command_of(msg.topic)
         if cmd is None or msg.retain:  # a retained command is stale: values come from the state dir
@@ -380,22 +402,24 @@ class MqttSink(Sink):
         with self._lock:
             label = next((lab for lab, sl in self._slugs.items() if sl == slug), None) if slug else None
         if slug and label is None:
-            return self._refuse(msg.topic, "no such label on this device")
+            return self._refuse(kind, msg.topic, "no such label on this device")
         handler = self.on_control
         if handler is None:
-            return self._refuse(msg.topic, "runtime control is not available in this run")
+            why = "the monitor is still starting" if self.cfg.control else "remote control is off (mqtt.control: false)"
+            return self._refuse(kind, msg.topic, why)
         try:
             problem = handler("device_enabled" if kind == "device_enabled" else kind, label, bytes(msg.payload))
         except Exception as e:  # noqa: BLE001 - a command must never take the network thread down
             problem = f"{type(e).__name__}: {e}"
         if problem:
-            self._refuse(msg.topic, problem)
+            self._refuse(kind, msg.topic, problem)
 
-    def _refuse(self, topic: str, why: str) -> None:
-        key = f"{topic}|{why}"
-        if key not in self._refused_logged:  # once per topic and reason: a flood stays one line
-            self._refused_logged.add(key)
-            log.warning("MQTT command on %s ignored: %s", topic, why)
+    def _refuse(self, kind: str, topic: str, why: str) -> None:
+        """One line per kind of command (threshold, switch, pause) a minute; the refusals in
+        between are counted in the next line. A flood costs neither memory nor log lines."""
+        held = self._refusals.take(kind)
+        if held is not None:
+            log.warning("MQTT command on %s ignored: %s%s", topic, why, held_note(held, self._refusals.interval_s))
 
     # -- publishing ----------------------------------------------------------------------------
     def _pub(
@@ -424,28 +448,43 @@ class MqttSink(Sink):
             out.add(self.topics.label_topic(s, "attributes"))
             if self.cfg.discovery:
                 out.add(self.topics.discovery(s))
-                out.update(self.topics.label_entities("", s, "", ""))
+                out.update(self.topics.label_entities("", s, "", "", control=self.cfg.control))
         return out
 
     def _publish_labels(self, states: bool = True) -> None:
+        """Discovery of the device's and every label's entities (and, with ``states``, every
+        label's state and the controls); call with ``_ha_lock`` held."""
         with self._lock:
             labels = list(self._labels)
             slugs = dict(self._slugs)
-            on = {lab: self._open.is_on(lab) for lab in labels}
+            lowest = {lab: c[2] for lab, c in self._controls.items()}
+            self._announced_lowest = dict(lowest)
+        control = self.cfg.control
+        if self.cfg.discovery and not control:  # no pause switch: an earlier run's is removed
+            self._pub(self.topics.discovery("", "switch", "enabled"), b"", retain=True)
         if self.cfg.discovery:
-            for topic, payload in self.topics.device_entities(self.model_name, __version__).items():
+            for topic, payload in self.topics.device_entities(self.model_name, __version__, control=control).items():
                 self._pub(topic, json.dumps(payload), retain=True)
         for lab in labels:
             s = slugs[lab]
             if self.cfg.discovery:
                 payload = self.topics.discovery_payload(lab, s, self.model_name, __version__)
                 self._pub(self.topics.discovery(s), json.dumps(payload), retain=True)
-                for topic, p in self.topics.label_entities(lab, s, self.model_name, __version__).items():
+                entities = self.topics.label_entities(
+                    lab, s, self.model_name, __version__, min_threshold=lowest.get(lab, 0.0), control=control
+                )
+                for topic, p in entities.items():
                     self._pub(topic, json.dumps(p), retain=True)
-            if states:
-                self._pub(self.topics.state(s), "ON" if on.get(lab) else "OFF", retain=True)
         if states:
-            self._publish_controls()
+            self._publish_states()
+
+    def _publish_states(self) -> None:
+        """Every label's state (ON while any source has it open) and the controls (``_ha_lock`` held)."""
+        with self._lock:
+            on = {lab: (slug, self._open.is_on(lab)) for lab, slug in self._slugs.items()}
+        for slug, is_on in on.values():
+            self._pub(self.topics.state(slug), "ON" if is_on else "OFF", retain=True)
+        self._publish_controls()
 
     def _publish_controls(self) -> None:
         """The current thresholds and switches, retained (what the number/switch entities show)."""
@@ -454,20 +493,24 @@ class MqttSink(Sink):
             slugs = dict(self._slugs)
             dev_on = self._device_enabled
         self._pub(self.topics.device_topic("enabled"), "ON" if dev_on else "OFF", retain=True)
-        for lab, (thr, on) in controls.items():
+        for lab, (thr, on, _) in controls.items():
             s = slugs.get(lab)
             if s:
                 self._pub(self.topics.label_topic(s, "threshold"), f"{thr:g}", retain=True)
                 self._pub(self.topics.label_topic(s, "enabled"), "ON" if on else "OFF", retain=True)
 
-    def set_controls(self, values: dict[str, tuple[float, bool]], device_enabled: bool) -> None:
-        """The effective threshold and switch of each label, and the device switch."""
-        with self._lock:
-            self._controls = dict(values)
-            self._device_enabled = device_enabled
-            connected = self._connected
-        if connected:
-            self._publish_controls()
+    def set_controls(self, values: dict[str, tuple[float, bool, float]], device_enabled: bool) -> None:
+        """Each label's threshold in force, its switch and the lowest threshold its hysteresis
+        allows (the number entity's ``min``), and the device switch."""
+        with self._ha_lock:
+            with self._lock:
+                lowest_changed = {k: v[2] for k, v in values.items()} != self._announced_lowest
+                self._controls = dict(values)
+                self._device_enabled = device_enabled
+            if self._ha_ready:  # else the next announcement sends them
+                if lowest_changed and self.cfg.discovery and self.cfg.control:
+                    self._publish_labels(states=False)  # the number entities' min changed
+                self._publish_controls()
 
     def _known_topics(self) -> set[str] | None:
         try:
@@ -526,22 +569,45 @@ class MqttSink(Sink):
         with self._lock:
             on = self._open.apply(event) if event.label in self._slugs else False
             slug = self._slugs.get(event.label)
-            connected = self._connected
             self._wake.notify_all()
-        if slug and connected:
-            self._pub(self.topics.state(slug), "ON" if on else "OFF", retain=True)
-            attrs = {
-                "score": event.score,
-                "peak_score": event.peak_score,
-                "source": event.source,
-                "event_id": event.event_id,
-            }
-            self._pub(self.topics.label_topic(slug, "attributes"), json.dumps(attrs), retain=True)
-            # the event entity: each message is one occurrence (not retained: a restart of
-            # Home Assistant must not replay it)
-            self._pub(
-                self.topics.label_topic(slug, "event"), json.dumps({"event_type": event.type, **attrs}), retain=False
-            )
+        if not slug:
+            return
+        attrs = {
+            "score": event.score,
+            "peak_score": event.peak_score,
+            "source": event.source,
+            "event_id": event.event_id,
+        }
+        # attributes before the state: an automation triggered by `on` reads this event's
+        # values. The event entity: each message one occurrence (not retained: a restart of
+        # Home Assistant must not replay it); an end says why when it has a reason (restart)
+        entity = {"event_type": event.type, **attrs, **({"reason": event.reason} if event.reason else {})}
+        with self._ha_lock:
+            self._ha_send(self.topics.label_topic(slug, "attributes"), json.dumps(attrs), retain=True)
+            self._ha_send(self.topics.state(slug), "ON" if on else "OFF", retain=True)
+            self._ha_send(self.topics.label_topic(slug, "event"), json.dumps(entity), retain=False)
+
+    def _ha_send(self, topic: str, payload: str, *, retain: bool) -> None:
+        """A Home Assistant topic: out now when announced on this connection, else kept for
+        the next announcement (call with ``_ha_lock`` held)."""
+        if self._ha_ready:
+            self._pub(topic, payload, retain=retain)
+        elif retain:
+            self._ha_retained[topic] = payload
+        else:
+            self._ha_events.append((topic, payload))
+
+    def _flush_ha(self) -> None:
+        """The retained values that waited for the connection, attributes first (``_ha_lock`` held)."""
+        for topic in sorted(self._ha_retained, key=lambda t: not t.endswith("/attributes")):
+            self._pub(topic, self._ha_retained[topic], retain=True)
+        self._ha_retained.clear()
+
+    def _flush_ha_events(self) -> None:
+        """The event-entity messages that waited for the connection, in order (``_ha_lock`` held)."""
+        while self._ha_events:
+            topic, payload = self._ha_events.popleft()
+            self._pub(topic, payload, retain=False)
 
     def on_scores(self, scores: Scores) -> None:
         self._sensors(scores)
@@ -584,9 +650,11 @@ class MqttSink(Sink):
             return
         self._last_diag_t = now
         srcs = snapshot.sources
+        measured = [s.inference_ms for s in srcs if s.inference_ms is not None]
         diag = {
             "source_status": ", ".join(f"{s.name}: {s.status}" for s in srcs) if len(srcs) > 1 else srcs[0].status,
-            "inference_ms": round(max((s.inference_ms for s in srcs), default=0.0), 2),
+            # null until the model has run (Home Assistant shows "unknown", not a false 0 ms)
+            "inference_ms": round(max(measured), 2) if measured else None,
             "outbox_backlog": self.outbox.size(),
         }
         self._pub(self.topics.device_topic("diagnostics"), json.dumps(diag), retain=True, qos=0)
@@ -598,10 +666,11 @@ class MqttSink(Sink):
             self._labels = list(labels)
             self._slugs = label_slugs(self._labels)
             self._open.keep(self._labels)
-            connected = self._connected
-        if connected:
+        with self._ha_lock:
+            if not self._ha_ready:
+                return  # the next connection announces them
             self._publish_labels()
-            self._clear_stale()
+        self._clear_stale()
 
     def last_seq(self) -> int:
         return self.outbox.high_seq

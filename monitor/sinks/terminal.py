@@ -45,6 +45,8 @@ class ViewState:
     # several sources: name -> {"scores": {...}, "level_dbfs": x, "stream_s": t}
     by_source: dict = field(default_factory=dict)
     active_sources: dict = field(default_factory=dict)  # label -> sources with it open
+    paused: bool = False  # the device's detection switch is off (no events at all)
+    switched_off: frozenset = frozenset()  # labels whose own switch is off
 
 
 def _bar(value: float, threshold: float, width: int = 30) -> str:
@@ -64,7 +66,11 @@ def render(state: ViewState, height: int | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    title = f"sound-monitor — {state.model} — {state.source}" + ("  [DEMO RECORDING]" if state.demo else "")
+    title = (
+        f"sound-monitor — {state.model} — {state.source}"
+        + ("  [DEMO RECORDING]" if state.demo else "")
+        + ("  [PAUSED: no events]" if state.paused else "")
+    )
     several = len(state.by_source) > 1
     names = sorted(state.by_source)
     t = Table(expand=False, box=None, pad_edge=False)
@@ -104,9 +110,13 @@ def render(state: ViewState, height: int | None = None) -> Any:
         mark = "● ACTIVE"
         if on and several and state.active_sources.get(lab):
             mark += " (" + ", ".join(sorted(state.active_sources[lab])) + ")"
-        t.add_row(
-            Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), Text(mark, style="bold red") if on else ""
-        )
+        if on:
+            note = Text(mark, style="bold red")
+        elif lab in state.switched_off or state.paused:
+            note = Text("switched off" if lab in state.switched_off else "paused", style="dim")
+        else:
+            note = Text("")
+        t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), note)
     if hidden:
         t.add_row(Text(f"… {hidden} more label(s) below these scores", style="dim"))
     if several:
@@ -200,21 +210,26 @@ class TerminalSink(Sink):
             tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
             who = f"[{scores.source}] " if len(self.state.by_source) > 1 else ""
             self._log.info(
-                "%st=%.1fs level %.1f dBFS%s top: %s",
+                "%st=%.1fs level %.1f dBFS%s top: %s%s",
                 who,
                 scores.end_s,
                 scores.level_dbfs,
                 " (gated)" if scores.gated else " (reused)" if scores.reused else "",
                 tops,
+                " [PAUSED: no events]" if self.state.paused else "",
             )
 
     # -- the only writers of the view state besides publish/on_scores (all under the lock) --
-    def set_rules(self, labels: Sequence[str], thresholds: dict) -> None:
-        """The label set and thresholds changed (hot reload)."""
+    def set_rules(
+        self, labels: Sequence[str], thresholds: dict, *, switched_off: Sequence[str] = (), paused: bool = False
+    ) -> None:
+        """The label set, thresholds and switches in force (start, hot reload, remote control)."""
         with self._lock:
             self.state.labels = tuple(labels)
             self.state.thresholds = dict(thresholds)
             self.state.active &= set(labels)
+            self.state.switched_off = frozenset(switched_off)
+            self.state.paused = paused
 
     def set_status(self, **fields: object) -> None:
         """One snapshot of run status (dropped windows/samples, sinks, source) for the view."""
