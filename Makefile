@@ -10,7 +10,7 @@ ARGS ?=
 # torchaudio for another torch): README "Microsoft CLAP"
 MSCLAP := msclap==1.3.4
 
-.PHONY: run test lint install install-test system-deps export export-msclap fetch-offline bench clean
+.PHONY: run test lint install install-test system-deps export export-msclap fetch-offline bench ha-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: install-test
 	$(BIN)/ruff check monitor tests scripts
 	$(BIN)/ruff format --check monitor tests scripts
 	$(BIN)/mypy monitor
+
+# A real Home Assistant core (2026.2.3, built Python 3.13, its own venv) against the monitor
+# and a real mosquitto: entities, attribute/state order, restart ends, the README automation
+ha-check: system-deps install-test
+	$(BIN)/python scripts/ha_check.py --ha-python "$$(sh scripts/build-ha-python.sh)"
 
 # Export the real CLAP (needs the Hugging Face Hub) into ~/.local/share/sound-monitor/models
 export: $(BIN)/python
