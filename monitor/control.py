@@ -1,5 +1,8 @@
-"""Runtime control: per-label thresholds and on/off switches, and pausing the whole device,
-set over MQTT (Home Assistant `number` and `switch` entities) and kept across restarts.
+"""The control plane: the rules in force and their one owner (``ControlPlane``).
+
+Per-label thresholds and on/off switches, and pausing the whole device, are set at run time
+(MQTT / Home Assistant `number` and `switch` entities today, the web page next: every remote
+control sends a ``Command`` to ``ControlPlane.apply``) and kept across restarts.
 
 The values live in ``<state dir>/control-<dev>.json`` as overrides of the config file:
 ``{"enabled": bool, "labels": {label: {"threshold": float, "enabled": bool}}}``. They are
@@ -18,11 +21,15 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from monitor.config import Config, hysteresis_problem
-from monitor.events import LabelRule, rules_for
+from monitor.events import LabelRule, lowest_threshold, rules_for
 from monitor.files import write_text_atomic
+from monitor.logs import Throttle, held_note
 from monitor.state import state_file
 
 log = logging.getLogger(__name__)
@@ -176,3 +183,150 @@ class Controls:
                 if o.get("enabled") is False:
                     lines.append(f"labels[{name!r}] switched off")
             return lines
+
+
+# -- the owner of the rules in force -----------------------------------------------------------
+CommandKind = Literal["threshold", "enabled", "device_enabled"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One remote command, whatever transport carried it (MQTT today, the web page next).
+    ``payload`` is the raw value as sent (``"0.35"``, ``"ON"``); ``via`` names the transport
+    in the log line."""
+
+    kind: CommandKind
+    label: str | None
+    payload: bytes | str
+    via: str = "MQTT"
+
+
+CommandHandler = Callable[[Command], "str | None"]  # -> why it was refused (None: applied or already so)
+
+
+@dataclass(frozen=True)
+class RulesInForce:
+    """What every stage that decides or shows uses, derived in one place (``ControlPlane``):
+    each label's event rule (threshold, off level, ... and whether it may start events), its
+    own switch, the lowest threshold its hysteresis allows, and the device switch."""
+
+    labels: tuple[str, ...]
+    rules: Mapping[str, LabelRule]
+    switches: Mapping[str, bool]  # each label's own switch (the device switch aside)
+    lowest: Mapping[str, float]
+    detection_enabled: bool
+
+    def thresholds(self) -> dict[str, float]:
+        return {k: r.threshold for k, r in self.rules.items()}
+
+    def switched_off(self) -> list[str]:
+        return [k for k, on in self.switches.items() if not on]
+
+
+RulesListener = Callable[[RulesInForce], None]
+
+
+class ControlPlane:
+    """The one owner of the rules in force: the config's labels and event settings, the
+    values set at run time (``Controls``, kept in the state dir) and reloads. Every remote
+    control talks to it through ``apply(Command)``; whoever uses or shows the rules
+    (pipelines, live view, Home Assistant entities, /healthz) subscribes and is pushed a new
+    ``RulesInForce`` on every change. Thread-safe: commands arrive on network threads,
+    reloads on the reload thread."""
+
+    def __init__(self, cfg: Config, controls: Controls, say: Callable[[str], None] = log.warning):
+        self._cfg = cfg
+        self.controls = controls
+        self.say = say
+        self._lock = threading.RLock()
+        self._listeners: list[RulesListener] = []
+        self._log = Throttle(60.0)  # applied commands: one line per kind a minute (a flood: counted)
+        self.commands_applied = 0
+        self._rules = self._derive()
+
+    @property
+    def rules(self) -> RulesInForce:
+        with self._lock:
+            return self._rules
+
+    def subscribe(self, listener: RulesListener) -> None:
+        """``listener(rules)`` now and on every change (on the changing thread)."""
+        with self._lock:
+            self._listeners.append(listener)
+            rules = self._rules
+        listener(rules)
+
+    def reload(self, cfg: Config) -> None:
+        """A new config (hot reload): the rules are derived again and pushed."""
+        with self._lock:
+            self._cfg = cfg
+        self._changed()
+
+    def apply(self, cmd: Command) -> str | None:
+        """Validate, keep and apply a command; -> why it was refused (None: done). A value
+        already in force changes nothing (no file write, no log line); a change is logged
+        with what it was before, at most one line per kind of command a minute."""
+        with self._lock:
+            rules = self._rules
+        try:
+            if cmd.kind == "threshold":
+                rule = rules.rules.get(cmd.label or "")
+                if cmd.label is None or rule is None:
+                    return "no such label on this device"
+                change = self.controls.set_threshold(cmd.label, parse_threshold(cmd.payload), rule)
+            elif cmd.kind == "enabled":
+                if cmd.label is None or cmd.label not in rules.rules:
+                    return "no such label on this device"
+                change = self.controls.set_label_enabled(cmd.label, parse_switch(cmd.payload))
+            elif cmd.kind == "device_enabled":
+                change = self.controls.set_enabled(parse_switch(cmd.payload))
+            else:
+                return f"unknown command {cmd.kind!r}"
+        except ControlError as e:
+            return str(e)
+        if change is None:
+            return None
+        with self._lock:
+            self.commands_applied += 1
+        held = self._log.take(cmd.kind)
+        if held is not None:
+            who = f"{cmd.label}: " if cmd.label else ""
+            self.say(f"{who}{change} (set over {cmd.via})" + held_note(held, self._log.interval_s))
+        self._changed()
+        return None
+
+    def notes(self) -> list[str]:
+        """What values set at run time override in this run's config: said at start, so a
+        threshold from Home Assistant never silently beats --threshold."""
+        with self._lock:
+            labels = list(self._rules.labels)
+        lines = self.controls.describe(labels)
+        if not lines:
+            return []
+        return [
+            f"set at run time and kept in {self.controls.path} (they override the config and the "
+            "command line; change them from Home Assistant / MQTT, or delete that file):",
+            *lines,
+        ]
+
+    def _derive(self) -> RulesInForce:
+        cfg = self._cfg
+        rules = self.controls.rules(cfg)
+        labels = tuple(lab.name for lab in cfg.labels)
+        return RulesInForce(
+            labels=labels,
+            rules=rules,
+            switches={k: self.controls.label_enabled(k) for k in rules},
+            lowest={k: lowest_threshold(r.hysteresis) for k, r in rules.items()},
+            detection_enabled=self.controls.enabled,
+        )
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._rules = rules = self._derive()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(rules)
+            except Exception as e:  # noqa: BLE001 - one failing listener must not stop the others
+                log.error("a user of the rules failed to take a change: %s", e)

@@ -158,7 +158,7 @@ class Pipeline:
         self._swap: tuple | None = None
         self._drop_log = Throttle(60.0)
         self._drop_windows = self._drop_frames = 0  # since the last drop warning
-        self._audio_sinks = [s for s in self.sinks if type(s).on_audio is not Sink.on_audio]
+        self._audio_sinks = [s for s in self.sinks if s.wants_audio]
         c = stream_cfg
         self.change_gate = (
             ChangeGate(

@@ -26,16 +26,14 @@ from dataclasses import dataclass
 
 from monitor.backend import Backend
 from monitor.config import Config
-from monitor.control import ControlError, Controls, parse_switch, parse_threshold
+from monitor.control import ControlPlane, Controls, RulesInForce
 from monitor.encode import SharedEncoder
-from monitor.events import EventTracker, lowest_threshold
-from monitor.logs import Throttle, held_note
+from monitor.events import EventTracker
 from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
-from monitor.sinks.mqtt import MqttSink
 from monitor.sinks.terminal import TerminalSink
 from monitor.sources import SourceSlot
 from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
@@ -74,11 +72,8 @@ class MonitorService:
         self.several = len(slots) > 1
         self.cache_dir = cfg.state_path / "label-cache"
         self.scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir)
-        # thresholds and switches set over MQTT, kept in the state dir, on top of every config
-        self.controls = Controls(cfg.state_path, cfg.device)
-        self.rules = self.controls.rules(cfg)
-        self.commands_applied = 0  # remote commands that changed something (the summary)
-        self._command_log = Throttle(60.0)
+        # the one owner of the rules in force (config + values set at run time + reloads)
+        self.plane = ControlPlane(cfg, Controls(cfg.state_path, cfg.device), say=say)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
         self.event_counter: EventCounter | None = EventCounter() if cfg.metrics.listen else None
         self.shared_sinks = [self.journal, *shared_sinks]
@@ -93,6 +88,7 @@ class MonitorService:
         # numbering continues after the highest seq anything has on record (never repeats)
         self.seq = SeqCounter(cfg.state_path, cfg.device, floor=highest_seq(self.all_sinks))
         self.stop = threading.Event()
+        self._reloading = False
         self.encoder = SharedEncoder(backend, linger_s=cfg.stream.batch_wait_s if self.several else 0.0)
         self.out_lock = threading.RLock()
         self.pipes = [self._pipeline(slot) for slot in slots]
@@ -101,7 +97,11 @@ class MonitorService:
     def _pipeline(self, slot: SourceSlot) -> Pipeline:
         cfg = self.cfg
         tracker = EventTracker(
-            self.rules, device_id=cfg.device, source=slot.name, model=self.backend.name, next_seq=self.seq.next
+            dict(self.plane.rules.rules),
+            device_id=cfg.device,
+            source=slot.name,
+            model=self.backend.name,
+            next_seq=self.seq.next,
         )
         return Pipeline(
             slot,
@@ -128,82 +128,30 @@ class MonitorService:
             pipe.stop.set()
 
     def apply_live(self, new_cfg: Config) -> None:
-        """Build the new scorer here (reload thread); the workers swap it in between windows."""
+        """Build the new scorer here (reload thread); the control plane derives the rules of
+        the new config and pushes them (the workers swap both in between windows)."""
         new_scorer = Scorer(self.backend, new_cfg.labels, new_cfg.scoring, cache_dir=self.cache_dir)
         self.cfg, self.scorer = new_cfg, new_scorer
-        self._push_rules(reload=True)
-
-    def _push_rules(self, reload: bool = False) -> None:
-        """The event rules of the current config and controls to every pipeline (between two
-        windows), the live view and the MQTT entities."""
-        rules = self.controls.rules(self.cfg)
-        self.rules = rules
-        self._show_rules()
-        for pipe in self.pipes:
-            pipe.swap_live(self.scorer, rules, reload=reload)
-        self._publish_controls()
-
-    def _show_rules(self) -> None:
-        """The rules in force to the live view: thresholds, switched-off labels, the pause."""
-        self.term.set_rules(
-            self.scorer.labels,
-            {k: r.threshold for k, r in self.rules.items()},
-            switched_off=[k for k in self.rules if not self.controls.label_enabled(k)],
-            paused=not self.controls.enabled,
-        )
-
-    def control_notes(self) -> list[str]:
-        """What values set at run time (kept in the state dir) override in this run's config:
-        said at start, so a threshold from Home Assistant never silently beats --threshold."""
-        lines = self.controls.describe(list(self.scorer.labels))
-        if not lines:
-            return []
-        return [
-            f"set at run time and kept in {self.controls.path} (they override the config and the "
-            "command line; change them from Home Assistant / MQTT, or delete that file):",
-            *lines,
-        ]
-
-    def _publish_controls(self) -> None:
-        values = {
-            k: (r.threshold, self.controls.label_enabled(k), lowest_threshold(r.hysteresis))
-            for k, r in self.rules.items()
-        }
-        for s in self.all_sinks:
-            if isinstance(s, MqttSink):
-                s.set_controls(values, self.controls.enabled)
-
-    def control(self, kind: str, label: str | None, payload: bytes, via: str = "MQTT") -> str | None:
-        """A command from MQTT (network thread): validate, keep, apply. -> why it was refused.
-
-        A value already in force changes nothing (no file write, no log line); every change
-        is logged with what it was before, at most one line per kind of command a minute
-        (a flood is counted in the next line)."""
+        self._reloading = True
         try:
-            if kind == "threshold":
-                assert label is not None
-                rule = self.rules.get(label)
-                if rule is None:
-                    return "no such label on this device"
-                change = self.controls.set_threshold(label, parse_threshold(payload), rule)
-            elif kind == "enabled":
-                assert label is not None
-                change = self.controls.set_label_enabled(label, parse_switch(payload))
-            elif kind == "device_enabled":
-                change = self.controls.set_enabled(parse_switch(payload))
-            else:
-                return f"unknown command {kind!r}"
-        except ControlError as e:
-            return str(e)
-        if change is None:
-            return None
-        self.commands_applied += 1
-        held = self._command_log.take(kind)
-        if held is not None:
-            who = f"{label}: " if label else ""
-            self.say(f"{who}{change} (set over {via})" + held_note(held, self._command_log.interval_s))
-        self._push_rules()
-        return None
+            self.plane.reload(new_cfg)
+        finally:
+            self._reloading = False
+
+    def _on_rules(self, rules: RulesInForce) -> None:
+        """The rules in force changed: to every pipeline (between two windows, with the
+        current scorer) and to every sink (the live view, the Home Assistant entities)."""
+        for pipe in self.pipes:
+            pipe.swap_live(self.scorer, dict(rules.rules), reload=self._reloading)
+        for s in self.all_sinks:
+            try:
+                s.on_rules(rules)
+            except Exception as e:  # noqa: BLE001 - one failing sink must not stop the others
+                log.error("sink %s failed to take the rules: %s", s.name, e)
+
+    @property
+    def commands_applied(self) -> int:
+        return self.plane.commands_applied
 
     def install_signals(self, attached: bool) -> None:
         """SIGINT/SIGTERM stop; SIGHUP stops when started from a terminal (it closed), else reloads."""
@@ -234,10 +182,9 @@ class MonitorService:
         ]
         self._workers = {p.name: t for p, t in zip(self.pipes, workers)}
         for s in self.all_sinks:
-            if isinstance(s, MqttSink) and self.cfg.mqtt.control:
-                s.on_control = self.control
-        self._show_rules()
-        self._publish_controls()
+            if s.takes_commands:  # remote controls (MQTT; the web page next) all go to the plane
+                s.attach_commands(self.plane.apply)
+        self.plane.subscribe(self._on_rules)
         if self.cfg.metrics.listen:
             self.metrics = MetricsServer(self.cfg.metrics.listen, self.snapshot)
             self.say(f"metrics: http://{self.metrics.address}/metrics and /healthz")
@@ -315,17 +262,20 @@ class MonitorService:
             )
         pending = connected = None
         for s in self.all_sinks:
-            if s.name == "mqtt":
-                ms = s.status()
-                pending, connected = int(ms.get("backlog", 0)), str(ms.get("state", "")).startswith("connected")
+            ss = s.status()
+            if ss.backlog is not None:  # a sink with a delivery backlog (the MQTT outbox)
+                pending = (pending or 0) + ss.backlog
+            if ss.connected is not None:
+                connected = ss.connected if connected is None else connected and ss.connected
         counts = self.event_counter.counts() if self.event_counter is not None else {}
+        rules = self.plane.rules
         return Snapshot(
             tuple(sources),
             counts,
             pending,
             connected,
-            detection_enabled=self.controls.enabled,
-            labels_enabled={k: self.controls.label_enabled(k) for k in self.rules},
+            detection_enabled=rules.detection_enabled,
+            labels_enabled=dict(rules.switches),
         )
 
     def refresh(self) -> None:
@@ -334,11 +284,7 @@ class MonitorService:
         for s in self.all_sinks:
             if s is self.term or s is self.journal:
                 continue
-            st = s.status()
-            text = st.get("state", "ok")
-            if "backlog" in st:  # the MQTT outbox: what waits for the broker, and for how long
-                text += f", backlog {st['backlog']}" + (f" ({st['backlog_age_s']:.0f} s)" if st["backlog"] else "")
-            sinks[s.name] = text
+            sinks[s.name] = s.status().describe()  # the MQTT outbox: what waits, and how long
         status = [
             p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in self.pipes
         ]

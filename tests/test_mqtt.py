@@ -68,8 +68,8 @@ def test_events_state_and_discovery(mosquitto, tmp_path):
     got = events_received(sub)
     assert got == [e.to_dict() for e in sent]
     # the subscriber can have them before the broker's PUBACKs reach the sink: then it drains
-    assert wait_until(lambda: sink.status()["backlog"] == 0, timeout=10.0), sink.status()
-    assert sink.status()["state"] == "connected"
+    assert wait_until(lambda: sink.status().backlog == 0, timeout=10.0), sink.status()
+    assert sink.status().state == "connected"
     disc = json.loads(sub.on("homeassistant/binary_sensor/dev1/dog_barking/config")[-1])
     assert disc["device_class"] == "sound" and disc["state_topic"] == "sound-monitor/dev1/label/dog_barking/state"
     assert disc["availability_topic"] == "sound-monitor/dev1/availability"
@@ -112,20 +112,20 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path):
     assert sub.wait_for(lambda s: len(events_received(s)) == 20)
     # every PUBACK in before the broker goes: an event still in flight would be re-sent after
     # the restart (QoS 1 is at-least-once) and show up twice in this exact-order check
-    assert sub.wait_for(lambda s: sink.status()["backlog"] == 0)
+    assert sub.wait_for(lambda s: sink.status().backlog == 0)
     time.sleep(0.5)  # the subscriber's own PUBACKs reach the broker before it stops
     b.stop()
     time.sleep(0.5)
     for i in range(21, 61):  # while the broker is down
         sink.publish(ev(i))
-    assert sink.status()["backlog"] >= 40
-    assert sink.status()["state"] != "connected"
+    assert sink.status().backlog >= 40
+    assert sink.status().state != "connected"
     mosquitto(port=b.port, persistence=True)
     assert sub.wait_for(lambda s: len(events_received(s)) >= 60, timeout=30)
     seqs = [e["seq"] for e in events_received(sub)]
     assert seqs == list(range(1, 61))
-    wait_until(lambda: not sink.status()["backlog"], 10)
-    assert sink.status()["backlog"] == 0  # every PUBACK arrived and emptied the outbox
+    wait_until(lambda: not sink.status().backlog, 10)
+    assert sink.status().backlog == 0  # every PUBACK arrived and emptied the outbox
     sink.close()
     sub.close()
 
@@ -169,19 +169,19 @@ def test_credentials(mosquitto, tmp_path, monkeypatch):
     monkeypatch.setenv("SOUND_MONITOR_MQTT_PASSWORD", "wrong")
     bad = sink_for(b.port, tmp_path / "bad", username="monitor")
     bad.publish(ev(1))
-    wait_until(lambda: bad.status()["state"].startswith("refused"), 10)
+    wait_until(lambda: bad.status().state.startswith("refused"), 10)
     st = bad.status()
-    assert st["state"].startswith("refused") and "s3cret" not in json.dumps(st)
-    assert st["backlog"] == 1  # kept for later
+    assert st.state.startswith("refused") and "s3cret" not in repr(st)
+    assert st.backlog == 1  # kept for later
     bad.close()
     pwfile = tmp_path / "pw"
     pwfile.write_text("s3cret-pw\n")
     good = sink_for(b.port, tmp_path / "good", username="monitor", password_file=str(pwfile))
-    wait_until(lambda: good.status()["state"] == "connected", 10)
-    assert good.status()["state"] == "connected"
+    wait_until(lambda: good.status().state == "connected", 10)
+    assert good.status().state == "connected"
     good.publish(ev(2))
-    wait_until(lambda: not good.status()["backlog"], 10)
-    assert good.status()["backlog"] == 0
+    wait_until(lambda: not good.status().backlog, 10)
+    assert good.status().backlog == 0
     good.close()
 
 
@@ -245,17 +245,17 @@ def test_tls_verified_delivery_and_unknown_ca_refused(mosquitto, tmp_path):
     certs = make_certs(tmp_path)
     b = mosquitto(tls={k: str(v) for k, v in certs.items()})
     good = sink_for(b.port, tmp_path / "g", tls=TLSConfig(enabled=True, ca_file=str(certs["ca"])))
-    wait_until(lambda: good.status()["state"] == "connected", 10)
-    assert good.status()["state"] == "connected"
+    wait_until(lambda: good.status().state == "connected", 10)
+    assert good.status().state == "connected"
     good.publish(ev(1))
-    wait_until(lambda: not good.status()["backlog"], 10)
-    assert good.status()["backlog"] == 0
+    wait_until(lambda: not good.status().backlog, 10)
+    assert good.status().backlog == 0
     good.close()
     # verification is on by default: the system CAs do not know our test CA
     other = sink_for(b.port, tmp_path / "o", tls=TLSConfig(enabled=True))
     other.publish(ev(2))
     time.sleep(2)
-    assert other.status()["state"] != "connected" and other.status()["backlog"] == 1
+    assert other.status().state != "connected" and other.status().backlog == 1
     other.close(timeout_s=0.5)
 
 

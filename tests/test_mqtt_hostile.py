@@ -47,21 +47,21 @@ def test_acl_denied_events_stay_in_outbox_and_are_reported(mosquitto, tmp_path, 
     b = mosquitto(users={"sm": "pw"}, acl=ACL)
     monkeypatch.setenv("SOUND_MONITOR_MQTT_PASSWORD", "pw")
     s = sink(b.port, tmp_path / "s5", username="sm")
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     with caplog.at_level(logging.ERROR, logger="monitor.sinks.mqtt"):
         for i in range(1, 5):
             s.publish(ev(i, kind="start" if i % 2 else "end"))
-        assert wait(lambda: s.status()["rejected"] == 4)
-    assert s.status()["backlog"] == 4  # not delivered, not forgotten
-    assert "rejected" in s.status()["state"]
+        assert wait(lambda: s.status().rejected == 4)
+    assert s.status().backlog == 4  # not delivered, not forgotten
+    assert "rejected" in s.status().state
     assert sum("rejected event seq" in r.message for r in caplog.records) == 1  # once, not per event
     s.close(timeout_s=0.5)
     # what MQTT 3.1.1 cannot tell: the same denial is acknowledged like a delivery (README)
     old = sink(b.port, tmp_path / "s3", username="sm", protocol="3.1.1")
-    assert wait(lambda: old.status()["state"] == "connected")
+    assert wait(lambda: old.status().state == "connected")
     old.publish(ev(1))
-    assert wait(lambda: old.status()["backlog"] == 0)
-    assert old.status()["rejected"] == 0
+    assert wait(lambda: old.status().backlog == 0)
+    assert old.status().rejected == 0
     old.close()
 
 
@@ -80,14 +80,14 @@ def test_gone_labels_are_cleared_between_runs_and_after_outage(mosquitto, tmp_pa
     b = mosquitto(port=free_port())
     state = tmp_path / "state"
     s = sink(b.port, state, labels=["dog barking", "smoke alarm", "glass breaking"])
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     s.close()
     topics = Topics("sound-monitor", "dev1")
     disc = {lab: topics.discovery(label_slug(lab)) for lab in ("dog barking", "smoke alarm", "glass breaking")}
     assert set(disc.values()) <= set(retained(b.port))
     # the label list changes between runs
     s = sink(b.port, state, labels=["dog barking", "glass breaking"])
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     time.sleep(0.3)
     s.close()
     r = retained(b.port)
@@ -95,14 +95,14 @@ def test_gone_labels_are_cleared_between_runs_and_after_outage(mosquitto, tmp_pa
     assert disc["dog barking"] in r and disc["glass breaking"] in r
     # ... and during an outage (the broker is down when the label goes, and when this run ends)
     s = sink(b.port, state, labels=["dog barking", "glass breaking"])
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     b.stop()
-    assert wait(lambda: s.status()["state"] != "connected")
+    assert wait(lambda: s.status().state != "connected")
     s.set_labels(["dog barking"])
     s.close(timeout_s=0.3)
     b.start()
     s = sink(b.port, state, labels=["dog barking"])
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     time.sleep(0.3)
     s.close()
     r = retained(b.port)
@@ -162,7 +162,7 @@ def test_connection_failure_reason_is_logged_once(mosquitto, tmp_path, caplog, c
     }[case]
     with caplog.at_level(logging.WARNING, logger="monitor.sinks.mqtt"):
         s = sink(port, tmp_path / "state", **kw)
-        assert wait(lambda: expect in s.status()["state"], timeout=20), s.status()
+        assert wait(lambda: expect in s.status().state, timeout=20), s.status()
         time.sleep(1.5)  # several more attempts: still one line
         s.close(timeout_s=0.2)
     lines = [r for r in caplog.records if "cannot connect" in r.message]
@@ -187,13 +187,13 @@ def test_wrong_password_backs_off_and_recovery_is_a_warning(mosquitto, tmp_path,
     # recovery after an outage is a WARNING too, with how long it took
     c = mosquitto()
     s = sink(c.port, tmp_path / "state2")
-    assert wait(lambda: s.status()["state"] == "connected")
+    assert wait(lambda: s.status().state == "connected")
     with caplog.at_level(logging.INFO, logger="monitor.sinks.mqtt"):
         caplog.clear()
         c.stop()
-        assert wait(lambda: s.status()["state"] != "connected")
+        assert wait(lambda: s.status().state != "connected")
         c.start()
-        assert wait(lambda: s.status()["state"] == "connected", timeout=20)
+        assert wait(lambda: s.status().state == "connected", timeout=20)
     s.close()
     msgs = [(r.levelno, r.message) for r in caplog.records]
     assert any(lv == logging.WARNING and "connection to" in m and "lost" in m for lv, m in msgs), msgs

@@ -279,7 +279,7 @@ def _run(args, cfg, say) -> int:
         watch_path=args.config if args.watch_config else None,
         say=say,
     )
-    for line in service.control_notes():
+    for line in service.plane.notes():
         say(line)
     ended = service.end_left_open()
     if ended:

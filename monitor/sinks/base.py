@@ -1,23 +1,52 @@
-"""The one small interface every sink implements (jsonl, mqtt, terminal, clips).
+"""The one small interface every sink implements (jsonl, mqtt, terminal, clips, metrics).
 
-The pipeline calls ``publish(event)`` for every event in ``seq`` order, optionally
-``on_scores(scores)`` for every window, ``on_audio(...)`` for the audio itself, ``set_labels(labels)`` when the label set changes,
-reads ``status()`` for the live view and calls ``close()`` once at shutdown (after the
-final ``end`` events). A sink must never block the pipeline for long: slow I/O goes to its
-own thread or a durable outbox.
+The pipeline calls ``publish(event)`` for every event in ``seq`` order, ``on_scores(scores)``
+for every window and ``set_labels(labels)`` when the label set changes; the service calls
+``on_rules(rules)`` with the rules in force (start, reload, remote command), ``on_status``
+with the run's numbers every few seconds, reads ``status()`` for the live view and /metrics,
+and calls ``close()`` once at shutdown (after the final ``end`` events). A sink must never
+block the pipeline for long: slow I/O goes to its own thread or a durable outbox.
+
+Optional abilities are declared, not probed: ``wants_audio`` (the pipeline calls
+``on_audio`` with the model-rate audio: clips) and ``takes_commands`` (the service attaches
+the control plane's command handler with ``attach_commands``: MQTT; the web page next).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitor.types import Event, Scores
 
+if TYPE_CHECKING:
+    from monitor.control import CommandHandler, RulesInForce
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """A sink's state for the live view and /metrics."""
+
+    state: str = "ok"
+    backlog: int | None = None  # events waiting for delivery (None: this sink keeps no backlog)
+    backlog_age_s: float = 0.0  # how long the oldest of them has waited
+    rejected: int = 0  # events the receiver refused (they stay in the backlog)
+    connected: bool | None = None  # None: not a connection
+
+    def describe(self) -> str:
+        text = self.state
+        if self.backlog is not None:
+            text += f", backlog {self.backlog}" + (f" ({self.backlog_age_s:.0f} s)" if self.backlog else "")
+        return text
+
 
 class Sink:
     name: str = "sink"
+    wants_audio: bool = False  # on_audio is called (model-rate audio as it is windowed)
+    takes_commands: bool = False  # attach_commands is called with the control plane's handler
 
     def publish(self, event: Event) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -34,19 +63,25 @@ class Sink:
 
     def on_audio(self, start_s: float, samples: np.ndarray, sample_rate_hz: int) -> None:
         """Model-rate mono audio as it is windowed (stream time ``start_s``); only sinks
-        that override this (clips) receive it. Audio never leaves the device."""
+        that declare ``wants_audio`` (clips) receive it. Audio never leaves the device."""
 
     def set_labels(self, labels: Sequence[str]) -> None:
         """The active label names changed (start-up, hot reload)."""
+
+    def on_rules(self, rules: RulesInForce) -> None:
+        """The rules in force changed (start, reload, a remote command); most sinks ignore them."""
+
+    def attach_commands(self, handler: CommandHandler) -> None:
+        """Where this sink's remote commands go (only called when ``takes_commands``)."""
 
     def last_seq(self) -> int:
         """The highest event ``seq`` this sink holds from earlier runs (outbox, events file),
         so that numbering never repeats one; 0 when it keeps none."""
         return 0
 
-    def status(self) -> dict:
-        """Short status for the live view and logs, e.g. {"state": "connected", "backlog": 0}."""
-        return {"state": "ok"}
+    def status(self) -> SinkStatus:
+        """Short status for the live view, logs and /metrics."""
+        return SinkStatus()
 
     def close(self) -> None:
         """Flush and release resources; called once."""

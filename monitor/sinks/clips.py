@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.config import ClipsConfig
-from monitor.sinks.base import Sink
+from monitor.sinks.base import Sink, SinkStatus
 from monitor.topics import slugify
 from monitor.types import Event
 
@@ -69,6 +69,7 @@ def enforce_budget(folder: Path, max_total_bytes: float, max_age_s: float, now: 
 
 class ClipsSink(Sink):
     name = "clips"
+    wants_audio = True
 
     def __init__(self, cfg: ClipsConfig, *, ring_s: float = MAX_CLIP_S + 15.0, fmt: str = "flac", queue_size: int = 8):
         self.cfg = cfg
@@ -182,8 +183,8 @@ class ClipsSink(Sink):
                 except OSError:
                     pass
 
-    def status(self) -> dict:
-        return {"state": "ok", "written": len(self.written), "dropped": self.dropped}
+    def status(self) -> SinkStatus:
+        return SinkStatus("ok")
 
     def close(self) -> None:
         self._queue.put(None)

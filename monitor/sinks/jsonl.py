@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from monitor.errors import UserError
-from monitor.sinks.base import Sink
+from monitor.sinks.base import Sink, SinkStatus
 from monitor.types import Event, Scores
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,8 @@ class JsonlEventSink(Sink):
                 continue
         return best
 
-    def status(self) -> dict:
-        return {"state": "write failing" if self._file.failing else "ok", "written": self.written}
+    def status(self) -> SinkStatus:
+        return SinkStatus("write failing" if self._file.failing else "ok")
 
     def close(self) -> None:
         self._file.close()
@@ -185,8 +185,8 @@ class JsonlScoresSink(Sink):
         # one line per source per hop: cheap, and `tail -f` sees it at once
         self._file.write(scores.to_json_line(self.with_source))
 
-    def status(self) -> dict:
-        return {"state": "write failing" if self._file.failing else "ok"}
+    def status(self) -> SinkStatus:
+        return SinkStatus("write failing" if self._file.failing else "ok")
 
     def close(self) -> None:
         self._file.close()

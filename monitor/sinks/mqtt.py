@@ -30,19 +30,20 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from monitor import __version__
 from monitor.config import MQTTConfig
+from monitor.control import Command, CommandHandler, RulesInForce
 from monitor.errors import UserError
 from monitor.events import utc_now_iso
 from monitor.files import write_text_atomic
 from monitor.logs import Throttle, held_note
 from monitor.outbox import Outbox
-from monitor.sinks.base import OpenLabels, Sink
+from monitor.sinks.base import OpenLabels, Sink, SinkStatus
 from monitor.state import state_file
 from monitor.topics import Topics, label_slugs, slugify
 from monitor.types import Event, Scores
@@ -164,8 +165,9 @@ class MqttSink(Sink):
         self.rejected = 0  # events the broker refused (MQTT v5 PUBACK reason code)
         self._known_path = state_file(state_dir, "discovery", device_id, ".json")
         # runtime control (see monitor/control.py): the current values, published retained,
-        # and where commands go (the service sets it; None: commands are refused)
-        self.on_control: Callable[[str, str | None, bytes], str | None] | None = None
+        # and where commands go (the control plane's handler, attached by the service)
+        self.takes_commands = cfg.control
+        self._commands: CommandHandler | None = None
         self._controls: dict[str, tuple[float, bool, float]] = {}  # label -> (threshold, enabled, lowest)
         self._device_enabled = True
         self._announced_lowest: dict[str, float] = {}  # label -> the number entity's min last announced
@@ -403,12 +405,12 @@ class MqttSink(Sink):
             label = next((lab for lab, sl in self._slugs.items() if sl == slug), None) if slug else None
         if slug and label is None:
             return self._refuse(kind, msg.topic, "no such label on this device")
-        handler = self.on_control
+        handler = self._commands
         if handler is None:
             why = "the monitor is still starting" if self.cfg.control else "remote control is off (mqtt.control: false)"
             return self._refuse(kind, msg.topic, why)
         try:
-            problem = handler("device_enabled" if kind == "device_enabled" else kind, label, bytes(msg.payload))
+            problem = handler(Command(kind, label, bytes(msg.payload), via="MQTT"))  # type: ignore[arg-type]
         except Exception as e:  # noqa: BLE001 - a command must never take the network thread down
             problem = f"{type(e).__name__}: {e}"
         if problem:
@@ -499,9 +501,16 @@ class MqttSink(Sink):
                 self._pub(self.topics.label_topic(s, "threshold"), f"{thr:g}", retain=True)
                 self._pub(self.topics.label_topic(s, "enabled"), "ON" if on else "OFF", retain=True)
 
-    def set_controls(self, values: dict[str, tuple[float, bool, float]], device_enabled: bool) -> None:
+    def attach_commands(self, handler: CommandHandler) -> None:
+        self._commands = handler
+
+    def on_rules(self, rules: RulesInForce) -> None:
         """Each label's threshold in force, its switch and the lowest threshold its hysteresis
         allows (the number entity's ``min``), and the device switch."""
+        values = {
+            k: (r.threshold, rules.switches.get(k, True), rules.lowest.get(k, 0.0)) for k, r in rules.rules.items()
+        }
+        device_enabled = rules.detection_enabled
         with self._ha_lock:
             with self._lock:
                 lowest_changed = {k: v[2] for k, v in values.items()} != self._announced_lowest
@@ -675,19 +684,21 @@ class MqttSink(Sink):
     def last_seq(self) -> int:
         return self.outbox.high_seq
 
-    def status(self) -> dict:
+    def status(self) -> SinkStatus:
         with self._lock:
             state = self._state
+            connected = self._connected
         if self.outbox.in_memory:
             state += f"; outbox not writable, {self.outbox.in_memory} event(s) in memory"
         if self.rejected:
             state += f"; {self.rejected} event(s) rejected by the broker"
-        return {
-            "state": state,
-            "backlog": self.outbox.size(),
-            "backlog_age_s": round(self.outbox.oldest_age_s(), 1),
-            "rejected": self.rejected,
-        }
+        return SinkStatus(
+            state,
+            backlog=self.outbox.size(),
+            backlog_age_s=round(self.outbox.oldest_age_s(), 1),
+            rejected=self.rejected,
+            connected=connected,
+        )
 
     def close(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s

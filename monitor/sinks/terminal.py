@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from monitor.logs import NAME, under_live
 from monitor.sinks.base import OpenLabels, Sink
 from monitor.types import Event, Scores
+
+if TYPE_CHECKING:
+    from monitor.control import RulesInForce
 
 
 @dataclass
@@ -220,16 +223,14 @@ class TerminalSink(Sink):
             )
 
     # -- the only writers of the view state besides publish/on_scores (all under the lock) --
-    def set_rules(
-        self, labels: Sequence[str], thresholds: dict, *, switched_off: Sequence[str] = (), paused: bool = False
-    ) -> None:
+    def on_rules(self, rules: RulesInForce) -> None:
         """The label set, thresholds and switches in force (start, hot reload, remote control)."""
         with self._lock:
-            self.state.labels = tuple(labels)
-            self.state.thresholds = dict(thresholds)
-            self.state.active &= set(labels)
-            self.state.switched_off = frozenset(switched_off)
-            self.state.paused = paused
+            self.state.labels = tuple(rules.labels)
+            self.state.thresholds = rules.thresholds()
+            self.state.active &= set(rules.labels)
+            self.state.switched_off = frozenset(rules.switched_off())
+            self.state.paused = not rules.detection_enabled
 
     def set_status(self, **fields: object) -> None:
         """One snapshot of run status (dropped windows/samples, sinks, source) for the view."""
