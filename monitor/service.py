@@ -30,13 +30,14 @@ from monitor.control import ControlPlane, Controls, RulesInForce
 from monitor.encode import SharedEncoder
 from monitor.events import EventTracker
 from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
-from monitor.pipeline import Pipeline, Stats, close_sinks, publish_to
+from monitor.pipeline import Pipeline, Stats
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sinks.terminal import TerminalSink
 from monitor.sources import SourceSlot
 from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
+from monitor.stream.fanout import close_sinks, publish_to
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class MonitorService:
                     windows=st.windows,
                     gated=st.gated,
                     dropped_windows=st.dropped_windows,
-                    dropped_frames=p.buffer.dropped_frames,
+                    dropped_frames=p.feed.buffer.dropped_frames,
                     inference_ms=st.inference_ms,
                     level_dbfs=st.level_dbfs,
                     recent_dropped_windows=recent[0],

@@ -282,7 +282,7 @@ def test_adaptive_hop_follows_activity():
 
     def emit(i, values):
         pipe._emit(Scores(i, float(i), i + 5.0, -20.0, names, values))
-        return pipe.windower.hop_n / 16000
+        return pipe.segmenter.windower.hop_n / 16000
 
     assert emit(0, (0.1, 0.2, 0.0)) == 4.0  # quiet: the long hop
     assert emit(1, (0.1, 0.45, 0.0)) == 1.0  # above the off level (0.4): back to the short hop

@@ -18,7 +18,7 @@ from monitor.supervise import backoff_delays
 
 
 def statuses(pipe):
-    return [s for _, s, _ in pipe.supervisor.history]
+    return [s for _, s, _ in pipe.feed.supervisor.history]
 
 
 def test_backoff_doubles_up_to_the_cap():
@@ -66,7 +66,7 @@ def test_source_raises_midrun_then_reopens():
     hist = statuses(pipe)
     assert hist[:2] == ["ok", "lost"] and "retrying" in hist and hist[-1] == "ok"
     assert hist.index("retrying") < len(hist) - 1
-    details = [d for _, s, d in pipe.supervisor.history if s == "lost"]
+    details = [d for _, s, d in pipe.feed.supervisor.history if s == "lost"]
     assert details[0] == "PortAudio error: device unavailable"
     # 6 s then 7 s of audio: 2 + 3 windows, the second segment after the gap
     starts = [s.start_s for s in c.scores]
@@ -99,7 +99,7 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
     st = pipe.run()
     assert len(streams) >= 2 and st.source_restarts >= 1 and st.source_losses >= 1
     assert any(
-        d == "the microphone stream stopped (device lost?)" for _, s, d in pipe.supervisor.history if s == "lost"
+        d == "the microphone stream stopped (device lost?)" for _, s, d in pipe.feed.supervisor.history if s == "lost"
     )
     assert st.received_frames >= 140 * 1600
     # 60 blocks = 6 s -> 2 windows; the reopened stream continues later in stream time
@@ -132,7 +132,7 @@ def test_slow_inference_drops_windows_capture_continues_memory_bounded():
 
     def sample():
         while not done.wait(0.01):
-            peak["frames"] = max(peak["frames"], pipe.buffer.frames)
+            peak["frames"] = max(peak["frames"], pipe.feed.buffer.frames)
             peak["arrived"] = max(peak["arrived"], len(pipe._arrived))
 
     t = threading.Thread(target=sample)
@@ -146,9 +146,9 @@ def test_slow_inference_drops_windows_capture_continues_memory_bounded():
     assert st.dropped_windows > 0
     total_windows = total_s - 5 + 1
     assert st.windows + st.dropped_windows <= total_windows and st.windows >= 2
-    assert peak["frames"] <= pipe.buffer.capacity_frames
+    assert peak["frames"] <= pipe.feed.buffer.capacity_frames
     assert peak["arrived"] <= 2 + 8  # pending windows are bounded
-    assert st.dropped_frames == pipe.buffer.dropped_frames
+    assert st.dropped_frames == pipe.feed.buffer.dropped_frames
     # dropped audio skips stream time instead of compressing it: windows stay in order and
     # never start later than the audio they come from
     starts = [s.start_s for s in c.scores]
