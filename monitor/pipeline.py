@@ -32,12 +32,11 @@ from monitor.config import SourceConfig, StreamConfig
 from monitor.encode import SharedEncoder
 from monitor.errors import UserError
 from monitor.events import EventTracker
-from monitor.logs import Throttle
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import Source, SourceSlot
 from monitor.stream.fanout import SinkFanout, close_sinks
-from monitor.stream.feed import SourceFeed
+from monitor.stream.feed import Drops, SourceFeed
 from monitor.stream.inference import WindowInference
 from monitor.stream.segmenter import Segmenter
 from monitor.supervise import SourceLost, SourceResumed
@@ -91,6 +90,28 @@ class Stats:
         return sum(w for w, _ in recent), sum(f for _, f in recent)
 
 
+class LiveSwap:
+    """A new scorer and rules, offered from any thread (reload, remote command) and taken by
+    the worker between two batches of windows. Offers in between: the last one wins, and it
+    counts as a reload when any of them was one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: tuple | None = None
+
+    def offer(self, scorer: Scorer, rules: dict, on_applied: Callable[[list], None] | None, reload: bool) -> None:
+        with self._lock:
+            was_reload = self._next is not None and self._next[3]
+            self._next = (scorer, rules, on_applied, reload or was_reload)
+
+    def take(self) -> tuple | None:
+        if self._next is None:  # the common case: no lock taken
+            return None
+        with self._lock:
+            taken, self._next = self._next, None
+        return taken
+
+
 class Pipeline:
     def __init__(
         self,
@@ -136,10 +157,8 @@ class Pipeline:
         )
         self.inference = WindowInference(encoder, scorer, stream_cfg, self.name)
         self._arrived: dict[int, float] = {}  # window index -> when the block that completed it arrived
-        self._swap_lock = threading.Lock()
-        self._swap: tuple | None = None
-        self._drop_log = Throttle(60.0)
-        self._drop_windows = self._drop_frames = 0  # since the last drop warning
+        self._swap = LiveSwap()
+        self.drops = Drops(self.stats, self.name)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -205,7 +224,7 @@ class Pipeline:
         if isinstance(marker, SourceResumed):
             self._source_resumed(marker)
         elif isinstance(marker, DroppedAudio):
-            self._dropped(0, marker.frames)
+            self.drops.add(0, marker.frames, seg.source_rate_hz)
             pending = pending + seg.end_segment()
             self.inference.forget()  # after a gap, the audio is not the same stream any more
             seg.new_segment(marker.frames / seg.source_rate_hz, seg.source_rate_hz)
@@ -229,29 +248,10 @@ class Pipeline:
         if not self.source.realtime or len(pending) <= self.max_pending:
             return pending
         n = len(pending) - self.max_pending
-        self.stats.dropped_windows += n
-        self._dropped(n, 0)
+        self.drops.add(n, 0, self.segmenter.source_rate_hz)
         for w in pending[:n]:
             self._arrived.pop(w.index, None)
         return pending[n:]
-
-    def _dropped(self, windows: int, frames: int) -> None:
-        """Count a drop; warn at most once a minute, with what was dropped since the last warning."""
-        self.stats.drops.append((time.monotonic(), windows, frames))
-        self._drop_windows += windows
-        self._drop_frames += frames
-        if self._drop_log.take("drop") is None:
-            return
-        parts = []
-        if self._drop_windows:
-            parts.append(f"{self._drop_windows} window(s) dropped (inference cannot keep up)")
-        if self._drop_frames:
-            parts.append(
-                f"{self._drop_frames} samples ({self._drop_frames / self.segmenter.source_rate_hz:.1f} s) of audio "
-                "dropped (the buffer was full: the source delivers faster than it is processed)"
-            )
-        log.warning("%s: %s; said at most once a minute", self.name, ", ".join(parts))
-        self._drop_windows = self._drop_frames = 0
 
     # -- segments (source lost and resumed) -------------------------------------------------
     def _source_lost(self, marker: SourceLost) -> None:
@@ -286,17 +286,13 @@ class Pipeline:
         Open events of labels that are gone end; sinks get ``set_labels``. ``on_applied`` is
         called on the worker thread with the events that the change ended.
         """
-        with self._swap_lock:
-            # a command and a reload between the same two windows: the swap counts as a reload
-            was_reload = self._swap is not None and self._swap[3]
-            self._swap = (scorer, rules, on_applied, reload or was_reload)
+        self._swap.offer(scorer, rules, on_applied, reload)
 
     def _apply_swap(self) -> None:
-        if self._swap is None:
+        taken = self._swap.take()
+        if taken is None:
             return
-        with self._swap_lock:
-            scorer, rules, on_applied, reload = self._swap
-            self._swap = None
+        scorer, rules, on_applied, reload = taken
         self.inference.scorer = scorer
         self.inference.forget()  # new labels or rules: the next window runs the model
         with self.out.lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger("monitor.run")
@@ -97,59 +96,6 @@ def load_effective_config(args):
     return with_overrides(cfg, ov, where=f"{path or 'defaults'} + command line")
 
 
-def _device(text: str):
-    text = text.strip()
-    return int(text) if text.isdigit() else text
-
-
-def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_ok: bool = False):
-    """One source of ``cfg.source.inputs`` (default: the first) -> (source, is_demo, reopen):
-    ``reopen`` rebuilds a lost microphone (None: not restartable).
-
-    A microphone that is not there is waited for (reported ``lost``, reopened with backoff);
-    only a bare start (``demo_ok``: no source and no MQTT configured) plays the bundled demo
-    recording instead, so a configured monitor never publishes demo audio."""
-    from monitor import sources
-    from monitor.errors import UserError
-
-    sc = cfg.source
-    spec = sc.inputs[0] if spec is None else spec
-    if spec == "mic" or spec.startswith("mic:"):
-        device = sc.device if spec == "mic" else _device(spec[4:])
-
-        def reopen():
-            return sources.MicSource(device, sc.sample_rate_hz, sc.channels, sc.block_frames)
-
-        present = sources.has_input_device()
-        if not present and demo_ok and not several:
-            say(
-                "no audio input device found: running on the bundled DEMO recording instead "
-                "(animal sounds; use --source PATH or - for other audio)"
-            )
-            return sources.demo_source(sc.block_frames, realtime=sc.realtime), True, None
-        try:
-            if present:
-                return reopen(), False, reopen
-            reason = "no audio input device found"
-        except UserError as e:
-            reason = str(e)
-        name = f"mic:{device}" if device is not None else "mic"
-        say(f"{reason}: waiting for {name} (reported lost, retried with backoff; see `sound-monitor devices`)")
-        return sources.AbsentSource(name, sc.sample_rate_hz or 48000, sc.channels, reason), False, reopen
-    if sources.is_stream_url(spec):
-        ffmpeg = sources.find_ffmpeg()  # one clear line when it is missing, before anything runs
-
-        def reopen_stream():
-            return sources.FfmpegSource(spec, sc.block_frames, ffmpeg)
-
-        return reopen_stream(), False, reopen_stream
-    if spec == "-":
-        if not sc.sample_rate_hz:
-            raise UserError("stdin needs its sample rate: --rate HZ (and --channels, --format if not 1, s16le)")
-        return sources.StdinSource(sc.sample_rate_hz, sc.channels, sc.format, sc.block_frames), False, None
-    return sources.FileSource(spec, sc.block_frames, realtime=sc.realtime), False, None
-
-
 def _has_terminal() -> bool:
     """True when this process has a controlling terminal (started from a shell)."""
     import os
@@ -160,60 +106,6 @@ def _has_terminal() -> bool:
         return False
     os.close(fd)
     return True
-
-
-def source_names(srcs) -> list[str]:
-    """The sources' descriptions, made unique (events and scores name their source)."""
-    names: list[str] = []
-    for src in srcs:
-        base = name = src.description
-        k = 2
-        while name in names:
-            name, k = f"{base}#{k}", k + 1
-        names.append(name)
-    return names
-
-
-def build_sinks(cfg, view_state, backend_name, source_names, live):
-    """-> (shared sinks, terminal sink, per-source sinks): clips are kept per source (a
-    clip holds the audio of the source whose event it is), everything else is shared."""
-    from monitor.sinks.base import Sink
-    from monitor.sinks.jsonl import JsonlEventSink, JsonlScoresSink
-    from monitor.sinks.terminal import TerminalSink
-
-    several = len(source_names) > 1
-    sinks: list[Sink] = []
-    out = cfg.output
-    if out.events_path:
-        sinks.append(JsonlEventSink(out.events_path))
-    if out.scores_path:
-        sinks.append(JsonlScoresSink(out.scores_path, with_source=several))
-    if cfg.mqtt.host:
-        from monitor.sinks.mqtt import MqttSink
-
-        sinks.append(
-            MqttSink.from_config(
-                cfg.mqtt,
-                device_id=cfg.device,
-                labels=[l.name for l in cfg.labels],
-                state_dir=cfg.state_path,
-                model_name=backend_name,
-                source_name=", ".join(source_names),
-            )
-        )
-    term = TerminalSink(view_state, live=live)
-    sinks.append(term)
-    own: dict[str, list] = {name: [] for name in source_names}
-    if cfg.clips.enabled:
-        from monitor.sinks.clips import ClipsSink
-        from monitor.topics import slugify
-
-        for name in source_names:
-            clips_cfg = cfg.clips
-            if several:  # one folder per source
-                clips_cfg = clips_cfg.model_copy(update={"dir": str(Path(cfg.clips.dir) / slugify(name))})
-            own[name].append(ClipsSink(clips_cfg))
-    return sinks, term, own
 
 
 def with_default_labels(cfg, say):
@@ -250,78 +142,25 @@ def run(args) -> int:
 
 
 def _run(args, cfg, say) -> int:
-    from monitor.service import MonitorService
-    from monitor.sources import SourceSlot
+    from monitor.assemble import assemble
 
-    several = len(cfg.source.inputs) > 1
     demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
-    made = [make_source(cfg, say, spec, several, demo_ok) for spec in cfg.source.inputs]
-    names = source_names([m[0] for m in made])
-    backend = _backend(cfg, say)
-    for (src, _, _), name in zip(made, names):
-        say(f"source {name} ({src.sample_rate_hz} Hz, {src.channels} ch)")
-    say(
-        f"labels: {', '.join(l.name for l in cfg.labels)}; scoring {cfg.scoring.method}"
-        + (f"; {len(made)} sources share one model" if several else "")
-    )
-    live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
-    view = _view(cfg, backend, names, demo=any(m[1] for m in made))
-    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
-    slots = [SourceSlot(src, name, reopen) for (src, _, reopen), name in zip(made, names)]
-    service = MonitorService(
+    run = assemble(
         cfg,
-        backend,
-        slots,
-        sinks,
-        own_sinks,
-        term,
+        say,
+        demo_ok=demo_ok,
         load_config=lambda: with_default_labels(load_effective_config(args), say),
         watch_path=args.config if args.watch_config else None,
-        say=say,
     )
+    service = run.service
     for line in service.plane.notes():
         say(line)
     ended = service.end_left_open()
     if ended:
         say(f"ended {ended} event(s) that the previous run left open (reason: restart)")
     service.install_signals(attached=_has_terminal())
-    outcomes = service.run(live)
+    outcomes = service.run(run.live)
     return _report(outcomes, service, say)
-
-
-def _backend(cfg, say):
-    from monitor.model_select import select_backend
-
-    selected = select_backend(cfg.model.spec, cfg.model, [l.name for l in cfg.labels])
-    backend = selected.backend
-    if cfg.model.adapter:
-        from monitor.adapter import maybe_adapt
-
-        backend = maybe_adapt(backend, cfg.model.adapter)
-    say(f"model {backend.name}: {selected.reason}")
-    if selected.backend.int8_choice:  # model.int8: auto's decision (CLAP)
-        say(f"encoder: {selected.backend.int8_choice}")
-    level = selected.backend.level
-    say(f"level: {level.describe()}" if level is not None else "level: raw (no level stage for this model)")
-    return backend
-
-
-def _view(cfg, backend, names, demo: bool):
-    from monitor.events import rules_for
-    from monitor.sinks.terminal import ViewState
-
-    rules = rules_for(cfg.labels, cfg.events)
-    view = ViewState(
-        model=backend.name,
-        source=", ".join(names),
-        labels=tuple(l.name for l in cfg.labels),
-        thresholds={k: r.threshold for k, r in rules.items()},
-        gate_dbfs=cfg.stream.gate_dbfs,
-        demo=demo,
-    )
-    if len(names) > 1:  # a column per source in the live view from the start
-        view.by_source = {n: {"scores": {}, "level_dbfs": -150.0, "stream_s": 0.0} for n in names}
-    return view
 
 
 def _report(outcomes, service, say) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from monitor.buffer import RingBuffer
 from monitor.config import SourceConfig
+from monitor.logs import Throttle
 from monitor.sources import Source
 from monitor.supervise import OK, SILENT, STARTING, SourceStatus, SourceSupervisor
 
@@ -129,3 +131,33 @@ class SourceFeed:
         else:
             log.warning("source delivers sound again after %.1f s of digital silence", run_s)
         self._on_status(dataclasses.replace(self._last, detail="only zeros" if silent else ""))
+
+
+class Drops:
+    """Audio or windows lost because the source outran the monitor: counted into the run's
+    stats (with when, for "falling behind" in /healthz) and warned at most once a minute,
+    with what was dropped since the last warning."""
+
+    def __init__(self, stats: Any, name: str):
+        self.stats = stats
+        self.name = name
+        self._log = Throttle(60.0)
+        self._windows = self._frames = 0  # since the last warning
+
+    def add(self, windows: int, frames: int, rate_hz: int) -> None:
+        self.stats.drops.append((time.monotonic(), windows, frames))
+        self.stats.dropped_windows += windows
+        self._windows += windows
+        self._frames += frames
+        if self._log.take("drop") is None:
+            return
+        parts = []
+        if self._windows:
+            parts.append(f"{self._windows} window(s) dropped (inference cannot keep up)")
+        if self._frames:
+            parts.append(
+                f"{self._frames} samples ({self._frames / rate_hz:.1f} s) of audio dropped "
+                "(the buffer was full: the source delivers faster than it is processed)"
+            )
+        log.warning("%s: %s; said at most once a minute", self.name, ", ".join(parts))
+        self._windows = self._frames = 0
