@@ -10,7 +10,7 @@ ARGS ?=
 # torchaudio for another torch): README "Microsoft CLAP"
 MSCLAP := msclap==1.3.4
 
-.PHONY: run test lint install install-test system-deps export export-msclap fetch-offline bench ha-check clean
+.PHONY: run test test-fast lint install install-test system-deps export export-msclap fetch-offline bench ha-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,11 +33,18 @@ run: install
 test: system-deps install-test
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The gate CI runs before the tests: ruff (lint + format) and mypy (pydantic plugin)
+# The fast lane for development: the stages' and rules' unit tests, in-process (no CLI run,
+# no broker, no server), well under two minutes; CI still runs everything (make test)
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not integration and not slow" $(ARGS)
+
+# The gate CI runs before the tests: ruff (lint + format, with the banned-import layering
+# contract), mypy (pydantic plugin) and import-linter (the package's layers)
 lint: install-test
 	$(BIN)/ruff check monitor tests scripts
 	$(BIN)/ruff format --check monitor tests scripts
 	$(BIN)/mypy monitor
+	$(BIN)/lint-imports
 
 # A real Home Assistant core (2026.2.3, built Python 3.13, its own venv) against the monitor
 # and a real mosquitto: entities, attribute/state order, restart ends, the README automation

@@ -11,14 +11,20 @@ instead, so a configured monitor never publishes demo audio.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from monitor.backend import Backend
     from monitor.config import Config
     from monitor.service import MonitorService
+    from monitor.sinks.base import Sink
+    from monitor.sinks.terminal import TerminalSink, ViewState
+    from monitor.sources import Source
+
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -29,7 +35,7 @@ class AssembledRun:
 
 def assemble(
     cfg: Config,
-    say: Callable[[str], None],
+    say: Say,
     *,
     demo_ok: bool,
     load_config: Callable[[], Config],
@@ -58,12 +64,14 @@ def assemble(
     return AssembledRun(service, live)
 
 
-def _device(text: str):
+def _device(text: str) -> int | str:
     text = text.strip()
     return int(text) if text.isdigit() else text
 
 
-def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_ok: bool = False):
+def make_source(
+    cfg: Config, say: Say, spec: str | None = None, several: bool = False, demo_ok: bool = False
+) -> tuple[Source, bool, Callable[[], Source] | None]:
     """One source of ``cfg.source.inputs`` (default: the first) -> (source, is_demo, reopen):
     ``reopen`` rebuilds a lost microphone (None: not restartable).
 
@@ -78,7 +86,7 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
     if spec == "mic" or spec.startswith("mic:"):
         device = sc.device if spec == "mic" else _device(spec[4:])
 
-        def reopen():
+        def reopen() -> Source:
             return sources.MicSource(device, sc.sample_rate_hz, sc.channels, sc.block_frames)
 
         present = sources.has_input_device()
@@ -100,7 +108,7 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
     if sources.is_stream_url(spec):
         ffmpeg = sources.find_ffmpeg()  # one clear line when it is missing, before anything runs
 
-        def reopen_stream():
+        def reopen_stream() -> Source:
             return sources.FfmpegSource(spec, sc.block_frames, ffmpeg)
 
         return reopen_stream(), False, reopen_stream
@@ -111,7 +119,7 @@ def make_source(cfg, say, spec: str | None = None, several: bool = False, demo_o
     return sources.FileSource(spec, sc.block_frames, realtime=sc.realtime), False, None
 
 
-def source_names(srcs) -> list[str]:
+def source_names(srcs: Sequence[Source]) -> list[str]:
     """The sources' descriptions, made unique (events and scores name their source)."""
     names: list[str] = []
     for src in srcs:
@@ -123,10 +131,11 @@ def source_names(srcs) -> list[str]:
     return names
 
 
-def build_sinks(cfg, view_state, backend_name, source_names, live):
+def build_sinks(
+    cfg: Config, view_state: ViewState, backend_name: str, source_names: Sequence[str], live: bool
+) -> tuple[list[Sink], TerminalSink, dict[str, list[Sink]]]:
     """-> (shared sinks, terminal sink, per-source sinks): clips are kept per source (a
     clip holds the audio of the source whose event it is), everything else is shared."""
-    from monitor.sinks.base import Sink
     from monitor.sinks.jsonl import JsonlEventSink, JsonlScoresSink
     from monitor.sinks.terminal import TerminalSink
 
@@ -165,7 +174,7 @@ def build_sinks(cfg, view_state, backend_name, source_names, live):
     return sinks, term, own
 
 
-def _backend(cfg, say):
+def _backend(cfg: Config, say: Say) -> Backend:
     from monitor.model_select import select_backend
 
     selected = select_backend(cfg.model.spec, cfg.model, [l.name for l in cfg.labels])
@@ -182,7 +191,7 @@ def _backend(cfg, say):
     return backend
 
 
-def _view(cfg, backend, names, demo: bool):
+def _view(cfg: Config, backend: Backend, names: Sequence[str], demo: bool) -> ViewState:
     from monitor.events import rules_for
     from monitor.sinks.terminal import ViewState
 

@@ -41,25 +41,11 @@ import numpy as np
 
 from monitor.clap.graph import RESIZE_MATMUL_PREFIX
 from monitor.errors import UserError
+from monitor.machine import DEMO_DIR, cpu_info  # noqa: F401 - cpu_info re-exported for the benchmark scripts
 
 LABELS = ("dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep")
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
 DEFAULT_ENCODER_GFLOP = 11.8  # laion/clap-htsat-unfused audio encoder, when the graph cannot be counted
-
-
-def cpu_info() -> tuple[str, str]:
-    """This machine's CPU model name and flags from /proc/cpuinfo ("unknown", "" elsewhere):
-    every speed figure names the CPU it was measured on."""
-    cpu, flags = "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return cpu, flags
 
 
 # -- output ------------------------------------------------------------------------------------

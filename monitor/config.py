@@ -346,6 +346,19 @@ def _label_entry(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
+def parse_listen(spec: str) -> tuple[str, int]:
+    """``PORT`` -> (127.0.0.1, PORT); ``HOST:PORT`` -> (HOST, PORT); anything else: UserError."""
+    host, _, port = spec.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+    except ValueError:
+        p = -1
+    if not 0 < p < 65536:
+        raise UserError(f"metrics.listen {spec!r}: use PORT or HOST:PORT (e.g. 9108 or 0.0.0.0:9108)")
+    return host, p
+
+
 class MetricsConfig(_Section):
     # HTTP /healthz and /metrics (Prometheus): PORT (on 127.0.0.1) or HOST:PORT; null = off
     listen: str | None = None
@@ -356,8 +369,6 @@ class MetricsConfig(_Section):
         if isinstance(v, int) and not isinstance(v, bool):
             v = str(v)  # `listen: 9108` in YAML
         if v is not None:
-            from monitor.metrics import parse_listen
-
             try:
                 parse_listen(str(v))
             except UserError as e:

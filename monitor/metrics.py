@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from monitor.config import parse_listen
 from monitor.errors import UserError
 from monitor.sinks.base import Sink
 from monitor.types import Event
@@ -56,19 +57,6 @@ class Snapshot:
     mqtt_connected: bool | None = None
     detection_enabled: bool = True  # False: the device is paused (no events start)
     labels_enabled: dict[str, bool] = field(default_factory=dict)  # label -> its own switch
-
-
-def parse_listen(spec: str) -> tuple[str, int]:
-    """``PORT`` -> (127.0.0.1, PORT); ``HOST:PORT`` -> (HOST, PORT); anything else: UserError."""
-    host, _, port = spec.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        p = int(port)
-    except ValueError:
-        p = -1
-    if not 0 < p < 65536:
-        raise UserError(f"metrics.listen {spec!r}: use PORT or HOST:PORT (e.g. 9108 or 0.0.0.0:9108)")
-    return host, p
 
 
 def health(snap: Snapshot) -> tuple[int, str]:

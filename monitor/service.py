@@ -2,17 +2,19 @@
 
 ``MonitorService`` owns what the sources share and what a run's lifetime is made of:
 
-- the scorer and event rules (swapped live on a reload), the ``seq`` counter, one
-  ``SharedEncoder`` (one model in memory, windows batched across sources) and the output
-  lock that makes assigning ``seq`` and handing an event to the sinks one step;
+- the scorer (swapped live on a reload), the control plane (``ControlPlane``: the rules in
+  force, pushed to the pipelines and the sinks on every change; remote commands are attached
+  to it), the ``seq`` counter, one ``SharedEncoder`` (one model in memory, windows batched
+  across sources) and the output lock that makes assigning ``seq`` and handing an event to
+  the sinks one step;
 - one ``Pipeline`` per source, each with its own stop (a file that ends does not end the
   others) and its own sinks (clips) next to the shared ones;
 - the worker threads, the config reloader, signal handling (SIGINT/SIGTERM stop; SIGHUP
   reloads when detached, stops when the terminal closed) and an orderly shutdown: stop,
   join, close the encoder, close every sink once.
 
-``commands/run.py`` parses the command line, builds sources, backend and sinks, hands them
-here and reports the results. Status for the live view goes to the terminal sink as one
+``assemble.py`` builds sources, backend and sinks from the config and hands them here;
+``commands/run.py`` parses the command line and reports the results. Status for the live view goes to the terminal sink as one
 snapshot (``TerminalSink.set_status``), never by writing its state from outside.
 """
 
@@ -34,9 +36,10 @@ from monitor.pipeline import Pipeline, Stats
 from monitor.reload import ConfigReloader
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
+from monitor.sinks.journal import OpenEventsJournal, highest_seq
 from monitor.sinks.terminal import TerminalSink
 from monitor.sources import SourceSlot
-from monitor.state import OpenEventsJournal, SeqCounter, highest_seq
+from monitor.state import SeqCounter
 from monitor.stream.fanout import close_sinks, publish_to
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Audio sources: microphone (sounddevice), file (soundfile), raw PCM on stdin.
+"""Audio sources: microphone (sounddevice), file (soundfile), raw PCM on stdin, network
+streams through ffmpeg (``FfmpegSource``), the bundled demo recording.
 
 Every source subclasses ``Source``, which declares what the rest of the run may ask of it:
 ``sample_rate_hz``, ``channels``, ``description``, the abilities ``realtime`` and

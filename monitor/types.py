@@ -1,4 +1,5 @@
-"""Frozen records passed between pipeline stages (data flows one way: source -> sinks).
+"""Frozen records passed between the data plane's stages (data flows one way: source ->
+windows -> scores -> events -> sinks; monitor/stream/, monitor/pipeline.py).
 
 Units are in the names: ``*_s`` seconds of stream time (since the source began),
 ``*_hz`` rates, ``*_dbfs`` levels relative to digital full scale.

@@ -39,3 +39,24 @@ def uiowa_dir(shared_data: Path) -> Path:
     if not (p / "labels.csv").is_file():
         pytest.skip(f"uiowa-dev recordings not found at {p}")
     return p
+
+
+# what makes a test an integration test (`make test-fast` leaves these out): it runs the
+# CLI or another process, or needs a real broker, an HTTP server, or a full-size export
+_INTEGRATION = (
+    "cli(", "start(", "start_monitor(", "subprocess", "Popen", "ThreadingHTTPServer", "FileServer(", "FlakyStream(",
+)  # fmt: skip
+_INTEGRATION_FIXTURES = {"mosquitto", "exported"}  # a real broker; msclap's full-size exports
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            src = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            src = ""
+        if _INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or any(s in src for s in _INTEGRATION):
+            item.add_marker(pytest.mark.integration)

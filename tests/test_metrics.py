@@ -11,8 +11,9 @@ from cli_helpers import wait_until
 from fixtures_mqtt import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.config import parse_listen
 from monitor.errors import UserError
-from monitor.metrics import Snapshot, SourceHealth, health, parse_listen, render
+from monitor.metrics import Snapshot, SourceHealth, health, render
 
 
 def src(name="mic", status="ok", alive=True, **kw):

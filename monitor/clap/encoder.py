@@ -15,6 +15,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from monitor.errors import ModelError
 from monitor.files import read_manifest, sha256_file
 from monitor.ort import run_options_shrink
 from monitor.ort import session as ort_session
+from monitor.types import Window
 
 # windows per onnxruntime call: windows pending after a stall, or of several sources, go
 # through together (on 2-core x86 machines not consistently cheaper per window than one by
@@ -154,7 +156,7 @@ class ClapBackend(Backend):
             )
         return f
 
-    def _session(self, name: str):
+    def _session(self, name: str) -> Any:
         f = self._verify(name)
         try:
             return ort_session(f, self.threads, spinning=self.spinning)
@@ -163,7 +165,7 @@ class ClapBackend(Backend):
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {f}: {str(e).splitlines()[0][:200]}") from None
 
-    def _check_inputs(self, session, name: str, expected: dict[str, list]) -> None:
+    def _check_inputs(self, session: Any, name: str, expected: dict[str, list]) -> None:
         """The graph must take what the manifest says (a valid ONNX of the wrong model fails here)."""
         got = {i.name: i.shape for i in session.get_inputs()}
         problem = None
@@ -181,7 +183,7 @@ class ClapBackend(Backend):
                 f"{self.path / name} does not fit manifest.json ({problem}): re-run `sound-monitor export`"
             )
 
-    def _check_output(self, session, name: str, output: str) -> None:
+    def _check_output(self, session: Any, name: str, output: str) -> None:
         outs = {o.name: o.shape for o in session.get_outputs()}
         if output not in outs or len(outs[output]) != 2:
             raise ModelError(
@@ -189,7 +191,7 @@ class ClapBackend(Backend):
                 f"outputs {sorted(outs)}): re-export or re-fetch the model"
             )
 
-    def _text_parts(self):
+    def _text_parts(self) -> tuple:
         with self._text_lock:
             if self._text is None:
                 self._tokenizer = PromptTokenizer(
@@ -258,7 +260,7 @@ class ClapBackend(Backend):
             return self.embed_features(self.frontend.batch_features(b))
         return np.stack([self.embed_clip(row) for row in b])
 
-    def prepare(self, windows, stream: str) -> np.ndarray:
+    def prepare(self, windows: Sequence[Window], stream: str) -> np.ndarray:
         """Consecutive windows of one stream -> their features [B, 1, frames, mels]; the same as
         ``frontend.batch_features`` of their samples, but the stream's ``StreamingFrontend``
         reuses the STFT frames the windows share (~1/5 of the work per hop)."""

@@ -102,7 +102,7 @@ def slaney_mel_filters(n_bins: int, n_mels: int, f_min_hz: float, f_max_hz: floa
     return filters
 
 
-def _sparse_filters(filters: np.ndarray):
+def _sparse_filters(filters: np.ndarray) -> tuple | None:
     """(bin indices, weights, segment starts) of filters with contiguous support, else None."""
     idx: list[int] = []
     weights: list[float] = []
@@ -293,7 +293,7 @@ class StreamingFrontend:
         self.frames_computed = 0  # counters for benchmarks and tests
         self.frames_reused = 0
 
-    def _plan(self, n: int):
+    def _plan(self, n: int) -> tuple | None:
         """Per window length: which frames are stream frames (and their offset), which are edges."""
         plan: tuple | None = self._plans.get(n)
         if plan is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,14 +24,14 @@ from monitor.errors import ModelError
 RESIZE_MATMUL_PREFIX = "sound_monitor_resize_as_matmul"
 
 
-def ort_session(path: Path | bytes, threads: int = 2, level: str = "all"):
+def ort_session(path: Path | bytes, threads: int = 2, level: str = "all") -> Any:
     """A plain onnxruntime CPU session for checks (monitor.ort's settings)."""
     from monitor.ort import session
 
     return session(path, threads, level=level)
 
 
-def embeddings(session, feats: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
+def embeddings(session: Any, feats: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
     """L2-normalised output ``output_name`` for ``feats`` (compare graphs as the runtime uses them)."""
     e = session.run([output_name], {input_name: feats})[0].astype(np.float64)
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +46,11 @@ class Int8Choice:
 
 def machine_key(threads: int) -> str:
     """What the speed of an encoder depends on here: CPU model and flags, onnxruntime, threads."""
-    import onnxruntime
+    from monitor.ort import import_ort
 
-    from monitor.bench import cpu_info
+    onnxruntime = import_ort()
+
+    from monitor.machine import cpu_info
 
     cpu, flags = cpu_info()
     h = hashlib.sha256(f"{cpu}|{flags}|{onnxruntime.__version__}|{threads}".encode()).hexdigest()[:16]
@@ -68,7 +71,7 @@ def decide(t32_ms: float, t8_ms: float, cos_min: float, top1_same: int, n: int) 
 
 def _windows(rate: int, window_s: float) -> list[Window]:
     from monitor.audio_io import read_audio
-    from monitor.bench import DEMO_DIR as demo
+    from monitor.machine import DEMO_DIR as demo
 
     n = int(window_s * rate)
     out: list[Window] = []
@@ -79,7 +82,7 @@ def _windows(rate: int, window_s: float) -> list[Window]:
     return out
 
 
-def _time_ms(backend, windows) -> tuple[float, np.ndarray]:
+def _time_ms(backend: Any, windows: list[Window]) -> tuple[float, np.ndarray]:
     rows = backend.prepare(windows, "int8-auto")
     backend.end_stream("int8-auto")
     backend.embed_prepared(rows[:1])  # warm-up
@@ -133,7 +136,7 @@ def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ())
     t8, e8 = _time_ms(b8, wins)
     a, b = e32 / np.linalg.norm(e32, axis=1, keepdims=True), e8 / np.linalg.norm(e8, axis=1, keepdims=True)
     cos_min = float(np.min(np.sum(a * b, axis=1)))
-    from monitor.bench import DEMO_DIR
+    from monitor.machine import DEMO_DIR
 
     names = list(dict.fromkeys(labels)) or [p.stem for p in sorted(DEMO_DIR.glob("*.mp3"))]
     t = b32.embed_text(names) if len(names) > 1 else b32.embed_text([*names, "background noise"])

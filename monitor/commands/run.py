@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from monitor.config import Config
+    from monitor.service import MonitorService, Outcome
 
 log = logging.getLogger("monitor.run")
 
 DEFAULT_LABELS = ("smoke alarm", "dog barking", "glass breaking", "baby crying", "doorbell", "speech")
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: ./config.yaml if present)")
     p.add_argument(
         "--source",
@@ -50,7 +57,7 @@ def add_arguments(p) -> None:
     )
 
 
-def _overrides(args) -> dict:
+def _overrides(args: argparse.Namespace) -> dict:
     ov = {
         "source.input": (args.source[0] if len(args.source) == 1 else list(args.source)) if args.source else None,
         "output.events_path": args.events,
@@ -80,7 +87,7 @@ def _overrides(args) -> dict:
     return ov
 
 
-def load_effective_config(args):
+def load_effective_config(args: argparse.Namespace) -> Config:
     from monitor.config import load_config, with_overrides
 
     path = args.config
@@ -108,7 +115,7 @@ def _has_terminal() -> bool:
     return True
 
 
-def with_default_labels(cfg, say):
+def with_default_labels(cfg: Config, say: Callable[[str], None]) -> Config:
     from monitor.config import with_overrides
 
     if cfg.labels:
@@ -121,7 +128,7 @@ def with_default_labels(cfg, say):
     return with_overrides(cfg, {"labels": list(DEFAULT_LABELS)})
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from monitor.state import StateLock
 
     def say(msg: str) -> None:
@@ -141,7 +148,7 @@ def run(args) -> int:
         lock.release()
 
 
-def _run(args, cfg, say) -> int:
+def _run(args: argparse.Namespace, cfg: Config, say: Callable[[str], None]) -> int:
     from monitor.assemble import assemble
 
     demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
@@ -163,7 +170,7 @@ def _run(args, cfg, say) -> int:
     return _report(outcomes, service, say)
 
 
-def _report(outcomes, service, say) -> int:
+def _report(outcomes: list[Outcome], service: MonitorService, say: Callable[[str], None]) -> int:
     """The final summary per source; a pipeline's bug is raised, a source error is rc 1."""
     for o in outcomes:
         if o.error is not None:

@@ -213,7 +213,7 @@ class OfflineBackend(Backend):
     @classmethod
     def from_dir(
         cls,
-        path,
+        path: str | Path,
         threads: int = 2,
         spinning: bool = False,
         level: LevelNorm | None = DEFAULT_LEVEL,
@@ -225,8 +225,8 @@ class OfflineBackend(Backend):
     def load(
         cls,
         threads: int = 2,
-        cache_dir=None,
-        models_dir=None,
+        cache_dir: str | Path | None = None,
+        models_dir: str | Path | None = None,
         fetch: bool = True,
         spinning: bool = False,
         level: LevelNorm | None = DEFAULT_LEVEL,
@@ -253,7 +253,7 @@ class OfflineBackend(Backend):
         bounds = np.cumsum([0] + [len(p) for p in per_clip])
         return [(lg[a:b], em[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _check(self, batch) -> np.ndarray:
+    def _check(self, batch: np.ndarray) -> np.ndarray:
         """[B, n] (or [n]) audio as the model takes it: float32, through the level stage."""
         b = np.asarray(batch, dtype=np.float32)
         if b.ndim == 1:
@@ -274,18 +274,18 @@ class OfflineBackend(Backend):
         """Per clip: the mean of its patches' embeddings [B, 1024]."""
         return np.stack([em.mean(axis=0) for _, em in runs]).astype(np.float32)
 
-    def class_probabilities(self, batch) -> np.ndarray:
+    def class_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """[B, n] -> [B, 521] pooled AudioSet class probabilities (max over patches)."""
         return self._probs(self._run_patches(self._check(batch)))
 
-    def embed_audio(self, batch) -> np.ndarray:
+    def embed_audio(self, batch: np.ndarray) -> np.ndarray:
         return l2_normalise(np.sqrt(self.class_probabilities(batch)))
 
-    def embed_audio_features(self, batch) -> np.ndarray:
+    def embed_audio_features(self, batch: np.ndarray) -> np.ndarray:
         """[B, n] -> [B, 1024] YAMNet embeddings (mean over patches), for learned adapters."""
         return self._features(self._run_patches(self._check(batch)))
 
-    def embed_audio_and_features(self, batch) -> tuple[np.ndarray, np.ndarray]:
+    def embed_audio_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both from one YAMNet pass (residual adapters need the two)."""
         runs = self._run_patches(self._check(batch))
         return l2_normalise(np.sqrt(self._probs(runs))), self._features(runs)

@@ -18,7 +18,7 @@ PATCH_HOP = 48
 LOG_OFFSET = 1e-6  # as in the ONNX export (MODELS.md); measured slightly better than 1e-3 here
 
 
-def _hz_to_mel(f):
+def _hz_to_mel(f: float | np.ndarray) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
 
 
