@@ -514,8 +514,37 @@ class FfmpegSource(Source):
                 pass
             resp.close()
 
-    def run(self, put: Put, stop: threading.Event) -> None:
+    def _read(self, fd: int, put: Put, stop: threading.Event, input_list: str | None) -> int:
+        """ffmpeg's s16le output -> float32 blocks through ``put`` until it closes its output or
+        ``stop``; removes the private input list once audio flows (ffmpeg has read it). -> samples."""
         import select
+
+        want = self.block_frames * 2
+        pending = b""
+        delivered = 0
+        try:
+            while not stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                chunk = os.read(fd, want)
+                if not chunk:
+                    break  # ffmpeg closed its output: it is exiting
+                if input_list is not None:  # ffmpeg has read it: the credentials leave the disk
+                    os.unlink(input_list)
+                    input_list = None
+                pending += chunk
+                usable = len(pending) - len(pending) % 2
+                if usable:
+                    put((np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0).reshape(-1, 1))
+                    delivered += usable // 2
+                    pending = pending[usable:]
+        finally:
+            if input_list is not None:
+                os.unlink(input_list)
+        return delivered
+
+    def run(self, put: Put, stop: threading.Event) -> None:
         import subprocess
 
         fetch: dict = {"bytes": 0, "eof": False, "length": None}
@@ -524,7 +553,6 @@ class FfmpegSource(Source):
             resp, fetch["length"] = self._open_http()
         input_list = self._write_input_list() if self.hidden and resp is None else None
         self.duration_s = None
-        delivered = 0
         try:
             proc = subprocess.Popen(
                 self.command(input_list),
@@ -548,28 +576,11 @@ class FfmpegSource(Source):
                 target=self._feed, args=(resp, proc.stdin, stop, fetch), name="stream-fetch", daemon=True
             )
             feeder.start()
-        fd = proc.stdout.fileno()
-        want = self.block_frames * 2
-        pending = b""
         try:
-            while not stop.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.2)
-                if not ready:
-                    continue
-                chunk = os.read(fd, want)
-                if not chunk:
-                    break  # ffmpeg closed its output: it is exiting
-                if input_list is not None:  # ffmpeg has read it: the credentials leave the disk
-                    os.unlink(input_list)
-                    input_list = None
-                pending += chunk
-                usable = len(pending) - len(pending) % 2
-                if usable:
-                    put((np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0).reshape(-1, 1))
-                    delivered += usable // 2
-                    pending = pending[usable:]
+            delivered = self._read(proc.stdout.fileno(), put, stop, input_list)
+            input_list = None  # removed by _read
         finally:
-            if input_list is not None:
+            if input_list is not None and os.path.exists(input_list):
                 os.unlink(input_list)
             if proc.poll() is None:
                 proc.terminate()

@@ -63,17 +63,13 @@ def _bar(value: float, threshold: float, width: int = 30) -> str:
 FIXED_ROWS = 12  # panel border, title, header, level/status lines, recent-events heading
 
 
-def render(state: ViewState, height: int | None = None) -> Any:
-    from rich.console import Group
-    from rich.panel import Panel
+def _label_table(state: ViewState, height: int | None) -> tuple[Any, int]:
+    """A row per label (score per source, bar with the threshold mark, ACTIVE / switched off
+    / paused); with more labels than rows, the highest-scoring ones (active first). -> (table,
+    how many recent events fit below it)."""
     from rich.table import Table
     from rich.text import Text
 
-    title = (
-        f"sound-monitor — {state.model} — {state.source}"
-        + ("  [DEMO RECORDING]" if state.demo else "")
-        + ("  [PAUSED: no events]" if state.paused else "")
-    )
     several = len(state.by_source) > 1
     names = sorted(state.by_source)
     t = Table(expand=False, box=None, pad_edge=False)
@@ -122,6 +118,22 @@ def render(state: ViewState, height: int | None = None) -> Any:
         t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), note)
     if hidden:
         t.add_row(Text(f"… {hidden} more label(s) below these scores", style="dim"))
+    return t, n_recent
+
+
+def render(state: ViewState, height: int | None = None) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
+    title = (
+        f"sound-monitor — {state.model} — {state.source}"
+        + ("  [DEMO RECORDING]" if state.demo else "")
+        + ("  [PAUSED: no events]" if state.paused else "")
+    )
+    several = len(state.by_source) > 1
+    names = sorted(state.by_source)
+    t, n_recent = _label_table(state, height)
     if several:
         lines = []
         for n in names:
