@@ -80,7 +80,7 @@ def main() -> int:
     hf, own = ensure_bench_model(args.base)
     js = args.base / "xenova-layout"
     if not (js / "onnx" / "text_model_quantized.onnx").is_file():
-        from monitor.clap.export import make_transformersjs_layout
+        from clap_factories import make_transformersjs_layout
 
         say(f"laying out {hf} as the transformers.js conversion in {js} ...")
         make_transformersjs_layout(hf, js)

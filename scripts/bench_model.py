@@ -13,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.clap.export import export_clap, make_random_checkpoint
+from clap_factories import make_random_checkpoint
+
+from monitor.clap.export import export_clap
 
 DEFAULT_DIR = Path.home() / ".cache" / "sound-monitor" / "bench-full-random"
 

@@ -395,7 +395,9 @@ def feed(proc: subprocess.Popen, seconds: float, stop: threading.Event) -> threa
 
 def tiny_model(work: Path) -> str:
     """A tiny random CLAP, exported as the tests do (needs torch and transformers: `make install-test`)."""
-    from monitor.clap.export import export_clap, make_random_checkpoint
+    from clap_factories import make_random_checkpoint
+
+    from monitor.clap.export import export_clap
 
     out = work / "tiny-clap"
     if not (out / "model" / "manifest.json").exists():

@@ -13,6 +13,7 @@ SHARED_DATA = Path(os.environ.get("SOUND_MONITOR_SHARED_DATA", ROOT.parent / "sh
 DEMO_DIR = ROOT / "monitor" / "demo"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(ROOT / "scripts"))  # clap_factories: the random checkpoints tests build
 
 pytest_plugins = [
     "fixtures_clap",

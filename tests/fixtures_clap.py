@@ -24,7 +24,7 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 def tiny_clap_dir(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from monitor.clap.export import make_random_checkpoint
+    from clap_factories import make_random_checkpoint
 
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny-clap-hf") / "ckpt", size="tiny", seed=0)
 

@@ -34,7 +34,7 @@ TEXT = "onnx/text_model.onnx"
 
 @pytest.fixture(scope="session")
 def js_layout(tiny_clap_dir, tmp_path_factory) -> Path:
-    from monitor.clap.export import make_transformersjs_layout
+    from clap_factories import make_transformersjs_layout
 
     return make_transformersjs_layout(tiny_clap_dir, tmp_path_factory.mktemp("xenova") / "repo")
 
