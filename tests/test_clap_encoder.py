@@ -228,3 +228,31 @@ def test_export_rewrites_the_time_stretch_and_saves_optimised_graphs(tiny_clap_e
     for f in audio["optimized"].values():
         assert f in manifest["files"]
     assert manifest["max_abs_diff"]["audio"] < 1e-4  # measured after the rewrite
+
+
+def test_the_model_folder_contract_is_one_type_with_one_writer(tiny_clap_export, tmp_path):
+    """export, the msclap export and the fetch all write manifest.json through ClapManifest;
+    the encoder reads it through the same type (checked fields, provenance kept as written)."""
+    import json
+    import shutil
+
+    from monitor.clap.manifest import ClapManifest
+    from monitor.errors import ModelError
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_clap_export, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    m = ClapManifest.read(folder)
+    assert m.to_dict() == data  # every key as written, the provenance included
+    assert m.extra["max_abs_diff"]["audio"] < 1e-4 and m.audio["file"] == "audio_encoder.onnx"
+    (folder / "int8-choice.json").write_text("{}")  # the runtime's own file: never listed
+    again = m.write(folder)
+    assert "int8-choice.json" not in again.files and again.files == m.files
+    for broken, why in (
+        ({k: v for k, v in data.items() if k != "embedding_dim"}, "no 'embedding_dim'"),
+        ({**data, "logit_scale": -1}, "must be positive"),
+        ({**data, "text": {**data["text"], "tokenizer": None}}, "text.tokenizer is not a file name"),
+        ({**data, "format_version": 99}, "newer than this program"),
+    ):
+        with pytest.raises(ModelError, match=why):
+            ClapManifest.from_dict(broken, "x/manifest.json")

@@ -21,9 +21,10 @@ import numpy as np
 
 from monitor.backend import Backend, l2_normalise
 from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
+from monitor.clap.manifest import ClapManifest
 from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
-from monitor.files import read_manifest, sha256_file
+from monitor.files import sha256_file
 from monitor.ort import run_options_shrink
 from monitor.ort import session as ort_session
 from monitor.types import Window
@@ -64,25 +65,26 @@ class ClapBackend(Backend):
     STFT frames consecutive windows share; ``embed_prepared`` runs the audio encoder on them.
     """
 
-    def __init__(self, path: Path, manifest: dict, threads: int = 2, int8: bool = False, spinning: bool = False):
+    def __init__(
+        self, path: Path, manifest: ClapManifest, threads: int = 2, int8: bool = False, spinning: bool = False
+    ):
         self.path = path
-        self.manifest = manifest
+        self.manifest = manifest.to_dict()
         self.threads = int(threads)
         self.int8 = bool(int8)
         self.int8_choice = ""  # model.int8: auto's decision, for the banner (monitor/clap/int8_auto.py)
         self.spinning = bool(spinning)
         self._streams: dict[str, StreamingFrontend] = {}
         try:
-            self.frontend = ClapFrontend(FrontendParams.from_dict(manifest["frontend"]))
-            audio = manifest["audio"]
-            text = manifest["text"]
-            self.embedding_dim = int(manifest["embedding_dim"])
-            self.logit_scale = float(manifest["logit_scale"])
-            self.window_s = float(manifest.get("window_s", 5.0))
-            self.crop_s: float | None = self.frontend.max_samples / self.frontend.params.sample_rate_hz
-            files: dict[str, str] = dict(manifest["files"])
+            self.frontend = ClapFrontend(FrontendParams.from_dict(dict(manifest.frontend)))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"{path / 'manifest.json'} is incomplete or invalid ({type(e).__name__}: {e})") from None
+        audio, text = manifest.audio, manifest.text
+        self.embedding_dim = manifest.embedding_dim
+        self.logit_scale = manifest.logit_scale
+        self.window_s = manifest.window_s
+        self.crop_s: float | None = self.frontend.max_samples / self.frontend.params.sample_rate_hz
+        files: dict[str, str] = dict(manifest.files)
         self.sample_rate_hz = self.frontend.sample_rate_hz
         self._files = files
         if int8:
@@ -115,7 +117,7 @@ class ClapBackend(Backend):
                 raise ModelError(f"{path / name} is missing: re-run `sound-monitor export --out {path}`")
         key_src = "|".join(["clap", files[audio_file], files[self._text_file], files[self._tokenizer_file]])
         self.cache_key = hashlib.sha256(key_src.encode()).hexdigest()
-        base = str(manifest.get("name") or path.name)
+        base = manifest.name or path.name
         self.name = f"{base}{'-int8' if int8 and not base.endswith('-int8') else ''}@{self.cache_key[:8]}"
         self._n_frames = self.frontend.n_frames
         self._n_mels = self.frontend.params.n_mels
@@ -134,13 +136,8 @@ class ClapBackend(Backend):
         p = Path(path).expanduser()
         if not p.is_dir():
             raise ModelError(f"model directory not found: {p}")
-        mpath = p / "manifest.json"
-        manifest = read_manifest(
-            mpath, f" (run `sound-monitor models fetch clap --out {p}` or `sound-monitor export --out {p}`)"
-        )
-        if manifest.get("kind", "clap") != "clap":
-            raise ModelError(f"{mpath} does not describe a CLAP export (kind={manifest.get('kind')!r})")
-        return cls(p, manifest, threads=threads, int8=int8, spinning=spinning)
+        hint = f" (run `sound-monitor models fetch clap --out {p}` or `sound-monitor export --out {p}`)"
+        return cls(p, ClapManifest.read(p, hint), threads=threads, int8=int8, spinning=spinning)
 
     def _verify(self, name: str) -> Path:
         f = self.path / name

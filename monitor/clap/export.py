@@ -34,13 +34,12 @@ import numpy as np
 
 from monitor.clap.frontend import FrontendParams
 from monitor.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
+from monitor.clap.manifest import MANIFEST_VERSION, ClapManifest
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "laion/clap-htsat-unfused"
-MANIFEST_VERSION = 1
 AUDIO_FILE = "audio_encoder.onnx"
 AUDIO_INT8_FILE = "audio_encoder.int8.onnx"
 AUDIO_OPT_FILE = "audio_encoder.opt.onnx"  # onnxruntime-optimised (EXTENDED) copies, loaded first
@@ -437,16 +436,13 @@ def write_encoders(out: Path, audio, text, feats, ids, mask, int8: bool, threads
 
 
 def write_manifest(out: Path, manifest: dict, say: Progress) -> dict:
-    """``manifest`` + the sha256 of every file in ``out``, written last (atomically): a
-    folder without manifest.json is an export that did not finish."""
-    files = sorted(
-        p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
-    )
+    """``manifest`` checked as the model folder's contract (``ClapManifest``) and written by
+    its one writer, with the sha256 of every file in ``out``, last (atomically): a folder
+    without manifest.json is an export that did not finish."""
     say("hashing files ...")
-    manifest = {**manifest, "files": {name: sha256_file(out / name) for name in files}}
-    write_json_atomic(out / "manifest.json", manifest)
-    say(f"wrote {out} ({len(files)} files + manifest.json)")
-    return manifest
+    done = ClapManifest.from_dict(manifest, out / "manifest.json").write(out)
+    say(f"wrote {out} ({len(done.files)} files + manifest.json)")
+    return done.to_dict()
 
 
 def _quantise(

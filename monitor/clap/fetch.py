@@ -39,9 +39,10 @@ import numpy as np
 
 from monitor import hub
 from monitor.clap.frontend import ClapFrontend, FrontendParams
+from monitor.clap.manifest import MANIFEST_VERSION, ClapManifest
 from monitor.config import HubConfig
 from monitor.errors import ModelError, UserError
-from monitor.files import sha256_file, verify_listed, write_json_atomic
+from monitor.files import sha256_file, verify_listed
 
 _PINNED = HubConfig()  # the pinned repositories and commits live in the config's defaults
 DEFAULT_REPO = _PINNED.repo
@@ -55,7 +56,6 @@ VARIANTS = {
 }
 ROOT_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json")
 OPTIONAL_FILES = ("tokenizer_config.json",)
-MANIFEST_VERSION = 1
 GRAPH_TOL = 1e-5  # rewritten / optimised audio graphs must give the downloaded graph's embeddings
 SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
 
@@ -328,8 +328,7 @@ def _add_int8(out: Path, m: dict, say: Say, threads: int) -> dict:
     }
     m["files"][dst.name] = sha256_file(dst)
     m["sizes"][dst.name] = dst.stat().st_size
-    write_json_atomic(out / "manifest.json", m)
-    return m
+    return ClapManifest.from_dict(m, out / "manifest.json").write(out, known=m["files"]).to_dict()
 
 
 def _fetch(out: Path, stage: Path, source: HubConfig, say: Say, threads: int) -> dict:
@@ -382,7 +381,9 @@ def _fetch(out: Path, stage: Path, source: HubConfig, say: Say, threads: int) ->
 
     manifest = _build(stage, source, commit, local, downloads, scales, threads, say)
     try:
-        write_json_atomic(stage / "manifest.json", manifest)
+        manifest = (
+            ClapManifest.from_dict(manifest, stage / "manifest.json").write(stage, known=manifest["files"]).to_dict()
+        )
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.replace(stage, out)  # the model appears whole, or not at all
