@@ -1,6 +1,6 @@
 """Learned adapters at run time: the adapter file (``Adapter``) and the backend wrapper
 (``AdaptedBackend``) that ``run``, ``classify`` and ``eval`` use. Training (WARP, the
-nonlinear projection, λ selection) is in monitor/adapt.py; see its docstring for the
+nonlinear projection, λ selection) is in monitor/evaluation/training.py; see its docstring for the
 notation: F(x, y) = θ̂(x)ᵀ u_y with u_y = Wφ(y) (bilinear) or Vᵀtanh(Uᵀφ(y)) (nonlinear).
 
 The residual kinds keep the backend's zero-shot logit Z(x, y) = s0 · â(x)ᵀ t̂(y) and add a

@@ -54,7 +54,7 @@ def downmix(x: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
-    """Whole-signal resampling with soxr (VHQ). Streaming uses monitor.resample instead."""
+    """Whole-signal resampling with soxr (VHQ). Streaming uses monitor.stream.resample instead."""
     if from_hz == to_hz or x.size == 0:
         return np.asarray(x, dtype=np.float32)
     import soxr
@@ -199,7 +199,7 @@ def stream_audio(
     (``StopIteration.value``) is the number of NaN/Inf samples replaced by 0."""
     import soundfile as sf
 
-    from monitor.resample import StreamResampler
+    from monitor.stream.resample import StreamResampler
 
     p = Path(path)
     try:

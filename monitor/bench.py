@@ -178,7 +178,7 @@ def demo_audio(rate: int) -> np.ndarray:
 
 
 def windows_of(audio: np.ndarray, rate: int, window_s: float, hop_s: float, count: int):
-    from monitor.windows import Windower
+    from monitor.stream.windows import Windower
 
     w = Windower(rate, window_s, hop_s)
     need = int((window_s + hop_s * (count - 1)) * rate) + 1
@@ -202,7 +202,7 @@ def per_window_total(backend, scorer, windows, n_sources: int = 1) -> list[float
     of ``windows`` warms the streams' front-ends and is not timed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from monitor.encode import SharedEncoder
+    from monitor.stream.shared_encoder import SharedEncoder
 
     enc = SharedEncoder(backend, linger_s=0.05 if n_sources > 1 else 0.0)
     names = [f"bench{i}" for i in range(n_sources)]

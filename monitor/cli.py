@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("monitor.commands.eval", "evaluate zero-shot accuracy on a labelled dataset"),
     "enroll": ("monitor.commands.enroll", "teach a label by example clips"),
     "bench": ("monitor.commands.bench", "measure speed and memory"),
-    "service": ("monitor.commands.service", "install a systemd unit that runs the monitor at boot"),
+    "service": ("monitor.commands.systemd", "install a systemd unit that runs the monitor at boot"),
 }
 
 

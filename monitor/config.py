@@ -156,7 +156,7 @@ class StreamConfig(_Section):
     # several sources: how long the encoder waits for the other sources' windows so that
     # they go through the model in one batch (seconds of added delay at most)
     batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
-    # the change gate (monitor/change_gate.py): a window reuses the last real scores when no
+    # the change gate (monitor/stream/change_gate.py): a window reuses the last real scores when no
     # event is open, every score was below change_margin x its off level and none rose by
     # more than change_rise x its off level over the last two runs, its spectrum moved by
     # at most change_db and no frame the last run had not settled (its newest

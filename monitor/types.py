@@ -1,5 +1,5 @@
 """Frozen records passed between the data plane's stages (data flows one way: source ->
-windows -> scores -> events -> sinks; monitor/stream/, monitor/pipeline.py).
+windows -> scores -> events -> sinks; monitor/stream/, monitor/stream/pipeline.py).
 
 Units are in the names: ``*_s`` seconds of stream time (since the source began),
 ``*_hz`` rates, ``*_dbfs`` levels relative to digital full scale.

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.backend import l2_normalise
-from monitor.evaluate import load_dataset
+from monitor.evaluation.evaluate import load_dataset
 from monitor.labels import label_embeddings
 from monitor.level import LevelNorm
 from monitor.numeric import true_ranks

@@ -24,7 +24,7 @@ def enroll_share(dataset: str, model: str = "offline", cache_dir: str | None = N
 
     from monitor.backend import l2_normalise
     from monitor.config import LabelConfig, ModelConfig
-    from monitor.evaluate import load_dataset
+    from monitor.evaluation.evaluate import load_dataset
     from monitor.labels import label_embeddings
     from monitor.model_select import select_backend
     from monitor.prototypes import embed_files

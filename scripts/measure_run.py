@@ -28,10 +28,10 @@ from monitor.bench import rss_mb
 from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
 from monitor.model_select import select_backend
-from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.jsonl import JsonlEventSink
 from monitor.sources import FileSource
+from monitor.stream.pipeline import SinglePipeline
 
 
 def make_file(path: Path, minutes: float) -> None:

@@ -41,8 +41,8 @@ from bench_cost_per_hour import (  # noqa: E402
 )
 
 from monitor import cli  # noqa: E402
-from monitor.change_gate import ChangeGate  # noqa: E402
-from monitor.encode import SharedEncoder  # noqa: E402
+from monitor.stream.change_gate import ChangeGate  # noqa: E402
+from monitor.stream.shared_encoder import SharedEncoder  # noqa: E402
 
 
 class Replay:

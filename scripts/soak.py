@@ -39,11 +39,11 @@ from monitor.config import (
     StreamConfig,
 )
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.jsonl import JsonlEventSink
 from monitor.sinks.mqtt import MqttSink
 from monitor.sources import Source
+from monitor.stream.pipeline import SinglePipeline
 
 DEMO = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 LABELS = ["dog barking", "rooster crowing", "cow mooing", "cat meowing", "owl hooting", "smoke alarm"]

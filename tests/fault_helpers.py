@@ -11,10 +11,10 @@ from stream_helpers import BandEnergyBackend
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import Source
+from monitor.stream.pipeline import SinglePipeline
 
 RATE = 16000
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor import adapt
 from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
+from monitor.evaluation import training as adapt
 
 
 def test_warp_loss_on_a_hand_computed_case():

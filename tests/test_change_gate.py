@@ -1,4 +1,4 @@
-"""The change gate (monitor/change_gate.py): unchanged quiet windows reuse the last real
+"""The change gate (monitor/stream/change_gate.py): unchanged quiet windows reuse the last real
 scores; any change, a frame louder than the reference had settled, any score near a
 threshold, an open event or age forces the model."""
 
@@ -11,8 +11,8 @@ import pytest
 from fault_helpers import RATE, ScriptSource, make_pipeline, noise
 from stream_helpers import BandEnergyBackend
 
-from monitor.change_gate import FRAME, ChangeGate, GateParams, _summary, signature
 from monitor.config import EventsConfig, LabelConfig, StreamConfig
+from monitor.stream.change_gate import FRAME, ChangeGate, GateParams, _summary, signature
 
 OFF = {"dog": 0.4, "alarm": 0.4}
 

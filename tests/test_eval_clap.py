@@ -43,8 +43,8 @@ def test_eval_and_adapter_on_tiny_clap(tmp_path, tiny_clap_export, demo_dir, cap
     out = json.loads(capsys.readouterr().out)
     assert out["semantic"] == "text" and len(out["folds"]) == 3
 
-    from monitor.adapt import Adapter, maybe_adapt
     from monitor.clap.encoder import ClapBackend
+    from monitor.evaluation.training import Adapter, maybe_adapt
 
     base = ClapBackend.from_dir(tiny_clap_export)
     ad = Adapter.load(path)
@@ -56,7 +56,7 @@ def test_eval_and_adapter_on_tiny_clap(tmp_path, tiny_clap_export, demo_dir, cap
     assert np.linalg.norm(theta, axis=1) == pytest.approx(1.0, abs=1e-5)
     # the streaming path through the wrapper: overlapping windows of one stream, prepared by
     # the base CLAP's per-stream front-end, batched by the encoder stage, equal embed_audio
-    from monitor.encode import SharedEncoder
+    from monitor.stream.shared_encoder import SharedEncoder
     from monitor.types import Window
 
     rate = base.sample_rate_hz

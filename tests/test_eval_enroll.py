@@ -204,7 +204,7 @@ def test_saved_adapter_loads_in_classify(small_dataset, uiowa_dir, env, tmp_path
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"adapter_file": str(path), "n_clips": 30, "n_classes": 6}
-    from monitor.adapt import Adapter
+    from monitor.evaluation.training import Adapter
 
     ad = Adapter.load(path)
     assert ad.meta["semantic"] == "minilm" and ad.meta["theta"] == "features" and (ad.d_a, ad.d_s) == (1024, 384)

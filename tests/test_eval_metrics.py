@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor import evaluate
 from monitor.errors import UserError
+from monitor.evaluation import evaluate
 
 
 def test_metrics_on_hand_computed_rankings():

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import cli, wait_until
 from fixtures_mqtt import Subscriber
 
-from monitor.control import ControlError, Controls, parse_switch, parse_threshold
+from monitor.runtime.control import ControlError, Controls, parse_switch, parse_threshold
 from monitor.topics import Topics
 
 P = "sound-monitor/dev1"

@@ -22,10 +22,10 @@ from cli_helpers import cli
 from fixtures_mqtt import free_port
 
 from monitor.config import Config, EventsConfig, LabelConfig
-from monitor.control import ControlError, Controls, parse_threshold
 from monitor.events import EventTracker, lowest_threshold, rules_for
 from monitor.logs import Throttle
-from monitor.metrics import MetricsServer, Snapshot, SourceHealth, health, render
+from monitor.runtime.control import ControlError, Controls, parse_threshold
+from monitor.runtime.metrics import MetricsServer, Snapshot, SourceHealth, health, render
 from monitor.sources import redact_url, url_has_secret
 from monitor.topics import Topics
 from monitor.types import Scores
@@ -151,7 +151,7 @@ def test_health_reports_a_source_that_falls_behind():
 
 
 def test_drop_counts_age_out_of_the_last_minute():
-    from monitor.pipeline import Stats
+    from monitor.stream.pipeline import Stats
 
     st = Stats()
     st.drops.append((100.0, 2, 0))
@@ -194,7 +194,7 @@ def test_throttle_lets_one_line_a_minute_through_and_counts_the_rest():
 
 # -- 12: the metrics server holds no connection forever -------------------------------------
 def test_metrics_server_drops_idle_connections_and_caps_how_many_it_serves(monkeypatch):
-    import monitor.metrics as m
+    import monitor.runtime.metrics as m
 
     monkeypatch.setattr(m, "CONNECTION_TIMEOUT_S", 2.0)
     monkeypatch.setattr(m, "MAX_CONNECTIONS", 2)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import parse_listen
 from monitor.errors import UserError
-from monitor.metrics import Snapshot, SourceHealth, health, render
+from monitor.runtime.metrics import Snapshot, SourceHealth, health, render
 
 
 def src(name="mic", status="ok", alive=True, **kw):

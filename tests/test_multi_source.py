@@ -17,10 +17,10 @@ from fixtures_mqtt import Subscriber
 from stream_helpers import BandEnergyBackend
 
 from monitor.config import MQTTConfig, load_config, with_overrides
-from monitor.encode import SharedEncoder
 from monitor.errors import UserError
 from monitor.sinks.mqtt import MqttSink
 from monitor.sinks.terminal import TerminalSink, ViewState, render
+from monitor.stream.shared_encoder import SharedEncoder
 from monitor.types import Event, Window
 
 

@@ -49,11 +49,11 @@ def test_print_shows_a_hardened_user_unit_and_writes_nothing(tmp_path):
 
 def test_installed_units_pass_systemd_analyze_verify(tmp_path):
     cfg = config(tmp_path)
-    out = tmp_path / "sound-monitor.service"
+    out = tmp_path / "sound-monitor.runtime.service"
     r = cli("service", "install", "--user", "--config", cfg, "--out", out, state=tmp_path / "state")
     assert r.returncode == 0 and "systemctl --user enable --now sound-monitor" in r.stdout, r.stderr
     v = analyze(out)
-    assert v.returncode == 0 and "sound-monitor.service" not in v.stderr, v.stderr
+    assert v.returncode == 0 and "sound-monitor.runtime.service" not in v.stderr, v.stderr
     assert (tmp_path / "state").is_dir()  # ReadWritePaths exist before the unit starts
     # a system unit runs as the invoking user (here the unprivileged `nobody`), in `audio`
     sysu = tmp_path / "system.service"

@@ -14,11 +14,11 @@ from stream_helpers import BandEnergyBackend, fake_input_stream, fake_sounddevic
 
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
-from monitor.pipeline import SinglePipeline
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import ArraySource
-from monitor.windows import Windower
+from monitor.stream.pipeline import SinglePipeline
+from monitor.stream.windows import Windower
 
 LABELS = [LabelConfig(name=n) for n in ("dog barking", "smoke alarm", "glass breaking")]
 
@@ -159,7 +159,7 @@ def test_capture_callback_fake_stream_counts_overflow(monkeypatch):
     FakeSD = fake_sounddevice(real_sd, fake_input_stream(real_sd, overflow_at={5}), 2)
     monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSD)
     mic = sources.MicSource(None, None, channels=2, block_frames=1600)
-    from monitor.buffer import RingBuffer
+    from monitor.stream.buffer import RingBuffer
 
     buf = RingBuffer(capacity_frames=1600 * 30)  # holds 30 of the 40 blocks: 10 dropped
     stop = threading.Event()
@@ -312,7 +312,7 @@ def test_adaptive_hop_config_bounds():
 
 
 def test_adaptive_hop_is_a_pure_function_of_scores_and_rules():
-    from monitor.windows import adaptive_hop_s
+    from monitor.stream.windows import adaptive_hop_s
 
     off = {"dog": 0.4, "alarm": 0.3}
     assert adaptive_hop_s(("dog", "alarm"), (0.1, 0.2), off, False, 1.0, 3.0) == 3.0  # idle
@@ -322,8 +322,8 @@ def test_adaptive_hop_is_a_pure_function_of_scores_and_rules():
 
 
 def test_stream_clock_segments_are_monotonic_and_aligned():
+    from monitor.stream.windows import StreamClock
     from monitor.types import Window
-    from monitor.windows import StreamClock
 
     rate = 16000
     c = StreamClock(rate)

@@ -14,7 +14,7 @@ from stream_helpers import BandEnergyBackend, fake_input_stream, fake_sounddevic
 from monitor.config import EventsConfig, LabelConfig, ScoringConfig, SourceConfig
 from monitor.events import rules_for
 from monitor.scoring import Scorer
-from monitor.supervise import backoff_delays
+from monitor.stream.supervise import backoff_delays
 
 
 def statuses(pipe):
@@ -200,7 +200,7 @@ def test_a_source_that_keeps_failing_logs_once_per_reason_not_per_retry(caplog):
     import logging
 
     from monitor.sources import Source
-    from monitor.supervise import SourceSupervisor
+    from monitor.stream.supervise import SourceSupervisor
 
     reasons = ["connection refused"] * 6 + ["401 Unauthorized"] * 4
 
@@ -216,7 +216,7 @@ def test_a_source_that_keeps_failing_logs_once_per_reason_not_per_retry(caplog):
         Gone(), put=lambda b: None, signal=lambda m: None, stop=stop, reopen=Gone, retry_first_s=0.01, retry_max_s=0.02
     )
     t = threading.Thread(target=sup.run)
-    with caplog.at_level(logging.WARNING, logger="monitor.supervise"):
+    with caplog.at_level(logging.WARNING, logger="monitor.stream.supervise"):
         t.start()
         assert _wait(lambda: sup.restarts >= 12, 10)
         stop.set()

@@ -27,7 +27,7 @@ def run(args) -> int:
         raise UserError(f"{where}: " + "; ".join(missing))
     sys.stdout.write(f"# effective config from {where}: valid\n")
     sys.stdout.write(dump_config(cfg, effective=True))
-    from monitor.control import Controls
+    from monitor.runtime.control import Controls
 
     controls = Controls(cfg.state_path, cfg.device)
     lines = controls.describe([lab.name for lab in cfg.labels])

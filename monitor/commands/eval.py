@@ -91,10 +91,11 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor import adapt, evaluate
     from monitor.backend import l2_normalise
     from monitor.commands.classify import parse_templates
     from monitor.config import Config, ModelConfig
+    from monitor.evaluation import evaluate
+    from monitor.evaluation import training as adapt
     from monitor.labels import label_embeddings
     from monitor.model_select import select_backend
     from monitor.prototypes import embed_files, stderr_progress
@@ -240,7 +241,7 @@ def _save_adapter(args, ds, emb, label_vecs, phi, method, semantic, theta_kind, 
     """Fit on all classes (λ/epochs chosen on a seeded 1/5 of the classes), calibrate, save."""
     import numpy as np
 
-    from monitor import adapt
+    from monitor.evaluation import training as adapt
 
     rng = np.random.default_rng(args.seed)
     n = len(ds.classes)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from monitor.config import Config
-    from monitor.service import MonitorService, Outcome
+    from monitor.runtime.service import MonitorService, Outcome
 
 log = logging.getLogger("monitor.run")
 
@@ -129,7 +129,7 @@ def with_default_labels(cfg: Config, say: Callable[[str], None]) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.state import StateLock
+    from monitor.runtime.state import StateLock
 
     def say(msg: str) -> None:
         from monitor.logs import say as _say
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: Config, say: Callable[[str], None]) -> int:
-    from monitor.assemble import assemble
+    from monitor.runtime.assemble import assemble
 
     demo_ok = not getattr(args, "source_explicit", True) and not cfg.mqtt.host
     run = assemble(

@@ -23,7 +23,7 @@ import numpy as np
 from monitor.types import Event, Scores
 
 if TYPE_CHECKING:
-    from monitor.control import CommandHandler, RulesInForce
+    from monitor.runtime.control import CommandHandler, RulesInForce
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Sink:
         raise NotImplementedError
 
     def on_status(self, snapshot: object) -> None:
-        """The run's numbers (``monitor.metrics.Snapshot``) every few seconds; most sinks ignore them."""
+        """The run's numbers (``monitor.runtime.metrics.Snapshot``) every few seconds; most sinks ignore them."""
 
     def annotate(self, event: Event) -> Event:
         """Add to an event before any sink publishes it (the clips sink: the clip's path)."""

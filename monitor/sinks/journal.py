@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable
 
 from monitor.events import utc_now_iso
 from monitor.files import write_text_atomic
+from monitor.runtime.state import state_file
 from monitor.sinks.base import Sink
-from monitor.state import state_file
 from monitor.types import Event
 
-log = logging.getLogger("monitor.state")
+log = logging.getLogger("monitor.runtime.state")
 
 
 class OpenEventsJournal(Sink):

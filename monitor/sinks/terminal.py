@@ -22,7 +22,7 @@ from monitor.sinks.base import OpenLabels, Sink
 from monitor.types import Event, Scores
 
 if TYPE_CHECKING:
-    from monitor.control import RulesInForce
+    from monitor.runtime.control import RulesInForce
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ViewState:
     sinks: dict = field(default_factory=dict)
     recent: list = field(default_factory=list)  # last few event lines
     demo: bool = False
-    source_status: str = "ok"  # ok | stalled | retrying | silent | lost ... (monitor/supervise.py)
+    source_status: str = "ok"  # ok | stalled | retrying | silent | lost ... (monitor/stream/supervise.py)
     # several sources: name -> {"scores": {...}, "level_dbfs": x, "stream_s": t}
     by_source: dict = field(default_factory=dict)
     active_sources: dict = field(default_factory=dict)  # label -> sources with it open

@@ -1,4 +1,4 @@
-"""The data plane of one source, as small stages with their own state (monitor/pipeline.py
+"""The data plane of one source, as small stages with their own state (monitor/stream/pipeline.py
 wires them; docs/architecture.md draws the map):
 
 - ``feed``: the source under supervision on its capture thread, the bounded ring buffer,

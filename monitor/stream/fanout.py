@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from monitor.sinks.base import Sink
 from monitor.types import Event, Scores
 
-log = logging.getLogger("monitor.pipeline")
+log = logging.getLogger("monitor.stream.pipeline")
 
 
 def publish_to(sinks: Sequence[Sink], ev: Event) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from monitor.buffer import RingBuffer
 from monitor.config import SourceConfig
 from monitor.logs import Throttle
 from monitor.sources import Source
-from monitor.supervise import OK, SILENT, STARTING, SourceStatus, SourceSupervisor
+from monitor.stream.buffer import RingBuffer
+from monitor.stream.supervise import OK, SILENT, STARTING, SourceStatus, SourceSupervisor
 
-log = logging.getLogger("monitor.pipeline")
+log = logging.getLogger("monitor.stream.pipeline")
 
 
 class SourceFeed:

@@ -1,7 +1,7 @@
 """Window inference: windows -> per-label scores.
 
 The level gate (windows below ``gate_dbfs`` are not scored), the change gate (a window
-whose sound has not changed reuses the last real scores: monitor/change_gate.py), batches of
+whose sound has not changed reuses the last real scores: monitor/stream/change_gate.py), batches of
 equal-length windows through the encoder that every source shares, and scoring against the
 current labels (the scorer is swapped on a reload). The gate decides on what the event
 rules say (each enabled label's off level, whether an event is open): the caller passes
@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from monitor.change_gate import ChangeGate, GateParams, WindowSig
 from monitor.config import StreamConfig
-from monitor.encode import SharedEncoder
 from monitor.scoring import Scorer
+from monitor.stream.change_gate import ChangeGate, GateParams, WindowSig
+from monitor.stream.shared_encoder import SharedEncoder
 from monitor.types import Scores, Window
 
 GateState = Callable[[], tuple[Mapping[str, float], bool]]  # -> (off level per enabled label, any event open)

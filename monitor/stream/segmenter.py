@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from monitor.audio_io import downmix, sanitise
-from monitor.resample import StreamResampler
 from monitor.sinks.base import Sink
+from monitor.stream.resample import StreamResampler
+from monitor.stream.windows import StreamClock, Windower
 from monitor.types import Window
-from monitor.windows import StreamClock, Windower
 
-log = logging.getLogger("monitor.pipeline")
+log = logging.getLogger("monitor.stream.pipeline")
 
 
 class Segmenter:

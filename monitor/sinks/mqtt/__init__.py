@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.config import MQTTConfig
 from monitor.outbox import Outbox
+from monitor.runtime.state import state_file
 from monitor.sinks.base import Sink, SinkStatus
 from monitor.sinks.mqtt.commands import CommandRouter
 from monitor.sinks.mqtt.connection import Connection, diagnose, parse_mqtt_url, read_password
 from monitor.sinks.mqtt.delivery import Delivery
 from monitor.sinks.mqtt.homeassistant import HomeAssistant
-from monitor.state import state_file
 from monitor.topics import Topics
 from monitor.types import Event, Scores
 
 if TYPE_CHECKING:
-    from monitor.control import CommandHandler, RulesInForce
+    from monitor.runtime.control import CommandHandler, RulesInForce
 
 __all__ = ["MqttSink", "diagnose", "parse_mqtt_url", "read_password"]
 

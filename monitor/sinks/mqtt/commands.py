@@ -1,5 +1,5 @@
 """Commands over MQTT: a ``…/set`` topic and its payload become a ``Command`` for the control
-plane (monitor/control.py), which validates, keeps and applies it. Retained commands are
+plane (monitor/runtime/control.py), which validates, keeps and applies it. Retained commands are
 stale and ignored (values come from the state dir). Refusals are logged at most once a
 minute per kind of command, with the count of those in between: a flood costs neither
 memory nor log lines."""
@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from monitor.control import Command, CommandHandler
 from monitor.logs import Throttle, held_note
+from monitor.runtime.control import Command, CommandHandler
 from monitor.topics import Topics
 
 log = logging.getLogger("monitor.sinks.mqtt")

@@ -32,7 +32,7 @@ from monitor.topics import Topics, label_slugs, slugify
 from monitor.types import Event, Scores
 
 if TYPE_CHECKING:
-    from monitor.control import RulesInForce
+    from monitor.runtime.control import RulesInForce
 
 log = logging.getLogger("monitor.sinks.mqtt")
 

@@ -30,7 +30,7 @@ from monitor.config import Config, hysteresis_problem
 from monitor.events import LabelRule, lowest_threshold, rules_for
 from monitor.files import write_text_atomic
 from monitor.logs import Throttle, held_note
-from monitor.state import state_file
+from monitor.runtime.state import state_file
 
 log = logging.getLogger(__name__)
 

@@ -28,19 +28,19 @@ from dataclasses import dataclass
 
 from monitor.backend import Backend
 from monitor.config import Config
-from monitor.control import ControlPlane, Controls, RulesInForce
-from monitor.encode import SharedEncoder
 from monitor.events import EventTracker
-from monitor.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
-from monitor.pipeline import Pipeline, Stats
-from monitor.reload import ConfigReloader
+from monitor.runtime.control import ControlPlane, Controls, RulesInForce
+from monitor.runtime.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
+from monitor.runtime.reload import ConfigReloader
+from monitor.runtime.state import SeqCounter
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sinks.journal import OpenEventsJournal, highest_seq
 from monitor.sinks.terminal import TerminalSink
 from monitor.sources import SourceSlot
-from monitor.state import SeqCounter
 from monitor.stream.fanout import close_sinks, publish_to
+from monitor.stream.pipeline import Pipeline, Stats
+from monitor.stream.shared_encoder import SharedEncoder
 
 log = logging.getLogger(__name__)
 

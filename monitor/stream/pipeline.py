@@ -27,21 +27,21 @@ from typing import Any
 import numpy as np
 
 from monitor.backend import Backend
-from monitor.buffer import DroppedAudio
 from monitor.config import SourceConfig, StreamConfig
-from monitor.encode import SharedEncoder
 from monitor.errors import UserError
 from monitor.events import EventTracker
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import Source, SourceSlot
+from monitor.stream.buffer import DroppedAudio
 from monitor.stream.fanout import SinkFanout, close_sinks
 from monitor.stream.feed import Drops, SourceFeed
 from monitor.stream.inference import WindowInference
 from monitor.stream.segmenter import Segmenter
-from monitor.supervise import SourceLost, SourceResumed
+from monitor.stream.shared_encoder import SharedEncoder
+from monitor.stream.supervise import SourceLost, SourceResumed
+from monitor.stream.windows import adaptive_hop_s
 from monitor.types import Event, Scores, Window
-from monitor.windows import adaptive_hop_s
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ __all__ = ["Pipeline", "SinglePipeline", "Stats"]
 
 class SinglePipeline(Pipeline):
     """One source by itself (tests, scripts, one-off runs): it has its own encoder and closes
-    its sinks when it ends. The monitor's runtime (monitor/service.py) uses ``Pipeline``."""
+    its sinks when it ends. The monitor's runtime (monitor/runtime/service.py) uses ``Pipeline``."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
 """Assembling a run: sources, backend, sinks and the live view from a validated config,
-handed to a ``MonitorService`` (monitor/service.py) that owns the run. `sound-monitor run`
+handed to a ``MonitorService`` (monitor/runtime/service.py) that owns the run. `sound-monitor run`
 (monitor/commands/run.py) parses flags, calls ``assemble`` and reports; nothing here parses
 a command line or prints a summary.
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from monitor.backend import Backend
     from monitor.config import Config
-    from monitor.service import MonitorService
+    from monitor.runtime.service import MonitorService
     from monitor.sinks.base import Sink
     from monitor.sinks.terminal import TerminalSink, ViewState
     from monitor.sources import Source
@@ -41,7 +41,7 @@ def assemble(
     load_config: Callable[[], Config],
     watch_path: str | None,
 ) -> AssembledRun:
-    from monitor.service import MonitorService
+    from monitor.runtime.service import MonitorService
     from monitor.sources import SourceSlot
 
     several = len(cfg.source.inputs) > 1

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from monitor.errors import UserError
 
-UNIT = "sound-monitor.service"
+UNIT = "sound-monitor.runtime.service"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

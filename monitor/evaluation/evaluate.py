@@ -242,7 +242,7 @@ def _fold_scores(
     method: str, fold: int, folds, ds: Dataset, emb: Embeddings, label_vecs, phi, seed: int, zero_shot_scale: float
 ):
     """Scores of the test fold's clips over the test fold's classes (+ fit info)."""
-    from monitor import adapt
+    from monitor.evaluation import training as adapt
 
     index = {c: i for i, c in enumerate(ds.classes)}
     y_all = ds.y
