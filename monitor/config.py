@@ -144,6 +144,35 @@ class SourceConfig(_Section):
         return (self.input,) if isinstance(self.input, str) else tuple(self.input)
 
 
+class ChangeGateConfig(_Section):
+    """The change gate (monitor/stream/change_gate.py), taken by the gate as it is: a window
+    reuses the last real scores when no event is open, every score was below ``margin`` x
+    its off level and none rose by more than ``rise`` x its off level over the last two runs,
+    its spectrum moved by at most ``db`` and no frame the last run had not settled (its newest
+    ``settled_s``, and after) is ``novel_db`` louder in a band than every frame it had settled
+    (0: no such rule); the model runs at least every ``max_age_s``. The defaults were chosen on
+    held-in classes (README, "Cost per hour")."""
+
+    enabled: bool = True
+    db: float = Field(4.5, gt=0.0, le=40.0)
+    max_age_s: float = Field(15.0, gt=0.0, le=60.0)
+    rise: float = Field(0.3, ge=0.0, le=1.0)
+    novel_db: float = Field(6.0, ge=0.0, le=40.0)
+    margin: float = Field(0.7, gt=0.0, le=1.0)
+    settled_s: float = Field(3.0, ge=0.0, le=5.0)
+
+
+# the flat keys of earlier versions (stream.change_db, ...) -> the nested section's
+_FLAT_GATE_KEYS = {
+    "change_db": "db",
+    "change_max_age_s": "max_age_s",
+    "change_rise": "rise",
+    "change_novel_db": "novel_db",
+    "change_margin": "margin",
+    "change_settled_s": "settled_s",
+}
+
+
 class StreamConfig(_Section):
     # seconds per window; unset: the model's own (5 s for LAION CLAP and the offline
     # backend, 7 s for Microsoft CLAP 2023, from its manifest)
@@ -156,19 +185,30 @@ class StreamConfig(_Section):
     # several sources: how long the encoder waits for the other sources' windows so that
     # they go through the model in one batch (seconds of added delay at most)
     batch_wait_s: float = Field(0.05, ge=0.0, le=1.0)
-    # the change gate (monitor/stream/change_gate.py): a window reuses the last real scores when no
-    # event is open, every score was below change_margin x its off level and none rose by
-    # more than change_rise x its off level over the last two runs, its spectrum moved by
-    # at most change_db and no frame the last run had not settled (its newest
-    # change_settled_s, and after) is change_novel_db louder in a band than every frame it
-    # had settled; the model runs at least every change_max_age_s
-    change_gate: bool = True
-    change_db: float = Field(4.5, gt=0.0, le=40.0)
-    change_max_age_s: float = Field(15.0, gt=0.0, le=60.0)
-    change_rise: float = Field(0.3, ge=0.0, le=1.0)
-    change_novel_db: float = Field(6.0, ge=0.0, le=40.0)
-    change_margin: float = Field(0.7, gt=0.0, le=1.0)
-    change_settled_s: float = Field(3.0, ge=0.0, le=5.0)
+    # the change gate: one section (ChangeGateConfig); `change_gate: true|false` and the
+    # flat keys of earlier versions (change_db, change_max_age_s, ...) are still read
+    change_gate: ChangeGateConfig = ChangeGateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_gate_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        gate = data.get("change_gate")
+        if isinstance(gate, bool):
+            gate = {"enabled": gate}
+        elif gate is None:
+            gate = {}
+        elif isinstance(gate, ChangeGateConfig):
+            gate = gate.model_dump()
+        if isinstance(gate, dict):
+            gate = dict(gate)
+            for old, new in _FLAT_GATE_KEYS.items():
+                if old in data:
+                    gate.setdefault(new, data.pop(old))
+            data["change_gate"] = gate
+        return data
 
     @model_validator(mode="after")
     def _hop_fits(self) -> StreamConfig:

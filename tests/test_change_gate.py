@@ -11,8 +11,8 @@ import pytest
 from fault_helpers import RATE, ScriptSource, make_pipeline, noise
 from stream_helpers import BandEnergyBackend
 
-from monitor.config import EventsConfig, LabelConfig, StreamConfig
-from monitor.stream.change_gate import FRAME, ChangeGate, GateParams, _summary, signature
+from monitor.config import ChangeGateConfig, EventsConfig, LabelConfig, StreamConfig
+from monitor.stream.change_gate import FRAME, ChangeGate, _summary, signature
 
 OFF = {"dog": 0.4, "alarm": 0.4}
 
@@ -20,7 +20,7 @@ OFF = {"dog": 0.4, "alarm": 0.4}
 def test_signature_is_level_and_spectrum_sensitive_but_stable_on_steady_noise():
     a, b = noise(5, 0.01, seed=1), noise(5, 0.01, seed=2)  # the same kind of noise, other samples
     sa, sb = signature(a, RATE), signature(b, RATE)
-    assert sa.shape == (32,) and np.max(np.abs(sa - sb)) < 2.5  # under the default change_db (3 dB)
+    assert sa.shape == (32,) and np.max(np.abs(sa - sb)) < 2.5  # under the default db (3 dB)
     louder = signature(a * 2.0, RATE)  # +6 dB
     assert np.max(np.abs(louder - sa)) > 5.0
     t = np.arange(5 * RATE) / RATE
@@ -33,7 +33,7 @@ def test_overlapping_windows_share_their_frames():
     equals the one computed from scratch over the same frames; frames behind the windows go."""
     x = noise(12, 0.01, seed=3)
     x[5 * RATE : 6 * RATE] += 0.2 * np.sin(2 * np.pi * 700 * np.arange(RATE) / RATE).astype(np.float32)
-    g = ChangeGate(GateParams())
+    g = ChangeGate(ChangeGateConfig())
     win, hop = 5 * RATE, RATE // 2 + 7  # a hop that is no multiple of the frame
     for start in range(0, x.size - win + 1, hop):
         got = g.signature_at(x[start : start + win], RATE, start)
@@ -49,7 +49,7 @@ def test_overlapping_windows_share_their_frames():
 
 
 def test_reuse_rules():
-    g = ChangeGate(GateParams(change_db=3.0, max_age_s=5.0, margin=0.5, rise=0.2))
+    g = ChangeGate(ChangeGateConfig(db=3.0, max_age_s=5.0, margin=0.5, rise=0.2))
     s = g.signature_at(noise(5, 0.01), RATE, 0)
     moved = replace(s, sig=s.sig + 4.0)
     assert g.reuse(s, 0.0, OFF, False) is None  # nothing to reuse yet
@@ -81,7 +81,7 @@ def test_a_frame_louder_than_the_reference_settled_runs_the_model(settled_s):
     click_at = 9 * RATE + 3000
     burst = np.random.default_rng(8).standard_normal(400) * np.hanning(400)  # 25 ms, broadband
     x[click_at : click_at + 400] += (0.3 * burst).astype(np.float32)
-    p = GateParams(change_db=3.0, max_age_s=30.0, margin=0.5, rise=0.2, novel_db=6.0, settled_s=settled_s)
+    p = ChangeGateConfig(db=3.0, max_age_s=30.0, margin=0.5, rise=0.2, novel_db=6.0, settled_s=settled_s)
     g = ChangeGate(p)
     win = 5 * RATE
     decisions = {}
@@ -101,7 +101,7 @@ def test_a_frame_louder_than_the_reference_settled_runs_the_model(settled_s):
     assert not any(decisions[k] for k in range(5, 5 + n))  # the click: never heard, the model runs
     assert decisions[5 + n] and decisions[6 + n]  # heard: the window that ran settled it
     assert g.why["novel"] == n and g.why["change"] == 0
-    quiet = ChangeGate(GateParams(novel_db=0.0, change_db=3.0))  # novel_db 0: the rule is off
+    quiet = ChangeGate(ChangeGateConfig(novel_db=0.0, db=3.0))  # novel_db 0: the rule is off
     ws0 = quiet.signature_at(x[4 * RATE : 4 * RATE + win], RATE, 4 * RATE)
     quiet.ran_on(ws0, 4.0, ("dog", "alarm"), (0.05, 0.05))
     ws1 = quiet.signature_at(x[5 * RATE : 5 * RATE + win], RATE, 5 * RATE)
@@ -167,3 +167,21 @@ def test_a_sound_that_appears_runs_the_model_at_once():
     for s in c.scores:
         if 26 <= s.start_s <= first_loud:
             assert not s.reused, s  # every window that overlaps the new sound ran the model
+
+
+def test_the_gate_settings_are_one_section_and_the_old_flat_keys_still_read(tmp_path):
+    from monitor.config import load_config
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("stream:\n  change_gate: {enabled: true, db: 3.5, max_age_s: 9}\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("stream: {change_gate: true, change_db: 3.5, change_max_age_s: 9}\n")
+    off = tmp_path / "off.yaml"
+    off.write_text("stream: {change_gate: false}\n")
+    a, b = load_config(nested).stream.change_gate, load_config(flat).stream.change_gate
+    assert a == b and a.db == 3.5 and a.max_age_s == 9 and a.novel_db == ChangeGateConfig().novel_db
+    assert load_config(off).stream.change_gate.enabled is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream: {change_gate: {db: 99}}\n")
+    with pytest.raises(Exception, match=r"stream\.change_gate\.db"):
+        load_config(bad)

@@ -15,7 +15,7 @@ last real scores instead of running the model when all of these hold:
   nothing was close to starting;
 - no label's score rose by more than ``rise`` x its off level between the two latest real
   runs: a sound that is fading in keeps the model running until its scores stop climbing;
-- no band of the signature moved by more than ``change_db`` dB from the reference's;
+- no band of the signature moved by more than ``db`` dB from the reference's;
 - no frame that the reference had not settled (its newest ``settled_s``, and everything
   after it) is louder, in any band, by more than ``novel_db`` than every frame the reference
   had settled. A click or a quiet sound over room tone hardly moves a 5 s signature, but its
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from monitor.config import ChangeGateConfig
 
 N_BANDS = 16
 FRAME = 1024
@@ -82,16 +84,6 @@ def signature(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GateParams:
-    change_db: float = 4.5
-    max_age_s: float = 15.0
-    margin: float = 0.7
-    rise: float = 0.3
-    novel_db: float = 6.0  # 0: no frame novelty rule
-    settled_s: float = 3.0  # the newest part of a window that ran is not yet "heard" by it
-
-
-@dataclass(frozen=True)
 class WindowSig:
     """What the gate knows of one window: its signature, its stream frames [k0, k1), and per
     band the loudest of its settled frames (all but the newest ``settled_s``)."""
@@ -106,7 +98,7 @@ class WindowSig:
 class ChangeGate:
     """Per stream: remembers the last window the model ran on and its scores."""
 
-    def __init__(self, params: GateParams):
+    def __init__(self, params: ChangeGateConfig):
         self.p = params
         self._ref: WindowSig | None = None
         self._t: float = -np.inf
@@ -186,7 +178,7 @@ class ChangeGate:
         if t_s - self._t > self.p.max_age_s:
             self.why["age"] += 1
             return None
-        if float(np.max(np.abs(ws.sig - self._ref.sig))) > self.p.change_db:
+        if float(np.max(np.abs(ws.sig - self._ref.sig))) > self.p.db:
             self.why["change"] += 1
             return None
         if self._novel(ws):

@@ -16,7 +16,7 @@ import numpy as np
 
 from monitor.config import StreamConfig
 from monitor.scoring import Scorer
-from monitor.stream.change_gate import ChangeGate, GateParams, WindowSig
+from monitor.stream.change_gate import ChangeGate, WindowSig
 from monitor.stream.shared_encoder import SharedEncoder
 from monitor.types import Scores, Window
 
@@ -25,18 +25,7 @@ Emit = Callable[[Scores], None]
 
 
 def change_gate_of(cfg: StreamConfig) -> ChangeGate | None:
-    if not cfg.change_gate:
-        return None
-    return ChangeGate(
-        GateParams(
-            cfg.change_db,
-            cfg.change_max_age_s,
-            cfg.change_margin,
-            rise=cfg.change_rise,
-            novel_db=cfg.change_novel_db,
-            settled_s=cfg.change_settled_s,
-        )
-    )
+    return ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
 
 
 class WindowInference:
