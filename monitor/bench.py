@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.clap.graph import RESIZE_MATMUL_PREFIX
 from monitor.errors import UserError
 from monitor.machine import DEMO_DIR, cpu_info  # noqa: F401 - cpu_info re-exported for the benchmark scripts
+from monitor.models.clap.graph import RESIZE_MATMUL_PREFIX
 
 LABELS = ("dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep")
 
@@ -97,7 +97,7 @@ def matmul_gflops(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
     graph = helper.make_graph(
@@ -109,7 +109,7 @@ def matmul_gflops(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if int8:
-        from monitor.clap.graph import quantise_dynamic_int8
+        from monitor.models.clap.graph import quantise_dynamic_int8
 
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "mm.onnx", Path(tmp) / "mm8.onnx"
@@ -135,7 +135,7 @@ def graph_gflop(onnx_path: Path, input_shape: Sequence[int], threads: int = 2) -
 
     ``input_shape`` is the encoder input for one window; random input of that shape is run.
     """
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +220,7 @@ def per_window_total(backend, scorer, windows, n_sources: int = 1) -> list[float
 
 
 def frontend_per_hop(backend, windows) -> list[float]:
-    from monitor.clap.frontend import StreamingFrontend
+    from monitor.models.clap.frontend import StreamingFrontend
 
     sf = StreamingFrontend(backend.frontend)
     sf.window_features(windows[0].samples, round(windows[0].start_s * windows[0].sample_rate_hz))
@@ -235,7 +235,7 @@ def frontend_per_hop(backend, windows) -> list[float]:
 def int8_agreement(b32, b8, labels: Sequence[str]) -> dict:
     """fp32 vs int8 on the bundled clips: embedding cosine, softmax score gap, top-1 agreement."""
     from monitor.audio_io import read_audio
-    from monitor.labels import label_embeddings, softmax_scores
+    from monitor.models.labels import label_embeddings, softmax_scores
 
     clips = [read_audio(p, b32.sample_rate_hz).samples for p in sorted(DEMO_DIR.glob("*.mp3"))]
     lab = label_embeddings(b32, list(labels))
@@ -284,7 +284,7 @@ def room_tone(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray
 def quiet_lead(x: np.ndarray, rate: int, below_dbfs: float = -50.0) -> np.ndarray:
     """A recording's quiet lead-in: its 0.1 s frames before the first one above ``below_dbfs``
     (real room tone, recorded with the sound that follows)."""
-    from monitor.level import rms_dbfs
+    from monitor.models.level import rms_dbfs
 
     f = rate // 10
     frames = x[: len(x) // f * f].reshape(-1, f)

@@ -64,7 +64,7 @@ class HubConfig(_Section):
 
 
 class LevelConfig(_Section):
-    """The level stage (monitor/level.py): windows scaled to ``target_dbfs`` RMS before the
+    """The level stage (monitor/models/level.py): windows scaled to ``target_dbfs`` RMS before the
     model, gain bounded to ±``max_gain_db``. ``auto``: what the backend needs (on for the
     offline backend, off for CLAP, whose reference pipeline does not normalise)."""
 
@@ -93,7 +93,7 @@ class ModelConfig(_Section):
     threads: int = Field(2, ge=1, le=64)
     # the int8 audio encoder: true | false | auto (time both on the first start on a machine,
     # keep int8 where it is clearly faster and agrees on the configured labels:
-    # monitor/clap/int8_auto.py). `classify`, `eval` and `bench` run fp32 unless asked
+    # monitor/models/clap/int8_auto.py). `classify`, `eval` and `bench` run fp32 unless asked
     int8: bool | Literal["auto"] = "auto"
     # let onnxruntime's threads busy-wait between operators (a little faster, much more CPU)
     spinning: bool = False

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitor.backend import Backend
 from monitor.config import LabelConfig, ScoringConfig
+from monitor.models.backend import Backend
 from monitor.numeric import softmax
 
 
@@ -30,7 +30,7 @@ class Scorer:
         cache_dir: str | os.PathLike | None = None,
         label_matrix: np.ndarray | None = None,
     ):
-        from monitor.labels import label_embeddings, label_offsets
+        from monitor.models.labels import label_embeddings, label_offsets
 
         self.method = cfg.method
         self.labels = tuple(l.name for l in labels)
@@ -49,7 +49,7 @@ class Scorer:
                 return self.background_emb
             return label_embeddings(backend, list(cfg.background), cfg.templates, cache_dir=cache_dir)
 
-        # labels taught by example are calibrated to score like text labels (monitor/labels.py)
+        # labels taught by example are calibrated to score like text labels (monitor/models/labels.py)
         self.label_offsets = (
             np.zeros(len(self.labels), np.float32)
             if label_matrix is not None

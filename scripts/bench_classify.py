@@ -55,8 +55,8 @@ def main() -> int:
     from bench_model import ensure_bench_model  # scripts/ is on sys.path when run as a script
 
     from monitor.audio_io import read_audio
-    from monitor.clap.encoder import ClapBackend
-    from monitor.labels import label_embeddings, softmax_scores
+    from monitor.models.clap.encoder import ClapBackend
+    from monitor.models.labels import label_embeddings, softmax_scores
 
     hf_dir, onnx_dir = ensure_bench_model(Path(args.cache))
 

@@ -39,8 +39,8 @@ from bench_model import DEFAULT_DIR, ensure_bench_model  # noqa: E402
 from hub_stub import HubStub  # noqa: E402
 
 from monitor.bench import figure  # noqa: E402
-from monitor.clap import fetch  # noqa: E402
 from monitor.config import HubConfig  # noqa: E402
+from monitor.models.clap import fetch  # noqa: E402
 
 LABELS = [
     "dog barking",
@@ -58,8 +58,8 @@ LABELS = [
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
 RSS_CHILD = r"""
 import json, sys
-from monitor.clap.encoder import ClapBackend
-from monitor.labels import label_embeddings
+from monitor.models.clap.encoder import ClapBackend
+from monitor.models.labels import label_embeddings
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -106,8 +106,8 @@ def main() -> int:
                 flush=True,
             )
 
-    from monitor.clap.encoder import ClapBackend
-    from monitor.clap.frontend import ClapFrontend, FrontendParams
+    from monitor.models.clap.encoder import ClapBackend
+    from monitor.models.clap.frontend import ClapFrontend, FrontendParams
 
     models = {
         "own_fp32": ClapBackend.from_dir(own, threads=2),

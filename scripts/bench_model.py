@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clap_factories import make_random_checkpoint
 
-from monitor.clap.export import export_clap
+from monitor.models.clap.export import export_clap
 
 DEFAULT_DIR = Path.home() / ".cache" / "sound-monitor" / "bench-full-random"
 

@@ -6,7 +6,7 @@ previous window's frames.
 
 For each msclap version, on a randomly initialised full-size audio encoder (same cost as the
 real weights): median ms per window over ``--reps`` runs, one window at a time, of
-- ``numpy_frontend_ms``: monitor.clap.frontend on one window;
+- ``numpy_frontend_ms``: monitor.models.clap.frontend on one window;
 - ``graph_features_ms``: the exported audio graph on those features (onnxruntime);
 - ``graph_waveform_ms``: the same encoder exported with its torchlibrosa front-end inside,
   on the waveform;
@@ -45,10 +45,10 @@ def measure(version: str, work: Path, reps: int, threads: int) -> dict:
     import torch
     from msclap_helpers import text_dir
 
-    from monitor.clap import msclap_export as me
-    from monitor.clap.export import _onnx_export, normalised_encoder
-    from monitor.clap.frontend import ClapFrontend
-    from monitor.ort import session
+    from monitor.models.clap import msclap_export as me
+    from monitor.models.clap.export import _onnx_export, normalised_encoder
+    from monitor.models.clap.frontend import ClapFrontend
+    from monitor.models.ort import session
 
     torch.set_num_threads(threads)
     text = text_dir(version, work / f"text-{version}")

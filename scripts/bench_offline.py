@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from monitor import bench
-from monitor.offline import features
-from monitor.offline.backend import OfflineBackend
+from monitor.models.offline import features
+from monitor.models.offline.backend import OfflineBackend
 
 
 def main() -> int:
@@ -64,7 +64,7 @@ def main() -> int:
     )
     # YAMNet alone: the fetched batch-1 graph one patch per run (how it ran before issue 17)
     # against the batched graph, all patches of a window in one run; same inputs, same run
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     one = session(b.dir / "yamnet.onnx", a.threads)
     batched = b._yamnet

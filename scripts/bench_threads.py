@@ -28,7 +28,7 @@ SETTINGS = [(2, False), (1, False), (2, True)]  # (threads, spinning)
 def measure(model: str, threads: int, spinning: bool, cycles: int, hop_s: float) -> dict:
     import numpy as np
 
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     b = ClapBackend.from_dir(model, threads=threads, spinning=spinning)
     x = (

@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.backend import l2_normalise
 from monitor.evaluation.evaluate import load_dataset
-from monitor.labels import label_embeddings
-from monitor.level import LevelNorm
+from monitor.models.backend import l2_normalise
+from monitor.models.labels import label_embeddings
+from monitor.models.level import LevelNorm
+from monitor.models.offline.backend import OfflineBackend, TextMapping
+from monitor.models.offline.fetch import default_dir
+from monitor.models.prototypes import embed_files
 from monitor.numeric import true_ranks
-from monitor.offline.backend import OfflineBackend, TextMapping
-from monitor.offline.fetch import default_dir
-from monitor.prototypes import embed_files
 
 LEVELS: dict[str, LevelNorm | None] = {
     "off": None,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.clap.export import onnx_export
-from monitor.clap.graph import quantise_dynamic_int8
+from monitor.models.clap.export import onnx_export
+from monitor.models.clap.graph import quantise_dynamic_int8
 
 _TOKENIZER_CORPUS = [
     "This is a sound of {}.",

@@ -5,7 +5,7 @@ scored against all the enrolled labels. Prints the share ranked first and the mi
     python scripts/enroll_share.py /work/shared/data/uiowa-dev --model offline
 
 The labels go through the same path as `run`/`classify`: LabelConfig(examples=...) ->
-monitor.labels.label_embeddings -> cosine; the test clip is cut into windows the same way.
+monitor.models.labels.label_embeddings -> cosine; the test clip is cut into windows the same way.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def enroll_share(dataset: str, model: str = "offline", cache_dir: str | None = None) -> dict:
     import numpy as np
 
-    from monitor.backend import l2_normalise
     from monitor.config import LabelConfig, ModelConfig
     from monitor.evaluation.evaluate import load_dataset
-    from monitor.labels import label_embeddings
-    from monitor.model_select import select_backend
-    from monitor.prototypes import embed_files
+    from monitor.models.backend import l2_normalise
+    from monitor.models.labels import label_embeddings
+    from monitor.models.prototypes import embed_files
+    from monitor.models.select import select_backend
 
     ds = load_dataset(dataset)
     backend = select_backend(model, ModelConfig()).backend

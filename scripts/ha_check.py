@@ -397,7 +397,7 @@ def tiny_model(work: Path) -> str:
     """A tiny random CLAP, exported as the tests do (needs torch and transformers: `make install-test`)."""
     from clap_factories import make_random_checkpoint
 
-    from monitor.clap.export import export_clap
+    from monitor.models.clap.export import export_clap
 
     out = work / "tiny-clap"
     if not (out / "model" / "manifest.json").exists():

@@ -1,4 +1,4 @@
-"""Build monitor/offline/audioset_classes.json: the AudioSet ontology's entries for YAMNet's
+"""Build monitor/models/offline/audioset_classes.json: the AudioSet ontology's entries for YAMNet's
 521 classes (id, names, parent names, description), the class text of the offline backend.
 
 Usage: python scripts/make_ontology_subset.py [ONTOLOGY_JSON] [YAMNET_CLASS_MAP_CSV]
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "monitor" / "offline" / "audioset_classes.json"
+OUT = ROOT / "monitor" / "models" / "offline" / "audioset_classes.json"
 NOTICE = (
     "Subset of the AudioSet ontology (github.com/audioset/ontology, ontology.json at commit "
     "d417d32bf59c711abb5910fd2f76a0eb44697991, v1 2017-03-06): id, name, parents and "

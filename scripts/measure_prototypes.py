@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.backend import l2_normalise
 from monitor.config import LabelConfig, ModelConfig, ScoringConfig
 from monitor.evaluation.evaluate import load_dataset
-from monitor.model_select import select_backend
-from monitor.prototypes import embed_files
+from monitor.models.backend import l2_normalise
+from monitor.models.prototypes import embed_files
+from monitor.models.select import select_backend
 from monitor.scoring import Scorer
 
 

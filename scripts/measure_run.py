@@ -27,7 +27,7 @@ from monitor.audio_io import read_audio
 from monitor.bench import rss_mb
 from monitor.config import EventsConfig, LabelConfig, ModelConfig, ScoringConfig, StreamConfig
 from monitor.events import EventTracker, rules_for
-from monitor.model_select import select_backend
+from monitor.models.select import select_backend
 from monitor.scoring import Scorer
 from monitor.sinks.jsonl import JsonlEventSink
 from monitor.sources import FileSource

@@ -199,7 +199,7 @@ def main() -> int:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     if a.backend == "offline":
-        from monitor.offline.backend import OfflineBackend
+        from monitor.models.offline.backend import OfflineBackend
 
         backend = OfflineBackend.load(threads=2, models_dir=str(Path(__file__).resolve().parents[1] / "models"))
     else:

@@ -5,7 +5,7 @@
   RobertaTokenizerFast; weights re-drawn with a larger std so that scores differ). Loads
   wherever a real checkpoint does, the transformers pipeline included.
 - ``tiny_clap_export``: that checkpoint exported by the project's own export code
-  (``monitor.clap.export.export_clap``, with ``--int8``) into a tmp dir: audio/text ONNX,
+  (``monitor.models.clap.export.export_clap``, with ``--int8``) into a tmp dir: audio/text ONNX,
   tokenizer, manifest.json. Pass it as ``--model`` or to ``ClapBackend.from_dir``.
 - ``demo_clips_48k``: the bundled animal clips read and resampled to 48 kHz by
   ``monitor.audio_io.read_audio`` as {name: float32 array}.
@@ -32,7 +32,7 @@ def tiny_clap_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clap_export(tiny_clap_dir: Path, tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
-    from monitor.clap.export import export_clap
+    from monitor.models.clap.export import export_clap
 
     out = tmp_path_factory.mktemp("tiny-clap-onnx") / "model"
     export_clap(str(tiny_clap_dir), out, int8=True, progress=None)

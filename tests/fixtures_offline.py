@@ -16,13 +16,13 @@ def offline_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def offline_model_dir() -> Path:
-    from monitor.offline.fetch import fetch_offline
+    from monitor.models.offline.fetch import fetch_offline
 
     return fetch_offline(offline_cache_dir(), say=lambda m: None)
 
 
 @pytest.fixture(scope="session")
 def offline_model(offline_model_dir):
-    from monitor.offline.backend import OfflineBackend
+    from monitor.models.offline.backend import OfflineBackend
 
     return OfflineBackend.from_dir(offline_model_dir)

@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face Hub (the real one is not reachable from the build
 machines): a threaded HTTP server on 127.0.0.1 that serves repositories from folders.
 
-It answers as the hub does where huggingface_hub and ``monitor.hub`` look:
+It answers as the hub does where huggingface_hub and ``monitor.models.hub`` look:
 - ``HEAD``/``GET /<owner>/<name>/resolve/<revision>/<path>`` with ``X-Repo-Commit``; small
   files directly (``ETag`` = git blob sha1); large files (``*.onnx``, ``*.safetensors``)
   by a 302 to ``http://localhost:<port>/cdn/<sha256>`` (another host, like the CDN) with ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``;

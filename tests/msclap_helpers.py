@@ -87,7 +87,7 @@ def text_dir(version: str, path: Path) -> Path:
 def hub_layout(root: Path, version: str, seed: int = 0) -> dict[str, Path]:
     """Folders for a hub stand-in: microsoft/msclap with a random checkpoint of ``version``,
     and the text model's repo with its config and tokenizer (no weights)."""
-    from monitor.clap.msclap_export import VERSIONS, make_random_msclap
+    from monitor.models.clap.msclap_export import VERSIONS, make_random_msclap
 
     v = VERSIONS[version]
     text = text_dir(version, root / v.text_repo.replace("/", "--"))

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
+from monitor.models.backend import Backend, l2_normalise
 
 
 class BandEnergyBackend(Backend):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
 from monitor.evaluation import training as adapt
+from monitor.models.backend import Backend, l2_normalise
 
 
 def test_warp_loss_on_a_hand_computed_case():
@@ -187,7 +187,7 @@ def test_adapter_for_another_model_and_bad_files_are_user_errors(tmp_path):
 
 
 def test_glove_label_embedding_is_the_mean_of_word_vectors():
-    from monitor.offline.glove import Glove
+    from monitor.models.offline.glove import Glove
 
     vocab = ["dog", "barking", "rain"]
     vecs = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], dtype=np.float32)

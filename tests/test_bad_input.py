@@ -306,8 +306,8 @@ def test_fuzz_count_reported():
 # -- model ----------------------------------------------------------------------------------
 def test_mismatched_onnx_with_matching_sha_is_a_model_error(tiny_clap_export, tmp_path):
     """A valid ONNX that is the wrong model (text encoder in the audio slot, sha256 updated)."""
-    from monitor.clap.encoder import ClapBackend
     from monitor.files import sha256_file
+    from monitor.models.clap.encoder import ClapBackend
 
     bad = tmp_path / "swapped"
     shutil.copytree(tiny_clap_export, bad)

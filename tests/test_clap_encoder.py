@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from cli_helpers import cli
 
-from monitor.backend import Backend
-from monitor.clap.encoder import ClapBackend
 from monitor.errors import ModelError
 from monitor.files import sha256_file
+from monitor.models.backend import Backend
+from monitor.models.clap.encoder import ClapBackend
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -82,7 +82,7 @@ def test_batch_and_embed_features(backend):
     # more windows than one call takes (AUDIO_BATCH): split into several calls, some larger
     # than the usual size (whose arena is handed back); every row, and a single window
     # afterwards, stays the same
-    from monitor.clap.encoder import AUDIO_BATCH
+    from monitor.models.clap.encoder import AUDIO_BATCH
 
     many = np.concatenate([feats] * (AUDIO_BATCH // 3 + 2))
     assert many.shape[0] > AUDIO_BATCH
@@ -103,7 +103,7 @@ def test_batch_and_embed_features(backend):
 
 
 def test_only_calls_larger_than_usual_hand_their_arena_back(tiny_clap_export):
-    from monitor.clap.encoder import USUAL_BATCH_CALLS
+    from monitor.models.clap.encoder import USUAL_BATCH_CALLS
 
     b = ClapBackend.from_dir(tiny_clap_export, threads=1)
     # one source: single windows keep their arena, a catch-up of 4 hands its growth back
@@ -236,8 +236,8 @@ def test_the_model_folder_contract_is_one_type_with_one_writer(tiny_clap_export,
     import json
     import shutil
 
-    from monitor.clap.manifest import ClapManifest
     from monitor.errors import ModelError
+    from monitor.models.clap.manifest import ClapManifest
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_clap_export, folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.clap.frontend import ClapFrontend, FrontendParams, crop_starts
+from monitor.models.clap.frontend import ClapFrontend, FrontendParams, crop_starts
 
 SR = 48000
 L = 10 * SR
@@ -119,7 +119,7 @@ def _windows(x, window_n, hop_n):
 
 @pytest.mark.parametrize("hop_s", [1.0, 0.5, 2.5])
 def test_streaming_frontend_equals_full_and_reuses_frames(frontend, hop_s):
-    from monitor.clap.frontend import StreamingFrontend
+    from monitor.models.clap.frontend import StreamingFrontend
 
     x = _clip(14 * SR, seed=3)
     sf = StreamingFrontend(frontend)
@@ -133,7 +133,7 @@ def test_streaming_frontend_equals_full_and_reuses_frames(frontend, hop_s):
 
 
 def test_streaming_frontend_gaps_restart_and_odd_geometry(frontend):
-    from monitor.clap.frontend import StreamingFrontend
+    from monitor.models.clap.frontend import StreamingFrontend
 
     x = _clip(20 * SR, seed=4)
     sf = StreamingFrontend(frontend)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.backend import Backend
 from monitor.config import LabelConfig
-from monitor.labels import label_embeddings, label_texts, softmax_scores
+from monitor.models.backend import Backend
+from monitor.models.labels import label_embeddings, label_texts, softmax_scores
 
 
 class CountingBackend(Backend):
@@ -95,7 +95,7 @@ def test_corrupt_cache_is_ignored(tmp_path):
 
 
 def test_real_backend_cache_roundtrip(tiny_clap_export, tmp_path):
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     b = ClapBackend.from_dir(tiny_clap_export, threads=1)
     direct = label_embeddings(b, ["dog", "rain"])

@@ -111,8 +111,8 @@ def test_classify_long_and_resampled_file(tiny_clap_export, tmp_path):
     import soundfile as sf
 
     from monitor.audio_io import read_audio
-    from monitor.clap.encoder import ClapBackend
-    from monitor.labels import label_embeddings, softmax_scores
+    from monitor.models.clap.encoder import ClapBackend
+    from monitor.models.labels import label_embeddings, softmax_scores
 
     rng = np.random.default_rng(0)
     x = (0.1 * rng.standard_normal((23 * 44100, 2))).astype(np.float32)

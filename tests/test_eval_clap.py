@@ -43,8 +43,8 @@ def test_eval_and_adapter_on_tiny_clap(tmp_path, tiny_clap_export, demo_dir, cap
     out = json.loads(capsys.readouterr().out)
     assert out["semantic"] == "text" and len(out["folds"]) == 3
 
-    from monitor.clap.encoder import ClapBackend
     from monitor.evaluation.training import Adapter, maybe_adapt
+    from monitor.models.clap.encoder import ClapBackend
 
     base = ClapBackend.from_dir(tiny_clap_export)
     ad = Adapter.load(path)

@@ -53,10 +53,10 @@ def small_dataset(tmp_path, uiowa_dir):
 
 
 def test_enrolled_labels_rank_first_on_a_held_out_clip(uiowa_dir, offline_model):
-    from monitor.backend import l2_normalise
     from monitor.config import LabelConfig
-    from monitor.labels import label_embeddings
-    from monitor.prototypes import embed_files
+    from monitor.models.backend import l2_normalise
+    from monitor.models.labels import label_embeddings
+    from monitor.models.prototypes import embed_files
 
     by = uiowa_by_class(uiowa_dir)
     classes = sorted(by)
@@ -115,10 +115,10 @@ def test_enroll_then_classify_and_config(tmp_path, uiowa_dir, env):
 
 
 def test_mixed_label_combines_text_and_prototype(uiowa_dir, offline_model):
-    from monitor.backend import l2_normalise
     from monitor.config import LabelConfig
-    from monitor.labels import label_embeddings
-    from monitor.prototypes import prototype
+    from monitor.models.backend import l2_normalise
+    from monitor.models.labels import label_embeddings
+    from monitor.models.prototypes import prototype
 
     clips = [str(p) for p in uiowa_by_class(uiowa_dir)["velcro"][:4]]
     text, proto_only, mixed = label_embeddings(

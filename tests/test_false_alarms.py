@@ -13,7 +13,7 @@ from cli_helpers import cli
 
 from monitor.audio_io import read_audio
 from monitor.bench import quiet_lead, room_tone
-from monitor.level import rms_dbfs
+from monitor.models.level import rms_dbfs
 
 RATE = 16000
 

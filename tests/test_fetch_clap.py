@@ -21,9 +21,9 @@ import pytest
 import tomllib
 from hub_stub import HubStub
 
-from monitor.clap import fetch
 from monitor.config import HubConfig
 from monitor.errors import UserError
+from monitor.models.clap import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "monitor" / "demo"
@@ -168,8 +168,8 @@ def test_fetch_and_classify_without_torch_equal_the_pipeline(
 # what is fetched, and how
 # --------------------------------------------------------------------------------------
 def test_fetch_reads_the_checkpoint_by_ranges_only_and_verifies(hub, tiny_clap_dir, tmp_path):
-    from monitor.clap.encoder import ClapBackend
     from monitor.files import sha256_file
+    from monitor.models.clap.encoder import ClapBackend
 
     out = tmp_path / "m" / "clap-htsat-unfused"
     said: list[str] = []
@@ -202,8 +202,8 @@ def test_fetch_reads_the_checkpoint_by_ranges_only_and_verifies(hub, tiny_clap_d
 
 
 def test_fetched_graph_checked_at_load(hub, tmp_path):
-    from monitor.clap.encoder import ClapBackend
     from monitor.errors import ModelError
+    from monitor.models.clap.encoder import ClapBackend
 
     out = tmp_path / "clap"
     fetch.fetch_clap(out, say=None)
@@ -215,7 +215,7 @@ def test_fetched_graph_checked_at_load(hub, tmp_path):
 
 
 def test_int8_variant_and_rewrite_kept_only_when_equal(hub, tmp_path, monkeypatch):
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     out = fetch.default_out(tmp_path / "models", "int8")
     m = fetch.fetch_clap(out, HubConfig(variant="int8"), say=None)

@@ -313,7 +313,7 @@ def test_a_new_outbox_is_created_private(tmp_path):
 
 # -- 8: a hand-edited int8 decision ---------------------------------------------------------
 def test_a_hand_edited_int8_decision_is_not_trusted(tmp_path, caplog):
-    from monitor.clap.int8_auto import _kept
+    from monitor.models.clap.int8_auto import _kept
 
     store = tmp_path / "int8-choice.json"
     with caplog.at_level(logging.WARNING):

@@ -326,8 +326,8 @@ def test_long_file_classify_streams_crop_by_crop(tiny_clap_export, tmp_path):
     import soundfile as sf
 
     from monitor.audio_io import read_audio
-    from monitor.clap.encoder import ClapBackend
     from monitor.commands import classify
+    from monitor.models.clap.encoder import ClapBackend
 
     parts = [read_audio(p, 44100).samples for p in sorted((ROOT / "monitor" / "demo").glob("*.mp3"))]
     x = np.concatenate(parts * 3)[: int(75.3 * 44100)]
@@ -342,7 +342,7 @@ def test_long_file_classify_streams_crop_by_crop(tiny_clap_export, tmp_path):
     r = cli("classify", f, "--model", tiny_clap_export, "--labels", "owl,dog", "--json", state=tmp_path / "s")
     assert r.returncode == 0, r.stderr
     top = json.loads(r.stdout)[0]["scores"]
-    from monitor.labels import label_embeddings, softmax_scores
+    from monitor.models.labels import label_embeddings, softmax_scores
 
     want = softmax_scores(whole, label_embeddings(b, ["owl", "dog"]), b.logit_scale)[0]
     assert {s["label"]: s["score"] for s in top} == pytest.approx({"owl": want[0], "dog": want[1]}, abs=1e-5)

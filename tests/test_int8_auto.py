@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from monitor.clap.int8_auto import CHOICE_FILE, decide, machine_key
 from monitor.config import ModelConfig
-from monitor.model_select import load_dir
+from monitor.models.clap.int8_auto import CHOICE_FILE, decide, machine_key
+from monitor.models.select import load_dir
 
 
 def test_the_rule():

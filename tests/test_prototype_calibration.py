@@ -1,4 +1,4 @@
-"""Labels taught by example score like text labels: the calibration offset (monitor/labels.py),
+"""Labels taught by example score like text labels: the calibration offset (monitor/models/labels.py),
 and enrolled labels that survive a model change."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 import soundfile as sf
 from stream_helpers import BandEnergyBackend
 
-from monitor.backend import l2_normalise
 from monitor.config import DEFAULT_BACKGROUND, LabelConfig, ScoringConfig
-from monitor.labels import label_embeddings, label_offsets
-from monitor.prototypes import PrototypeStore
+from monitor.models.backend import l2_normalise
+from monitor.models.labels import label_embeddings, label_offsets
+from monitor.models.prototypes import PrototypeStore
 from monitor.scoring import Scorer
 
 RATE = 16000
@@ -45,7 +45,7 @@ def test_text_labels_get_no_offset_and_a_prototype_its_median_example_at_the_bac
     assert off[0] == 0.0 and off[1] < -1.0  # an uncalibrated prototype sits far above the background
     # by hand: each example against the prototype of the others; the median margin is moved to 0
     from monitor.audio_io import read_audio
-    from monitor.prototypes import embed_windows_mean
+    from monitor.models.prototypes import embed_windows_mean
 
     m = l2_normalise(np.stack([embed_windows_mean(b, read_audio(p, RATE).samples)[0] for p in ex]))
     loo = [margin(b, m[j], l2_normalise(np.delete(m, j, axis=0).mean(axis=0)), bg) for j in range(3)]

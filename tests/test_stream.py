@@ -108,8 +108,8 @@ def test_level_gate_skips_inference():
 def test_streaming_equals_offline_with_clap(tiny_clap_export, tmp_path):
     """run --fast --scores == the backend on the same 5 s slice (softmax), within 1e-4."""
     from monitor.audio_io import read_audio
-    from monitor.clap.encoder import ClapBackend
-    from monitor.labels import label_embeddings, softmax_scores
+    from monitor.models.clap.encoder import ClapBackend
+    from monitor.models.labels import label_embeddings, softmax_scores
 
     audio = np.concatenate([read_audio(f"monitor/demo/{n}.mp3", 48000).samples for n in ("dog", "cow", "rooster")])
     wav = tmp_path / "mix.wav"

@@ -55,7 +55,7 @@ def run(args) -> int:
     from monitor import bench
     from monitor.config import ModelConfig
     from monitor.errors import UserError
-    from monitor.model_select import load_dir
+    from monitor.models.select import load_dir
 
     if args.repeats < 3:
         raise UserError("--repeats must be at least 3")
@@ -69,7 +69,7 @@ def run(args) -> int:
 
     path = Path(args.model).expanduser()
     b32 = load_dir(path, ModelConfig(threads=args.threads, int8=False, spinning=args.spinning))
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     if not isinstance(b32, ClapBackend):
         raise UserError(f"{path} is not a CLAP export: bench measures the CLAP encoder")

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     from monitor.audio_io import read_audio
     from monitor.config import Config, ModelConfig
-    from monitor.labels import label_embeddings, softmax_scores
-    from monitor.model_select import select_backend
+    from monitor.models.labels import label_embeddings, softmax_scores
+    from monitor.models.select import select_backend
 
     labels = parse_labels(args.labels)
     templates = parse_templates(args.template)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelError(f"--model {args.model}: this backend is not available ({e})") from None
     backend = selected.backend
     if args.adapter:
-        from monitor.adapter import maybe_adapt
+        from monitor.models.adapter import maybe_adapt
 
         backend = maybe_adapt(backend, args.adapter)
     log.info("model: %s (%s)", backend.name, selected.reason)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         from monitor.config import DEFAULT_BACKGROUND
-        from monitor.labels import label_offsets
+        from monitor.models.labels import label_offsets
 
         label_vecs = label_embeddings(backend, labels, templates, cache_dir=cache_dir)
         # labels taught by example score like text labels (0 for text labels: CLAP parity holds)
@@ -180,8 +180,8 @@ def embed_streamed(path, backend):
     import numpy as np
 
     from monitor.audio_io import stream_audio
-    from monitor.backend import l2_normalise
     from monitor.errors import AudioError
+    from monitor.models.backend import l2_normalise
 
     rate = backend.sample_rate_hz
     L = int(round(backend.crop_s * rate))

@@ -1,7 +1,7 @@
 """`sound-monitor enroll LABEL FILE... --model DIR|offline [--config config.yaml]`: teach a label by example.
 
 The label's prototype is the mean of the audio embeddings of the clips' windows (each clip
-cut into consecutive ``window_s`` windows, see monitor.prototypes; each clip weighs the
+cut into consecutive ``window_s`` windows, see monitor.models.prototypes; each clip weighs the
 same). It is stored durably in ``<state_dir>/prototypes/<model cache_key>.json``; from then
 on a label of that name in ``run``/``classify`` with that model uses the prototype in place
 of its text embedding and behaves like any other label (thresholds, events, MQTT).
@@ -46,10 +46,10 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.backend import l2_normalise
     from monitor.config import clean_label, load_config
-    from monitor.model_select import select_backend
-    from monitor.prototypes import PrototypeStore, embed_files
+    from monitor.models.backend import l2_normalise
+    from monitor.models.prototypes import PrototypeStore, embed_files
+    from monitor.models.select import select_backend
 
     try:
         label = clean_label(args.label)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     unit = l2_normalise(per_clip)
     proto = l2_normalise(unit.mean(axis=0))
     from monitor.audio_io import read_audio
-    from monitor.prototypes import clip_windows
+    from monitor.models.prototypes import clip_windows
 
     n_windows = sum(
         clip_windows(read_audio(f, backend.sample_rate_hz).samples, backend.sample_rate_hz, backend.window_s).shape[0]

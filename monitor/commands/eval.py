@@ -5,7 +5,7 @@
 ``"folds": [{"test_classes", "top1", "map", ...}]``, the top-level figures being the means
 over folds) plus extra keys (protocol, adapter, semantic, model, chance_top5, confusion).
 Clip embeddings are cached per file under ``<state_dir>/eval-cache`` (see
-monitor.prototypes). Nothing heavy is imported at module level.
+monitor.models.prototypes). Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -91,14 +91,14 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.backend import l2_normalise
     from monitor.commands.classify import parse_templates
     from monitor.config import Config, ModelConfig
     from monitor.evaluation import evaluate
     from monitor.evaluation import training as adapt
-    from monitor.labels import label_embeddings
-    from monitor.model_select import select_backend
-    from monitor.prototypes import embed_files, stderr_progress
+    from monitor.models.backend import l2_normalise
+    from monitor.models.labels import label_embeddings
+    from monitor.models.prototypes import embed_files, stderr_progress
+    from monitor.models.select import select_backend
 
     templates = parse_templates(args.template)
     if args.threads < 1:

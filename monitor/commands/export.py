@@ -1,6 +1,6 @@
 """`sound-monitor export`: a CLAP checkpoint (hub id or local HF directory) to ONNX.
 
-Heavy imports (torch, transformers, onnx) happen inside ``run`` via monitor.clap.export.
+Heavy imports (torch, transformers, onnx) happen inside ``run`` via monitor.models.clap.export.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.clap.msclap_export import export_msclap, is_msclap_source
     from monitor.config import default_models_dir
+    from monitor.models.clap.msclap_export import export_msclap, is_msclap_source
 
     src = args.model
     if is_msclap_source(src):
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_models_dir() / name
         m = export_msclap(src, out, int8=args.int8, threads=max(1, args.threads))
     else:
-        from monitor.clap.export import export_clap
+        from monitor.models.clap.export import export_clap
 
         out = Path(args.out) if args.out else default_models_dir() / Path(src.rstrip("/")).name
         m = export_clap(src, out, int8=args.int8, threads=max(1, args.threads))

@@ -59,7 +59,7 @@ def run(args) -> int:
 
     from monitor.config import default_models_dir
     from monitor.errors import UserError
-    from monitor.offline.fetch import default_dir, fetch_offline, is_complete
+    from monitor.models.offline.fetch import default_dir, fetch_offline, is_complete
 
     if args.models_dir is None:
         args.models_dir = str(default_models_dir())
@@ -72,9 +72,9 @@ def run(args) -> int:
     if args.models_cmd == "fetch":
         from pydantic import ValidationError
 
-        from monitor.clap.fetch import default_out, fetch_clap
         from monitor.config import format_validation_error
         from monitor.errors import UserError
+        from monitor.models.clap.fetch import default_out, fetch_clap
 
         try:  # the flags are validated as the config's model.hub section is
             source = HubConfig(
@@ -95,7 +95,7 @@ def run(args) -> int:
         )
         return 0
     from monitor.files import read_manifest, verify_listed
-    from monitor.model_select import find_clap_export
+    from monitor.models.select import find_clap_export
 
     def checked(folder: Path) -> str:
         """`folder (ok: N files verified)` or what is wrong (every file is hashed)."""

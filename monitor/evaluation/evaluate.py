@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import l2_normalise
 from monitor.errors import UserError
+from monitor.models.backend import l2_normalise
 from monitor.numeric import true_ranks
 
 ESC50_CATEGORIES = ("animals", "natural soundscapes", "human non-speech", "interior/domestic", "exterior/urban")

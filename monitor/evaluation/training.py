@@ -29,7 +29,7 @@ scaled by 1/sqrt(k) so that they stay unit-norm).
 
 Training runs in numpy (small matrices; no torch needed); scoring is one matrix product.
 What ``run`` needs at run time (``Adapter`` files, ``AdaptedBackend``) lives in
-monitor/adapter.py, apart from this training code.
+monitor/models/adapter.py, apart from this training code.
 """
 
 from __future__ import annotations
@@ -40,9 +40,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.adapter import FORMAT_VERSION, SEMANTIC_SOURCES, AdaptedBackend, Adapter, maybe_adapt, parse_semantic
-from monitor.backend import l2_normalise
 from monitor.errors import UserError
+from monitor.models.adapter import (
+    FORMAT_VERSION,
+    SEMANTIC_SOURCES,
+    AdaptedBackend,
+    Adapter,
+    maybe_adapt,
+    parse_semantic,
+)
+from monitor.models.backend import l2_normalise
 from monitor.numeric import true_ranks
 
 __all__ = ["FORMAT_VERSION", "SEMANTIC_SOURCES", "Adapter", "AdaptedBackend", "maybe_adapt", "parse_semantic"]
@@ -396,7 +403,7 @@ def semantic_embeddings(
 ) -> np.ndarray:
     """φ for label names [C, d_s]: each source L2-normalised, concatenated, scaled to unit norm."""
     from monitor.config import DEFAULT_TEMPLATE
-    from monitor.labels import label_embeddings
+    from monitor.models.labels import label_embeddings
 
     parts = []
     sources = parse_semantic(spec)
@@ -412,7 +419,7 @@ def semantic_embeddings(
                 )
             parts.append(backend.embed_label_semantics(list(names)))
         else:
-            from monitor.offline.glove import Glove
+            from monitor.models.offline.glove import Glove
 
             parts.append(Glove.load(glove_dir).embed(list(names)))
     phi = np.concatenate([l2_normalise(p) for p in parts], axis=1) / np.sqrt(len(parts))

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from monitor.backend import Backend
     from monitor.config import Config
+    from monitor.models.backend import Backend
     from monitor.runtime.service import MonitorService
     from monitor.sinks.base import Sink
     from monitor.sinks.terminal import TerminalSink, ViewState
@@ -175,12 +175,12 @@ def build_sinks(
 
 
 def _backend(cfg: Config, say: Say) -> Backend:
-    from monitor.model_select import select_backend
+    from monitor.models.select import select_backend
 
     selected = select_backend(cfg.model.spec, cfg.model, [l.name for l in cfg.labels])
     backend = selected.backend
     if cfg.model.adapter:
-        from monitor.adapter import maybe_adapt
+        from monitor.models.adapter import maybe_adapt
 
         backend = maybe_adapt(backend, cfg.model.adapter)
     say(f"model {backend.name}: {selected.reason}")

@@ -26,9 +26,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monitor.backend import Backend
 from monitor.config import Config
 from monitor.events import EventTracker
+from monitor.models.backend import Backend
 from monitor.runtime.control import ControlPlane, Controls, RulesInForce
 from monitor.runtime.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.runtime.reload import ConfigReloader

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from monitor.backend import Backend
 from monitor.config import SourceConfig, StreamConfig
 from monitor.errors import UserError
 from monitor.events import EventTracker
+from monitor.models.backend import Backend
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import Source, SourceSlot

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monitor.backend import Backend
+from monitor.models.backend import Backend
 from monitor.types import Window
 
 log = logging.getLogger(__name__)

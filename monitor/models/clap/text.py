@@ -4,7 +4,7 @@ The export writes the checkpoint's fast tokenizer (``tokenizer.json``, RoBERTa b
 BPE with its ``<s> ... </s>`` post-processor) next to ``text_encoder.onnx``; this module
 turns prompts into the padded ``input_ids`` / ``attention_mask`` int64 arrays the encoder
 takes, exactly as ``tokenizer(prompts, padding=True)`` does in transformers. No transformers
-at runtime. The ONNX session itself lives in ``monitor.clap.encoder``.
+at runtime. The ONNX session itself lives in ``monitor.models.clap.encoder``.
 """
 
 from __future__ import annotations

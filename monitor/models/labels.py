@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
 from monitor.config import DEFAULT_TEMPLATE, LabelConfig
 from monitor.files import atomic_savez
+from monitor.models.backend import Backend, l2_normalise
 
 if TYPE_CHECKING:
-    from monitor.prototypes import PrototypeStore
+    from monitor.models.prototypes import PrototypeStore
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def label_embeddings(
     Labels taught by example clips (``examples:`` in the config, or enrolled with
     ``sound-monitor enroll`` into ``<state_dir>/prototypes``, found next to ``cache_dir``)
     use their audio prototype; a label with both explicit ``prompts`` and examples uses
-    the normalised sum of its text and prototype vectors (see ``monitor.prototypes``).
+    the normalised sum of its text and prototype vectors (see ``monitor.models.prototypes``).
     A backend with ``normalise_labels = False`` (a learned adapter) keeps vector norms;
     one with ``prompt_templates = False`` (the offline backend) gets each prompt bare.
     """
@@ -218,7 +218,7 @@ def _prototype_members(
     """{label index: (unit member vectors [m, D] or None, its unit text vector or None)} for
     labels taught by example: a member per example clip (its mean window embedding), or per
     window when there is one clip."""
-    from monitor.prototypes import PrototypeStore, clip_windows, embed_files, store_dir_for_cache
+    from monitor.models.prototypes import PrototypeStore, clip_windows, embed_files, store_dir_for_cache
 
     out: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     state_dir = store_dir_for_cache(cache_dir)
@@ -257,7 +257,7 @@ def _prototypes(
     backend: Backend, labels: Sequence[LabelLike], cache_dir: str | os.PathLike | None
 ) -> dict[int, np.ndarray]:
     """{label index: unit prototype} for labels with examples or an enrolled prototype."""
-    from monitor.prototypes import PrototypeStore, prototype, store_dir_for_cache
+    from monitor.models.prototypes import PrototypeStore, prototype, store_dir_for_cache
 
     out: dict[int, np.ndarray] = {}
     state_dir = store_dir_for_cache(cache_dir)
@@ -291,7 +291,7 @@ def _prototypes(
 def _adopt(backend: Backend, store: PrototypeStore, name: str, cache_dir: str | os.PathLike | None) -> dict | None:
     """A label enrolled for another model (e.g. before a model update) is made again in this
     model's space from its clips and kept in this model's store: enrolled labels survive."""
-    from monitor.prototypes import embed_files
+    from monitor.models.prototypes import embed_files
 
     found = store.find_elsewhere(name)
     if found is None:

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor import hub
-from monitor.clap.frontend import ClapFrontend, FrontendParams
-from monitor.clap.manifest import MANIFEST_VERSION, ClapManifest
 from monitor.config import HubConfig
 from monitor.errors import ModelError, UserError
 from monitor.files import sha256_file, verify_listed
+from monitor.models import hub
+from monitor.models.clap.frontend import ClapFrontend, FrontendParams
+from monitor.models.clap.manifest import MANIFEST_VERSION, ClapManifest
 
 _PINNED = HubConfig()  # the pinned repositories and commits live in the config's defaults
 DEFAULT_REPO = _PINNED.repo
@@ -290,7 +290,7 @@ def fetch_clap(
 def _add_int8(out: Path, m: dict, say: Say, threads: int) -> dict:
     """Quantise the fetched fp32 audio encoder to int8 as ``export --int8`` does (int8 weights,
     the Resize matrix kept fp32), check it against fp32 and list it in the manifest."""
-    from monitor.clap import graph
+    from monitor.models.clap import graph
 
     audio = m["audio"]
     src = out / audio["file"]
@@ -416,8 +416,8 @@ def _build(
     threads: int,
     say: Say,
 ) -> dict:
-    from monitor.clap import graph
-    from monitor.clap.text import PromptTokenizer
+    from monitor.models.clap import graph
+    from monitor.models.clap.text import PromptTokenizer
 
     audio_path, text_path = (local[p] for p in VARIANTS[source.variant])
     config = _json(local["config.json"]) or {}

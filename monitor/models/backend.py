@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from monitor.level import LevelNorm
+    from monitor.models.level import LevelNorm
     from monitor.types import Window
 
 import numpy as np
@@ -53,7 +53,7 @@ class Backend:
     # prompts are rendered with the label templates ("This is a sound of {}."); False: the
     # backend maps the bare label text itself (the offline backend's class-text matching)
     prompt_templates: bool = True
-    # the level stage (monitor/level.py): whether the backend can take one, and whether
+    # the level stage (monitor/models/level.py): whether the backend can take one, and whether
     # ``model.level.normalise: auto`` gives it one
     supports_level_norm: bool = False
     level_norm_default: bool = False

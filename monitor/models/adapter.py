@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
 from monitor.errors import UserError
+from monitor.models.backend import Backend, l2_normalise
 from monitor.types import Window
 
 SEMANTIC_SOURCES = ("text", "minilm", "glove")
@@ -253,7 +253,7 @@ class AdaptedBackend(Backend):
             elif src == "minilm":
                 parts.append(self.base.embed_label_semantics([self._label_of(p) for p in prompts]))
             else:
-                from monitor.offline.glove import Glove
+                from monitor.models.offline.glove import Glove
 
                 parts.append(Glove.load(self._glove_dir).embed([self._label_of(p) for p in prompts]))
         phi = np.concatenate([l2_normalise(p) for p in parts], axis=1) / np.sqrt(len(parts))

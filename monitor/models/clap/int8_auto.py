@@ -46,7 +46,7 @@ class Int8Choice:
 
 def machine_key(threads: int) -> str:
     """What the speed of an encoder depends on here: CPU model and flags, onnxruntime, threads."""
-    from monitor.ort import import_ort
+    from monitor.models.ort import import_ort
 
     onnxruntime = import_ort()
 
@@ -114,8 +114,8 @@ def _kept(entry: object, store: Path) -> Int8Choice | None:
 def choose(path: Path, threads: int, spinning: bool, labels: Sequence[str] = ()) -> Int8Choice:
     """Measure (or recall) whether the export at ``path`` should run its int8 encoder here;
     ``labels``: the configured ones, whose top-1 must not change (none: the bundled clips')."""
-    from monitor.clap.encoder import ClapBackend
     from monitor.files import read_manifest
+    from monitor.models.clap.encoder import ClapBackend
 
     manifest = read_manifest(path / "manifest.json")
     if not (manifest.get("audio") or {}).get("int8_file"):

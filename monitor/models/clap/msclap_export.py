@@ -1,7 +1,7 @@
 """Export Microsoft CLAP (msclap 2022 / 2023) into the same ONNX layout as LAION CLAP.
 
 ``sound-monitor export --model msclap:2023 | msclap:2022 | PATH.pth``. The result is read by
-``monitor.clap.encoder.ClapBackend`` unchanged: an audio graph taking log-mel features
+``monitor.models.clap.encoder.ClapBackend`` unchanged: an audio graph taking log-mel features
 ``[B, 1, frames, 64]`` and a text graph taking ``input_ids`` / ``attention_mask``, both
 L2-normalised, with the front-end parameters, window length and logit scale in
 manifest.json.
@@ -11,7 +11,7 @@ What msclap 1.3.4 does, and how it maps here (read from the installed package at
 - Front-end: torchlibrosa ``Spectrogram`` (centred STFT, reflect padding, periodic Hann,
   power) + ``LogmelFilterBank`` (Slaney mel filters with Slaney norm, ``10 * log10(max(x,
   1e-10))``, no top_db) -- the same arithmetic as the LAION front-end in numpy
-  (``monitor.clap.frontend``), so it stays outside the graph (measured cheaper per hop:
+  (``monitor.models.clap.frontend``), so it stays outside the graph (measured cheaper per hop:
   notes/issue20.md). The 2023 HTSAT takes its mel parameters from msclap's
   ``models/config.py`` (filters laid out for 32 kHz, 50-14000 Hz), not from the yml it is
   fed audio by (44.1 kHz, 7 s); the export reads both and the manifest records them
@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from monitor.clap.export import (
+from monitor.errors import ModelError, UserError
+from monitor.models.clap.export import (
     AUDIO_FILE,
     MANIFEST_VERSION,
     Progress,
@@ -61,8 +62,7 @@ from monitor.clap.export import (
     write_encoders,
     write_manifest,
 )
-from monitor.clap.frontend import ClapFrontend, FrontendParams
-from monitor.errors import ModelError, UserError
+from monitor.models.clap.frontend import ClapFrontend, FrontendParams
 
 MSCLAP_REPO = "microsoft/msclap"
 MSCLAP_PIN = "msclap==1.3.4"
@@ -466,7 +466,7 @@ def end_to_end_difference(model, fe_params: FrontendParams, out: Path, threads: 
     the exported graph: max |difference| of the L2-normalised embeddings."""
     import torch
 
-    from monitor.clap.graph import ort_session
+    from monitor.models.clap.graph import ort_session
 
     rng = np.random.default_rng(seed)
     waves = (0.1 * rng.standard_normal((2, int(fe_params.max_samples)))).astype(np.float32)

@@ -58,7 +58,7 @@ EMBEDDING_TENSOR = "/model/Reshape_output_0"  # YAMNet's 1024-d pooled embedding
 
 
 def default_dir(models_dir: str | os.PathLike | None = None) -> Path:
-    """``<models_dir>/offline`` when writable, else ``~/.cache/sound-monitor/offline``."""
+    """``<models_dir>/offline`` when writable, else ``~/.cache/sound-monitor/models/offline``."""
     env = os.environ.get("SOUND_MONITOR_OFFLINE_DIR")
     if env:
         return Path(env).expanduser()

@@ -3,13 +3,13 @@
 One 521-d space serves audio and text.
 
 - Audio: each window (or clip) is first brought to a fixed RMS level (the level stage,
-  monitor/level.py: YAMNet is not level-invariant and real microphones are quiet); then
+  monitor/models/level.py: YAMNet is not level-invariant and real microphones are quiet); then
   YAMNet's class probabilities, pooled over the window's 0.96 s patches (max of sigmoid),
   square-root compressed, L2-normalised. All patches of a batch of windows go through the
   graph in one run (the fetched graph's batch of 1 is made symbolic when it is loaded;
   outputs are bit-identical to one patch per run).
 - Text: a label (its bare text: no prompt template) is embedded with MiniLM and compared
-  with the 521 classes, each embedded as its ontology text (monitor/offline/audioset_classes.json,
+  with the 521 classes, each embedded as its ontology text (monitor/models/offline/audioset_classes.json,
   from the AudioSet ontology, CC BY-SA 4.0): the mean of its names, the mean of "NAME, a
   kind of PARENT" phrasings, and its description, each unit-normalised, summed. The
   ``TOP_K`` most similar classes get softmax weights with ``TEMPERATURE``; the label's
@@ -21,7 +21,7 @@ the same space. The class-text parameters were chosen by validation on held-out 
 (``scripts/choose_offline_text.py``; figures in README and notes/issue17.md) and are part
 of the cache key, so cached label vectors are remade when they change.
 
-tokenizers and onnxruntime (through monitor/ort.py) are imported inside the functions that
+tokenizers and onnxruntime (through monitor/models/ort.py) are imported inside the functions that
 need them.
 """
 
@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
 from monitor.errors import ModelError
 from monitor.files import atomic_savez, read_manifest, write_bytes_atomic, write_json_atomic
-from monitor.level import LevelNorm
 from monitor.logs import say as _say
-from monitor.offline import features
-from monitor.offline.fetch import FILES, default_dir, fetch_offline, is_complete, sha256_file
+from monitor.models.backend import Backend, l2_normalise
+from monitor.models.level import LevelNorm
+from monitor.models.offline import features
+from monitor.models.offline.fetch import FILES, default_dir, fetch_offline, is_complete, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class TextMapping:
 
 
 def _session(model: Path | bytes, threads: int, spinning: bool, what: str) -> Any:
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     try:
         return session(model, threads, spinning=spinning)

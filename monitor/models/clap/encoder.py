@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
-from monitor.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
-from monitor.clap.manifest import ClapManifest
-from monitor.clap.text import PromptTokenizer
 from monitor.errors import ModelError
 from monitor.files import sha256_file
-from monitor.ort import run_options_shrink
-from monitor.ort import session as ort_session
+from monitor.models.backend import Backend, l2_normalise
+from monitor.models.clap.frontend import ClapFrontend, FrontendParams, StreamingFrontend
+from monitor.models.clap.manifest import ClapManifest
+from monitor.models.clap.text import PromptTokenizer
+from monitor.models.ort import run_options_shrink
+from monitor.models.ort import session as ort_session
 from monitor.types import Window
 
 # windows per onnxruntime call: windows pending after a stall, or of several sources, go
@@ -58,7 +58,7 @@ def _return_freed_memory() -> None:
 
 
 class ClapBackend(Backend):
-    """CLAP audio + text encoders exported to ONNX (see monitor.backend.Backend).
+    """CLAP audio + text encoders exported to ONNX (see monitor.models.backend.Backend).
 
     Streaming: ``prepare`` computes a window's log-mel features with one
     ``StreamingFrontend`` per stream (the only place that cache lives), which reuses the
@@ -72,7 +72,7 @@ class ClapBackend(Backend):
         self.manifest = manifest.to_dict()
         self.threads = int(threads)
         self.int8 = bool(int8)
-        self.int8_choice = ""  # model.int8: auto's decision, for the banner (monitor/clap/int8_auto.py)
+        self.int8_choice = ""  # model.int8: auto's decision, for the banner (monitor/models/clap/int8_auto.py)
         self.spinning = bool(spinning)
         self._streams: dict[str, StreamingFrontend] = {}
         try:
@@ -242,7 +242,7 @@ class ClapBackend(Backend):
 
         Clips of at most ``max_length_s`` (10 s) are embedded exactly as the reference
         pipeline does; longer clips average the embeddings of their consecutive 10 s crops
-        (see monitor.clap.frontend) and re-normalise.
+        (see monitor.models.clap.frontend) and re-normalise.
         """
         b = np.asarray(batch)
         if b.ndim == 1:

@@ -25,8 +25,8 @@ RESIZE_MATMUL_PREFIX = "sound_monitor_resize_as_matmul"
 
 
 def ort_session(path: Path | bytes, threads: int = 2, level: str = "all") -> Any:
-    """A plain onnxruntime CPU session for checks (monitor.ort's settings)."""
-    from monitor.ort import session
+    """A plain onnxruntime CPU session for checks (monitor.models.ort's settings)."""
+    from monitor.models.ort import session
 
     return session(path, threads, level=level)
 
@@ -55,7 +55,7 @@ def save_optimised(
     ``expected`` (L2-normalised when ``output_name`` is given, else raw first output) within
     ``tol``; returns the difference, or None (and no ``dst``) when it does not.
     """
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     session(src, threads, level="extended", denormal_zero=False, save_to=dst)
     s = ort_session(dst, threads)
@@ -86,7 +86,7 @@ def resize_as_matmul(path: Path, feats: np.ndarray, threads: int, dst: Path | No
     import onnx
     from onnx import helper, numpy_helper
 
-    from monitor.ort import session
+    from monitor.models.ort import session
 
     model = onnx.load(str(path))
     g = model.graph

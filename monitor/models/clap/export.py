@@ -2,7 +2,7 @@
 
 Everything here needs the ``export`` extra (torch, transformers, onnx, onnxscript); those
 modules are imported inside the functions, never at import time, so the runtime never
-pulls them in. The runtime side is ``monitor.clap.encoder`` (onnxruntime + numpy only).
+pulls them in. The runtime side is ``monitor.models.clap.encoder`` (onnxruntime + numpy only).
 
 Output directory layout::
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from monitor.clap.frontend import FrontendParams
-from monitor.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
-from monitor.clap.manifest import MANIFEST_VERSION, ClapManifest
 from monitor.errors import ModelError, UserError
+from monitor.models.clap.frontend import FrontendParams
+from monitor.models.clap.graph import check_model, ort_session, quantise_dynamic_int8, resize_as_matmul, save_optimised
+from monitor.models.clap.manifest import MANIFEST_VERSION, ClapManifest
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def onnx_export(module, args: tuple, path: Path, input_names, output_names, dyna
 
 def _test_inputs(fe_params: FrontendParams, tokenizer, seed: int = 0):
     """Realistic test inputs: features of two noise clips (5 s and 10 s) and padded prompts."""
-    from monitor.clap.frontend import ClapFrontend
+    from monitor.models.clap.frontend import ClapFrontend
 
     rng = np.random.default_rng(seed)
     sr = fe_params.sample_rate_hz

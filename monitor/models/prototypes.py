@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.backend import Backend, l2_normalise
 from monitor.files import atomic_savez, write_text_atomic
+from monitor.models.backend import Backend, l2_normalise
 
 log = logging.getLogger(__name__)
 

