@@ -225,6 +225,14 @@ class ScoringConfig(_Section):
     method: Literal["vs-background", "softmax"] = "vs-background"
     templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     background: tuple[str, ...] = DEFAULT_BACKGROUND
+    # veto sounds of every label (e.g. speech, television): a window more like one of them
+    # than like a label does not count for it (monitor/scoring.py)
+    veto: tuple[str, ...] | None = None
+
+    @field_validator("veto")
+    @classmethod
+    def _veto(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else veto_list(v)
 
     @field_validator("templates")
     @classmethod
@@ -251,6 +259,17 @@ class ScoringConfig(_Section):
         return tuple(clean_label(b) for b in v)
 
 
+def veto_list(v: tuple[str, ...]) -> tuple[str, ...]:
+    """Veto prompts as given, cleaned like labels; an empty list given is refused (leave the key out)."""
+    if not v:
+        raise ValueError("an empty list: name at least one sound, or leave the key out")
+    out = tuple(clean_label(p) for p in v)
+    dup = {p.casefold() for p in out if [q.casefold() for q in out].count(p.casefold()) > 1}
+    if dup:
+        raise ValueError(f"{sorted(dup)[0]!r} is given twice")
+    return out
+
+
 def clean_label(text: str) -> str:
     """Validate a user-typed label: printable, non-empty, bounded. Returns it stripped."""
     if not isinstance(text, str):
@@ -275,7 +294,30 @@ class LabelConfig(_Section):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     hysteresis: float | None = Field(None, ge=0.0, le=1.0)
     min_windows: int | None = Field(None, ge=1, le=100)
+    # k-of-n confirmation: an event starts when min_windows of the last within_windows windows are on
+    within_windows: int | None = Field(None, ge=1, le=100)
     cooldown_s: float | None = Field(None, ge=0.0)
+    # sounds this label is confused with: text prompts and example clips (a recorded false
+    # alarm); a window more like one of them than like the label does not count for it
+    veto: tuple[str, ...] | None = None
+    veto_examples: tuple[str, ...] | None = None
+
+    @field_validator("veto")
+    @classmethod
+    def _veto(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else veto_list(v)
+
+    @field_validator("veto_examples")
+    @classmethod
+    def _veto_examples(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("an empty list: name at least one clip, or leave the key out")
+        for p in v:
+            if not str(p).strip():
+                raise ValueError("an empty path")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -302,8 +344,19 @@ class EventsConfig(_Section):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     hysteresis: float = Field(0.1, ge=0.0, le=1.0)
     min_windows: int = Field(2, ge=1, le=100)
+    # k-of-n confirmation: min_windows of the last within_windows windows (None: = min_windows,
+    # i.e. min_windows in a row)
+    within_windows: int | None = Field(None, ge=1, le=100)
     cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
     max_event_s: float = Field(300.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _confirmation(self) -> EventsConfig:
+        if self.within_windows is not None and self.within_windows < self.min_windows:
+            raise ValueError(
+                f"within_windows ({self.within_windows}) must be at least min_windows ({self.min_windows})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _can_end(self) -> EventsConfig:
@@ -459,6 +512,12 @@ class Config(_Section):
             problem = hysteresis_problem(thr, hyst, lab.name)
             if problem:
                 raise ValueError(f"labels[{i}]: {problem}")
+            k = self.events.min_windows if lab.min_windows is None else lab.min_windows
+            n = lab.within_windows or self.events.within_windows or k
+            if n < k:
+                raise ValueError(
+                    f"labels[{i}]: within_windows ({n}) must be at least min_windows ({k}) of {lab.name!r}"
+                )
         return self
 
     # --- derived values -------------------------------------------------------------
@@ -609,6 +668,8 @@ def missing_files(cfg: Config) -> list[str]:
     for i, lab in enumerate(cfg.labels):
         for j, ex in enumerate(lab.examples):
             need(f"labels[{i}].examples[{j}]", ex)
+        for j, ex in enumerate(lab.veto_examples or ()):
+            need(f"labels[{i}].veto_examples[{j}]", ex)
     need("mqtt.password_file", cfg.mqtt.password_file)
     for key in ("ca_file", "cert_file", "key_file"):
         need(f"mqtt.tls.{key}", getattr(cfg.mqtt.tls, key))

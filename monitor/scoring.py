@@ -6,19 +6,29 @@
   the label's share. Several sounds can be active at once and a threshold means the same
   for every label.
 
-Label and background embeddings are computed once (prompt ensembling, disk cache).
+Vetoes (monitor/models/vetoes.py) join a label's competitors: with ``vs-background`` the
+label's share of [label, background prompts..., its vetoes...]; with ``softmax`` of [all
+labels..., its vetoes...]. A veto far from the window changes nothing, so a threshold keeps
+its meaning; a window more like one of the label's vetoes than like the label is marked
+(``VetoCheck.beats``) and does not count for it (monitor/events.py). A text veto is one more
+text vector, a clip veto one more audio prototype (calibrated like a label taught by
+example): neither adds a model run per window.
+
+Label, background and veto embeddings are computed once (prompt ensembling, disk cache).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from monitor.config import LabelConfig, ScoringConfig
 from monitor.models.backend import Backend
+from monitor.models.vetoes import Veto
 from monitor.numeric import softmax
+from monitor.types import VetoCheck
 
 
 class Scorer:
@@ -29,6 +39,7 @@ class Scorer:
         cfg: ScoringConfig,
         cache_dir: str | os.PathLike | None = None,
         label_matrix: np.ndarray | None = None,
+        vetoes: Mapping[str, Sequence[Veto]] | None = None,
     ):
         from monitor.models.labels import label_embeddings, label_offsets
 
@@ -55,12 +66,71 @@ class Scorer:
             if label_matrix is not None
             else label_offsets(backend, list(labels), self.label_emb, background, cfg.templates, cache_dir)
         )
+        self._veto_setup(backend, vetoes or {}, cfg, cache_dir, background)
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
         backend.release_text()
 
+    def _veto_setup(
+        self,
+        backend: Backend,
+        vetoes: Mapping[str, Sequence[Veto]],
+        cfg: ScoringConfig,
+        cache_dir: str | os.PathLike | None,
+        background: Callable[[], np.ndarray],
+    ) -> None:
+        """The vetoes of every label as one matrix [M, D] (each veto once), their offsets and
+        which label each one competes with ([L, M])."""
+        from monitor.models.labels import label_embeddings, label_offsets, prompt_vectors
+
+        unique: dict[str, Veto] = {}
+        for name in self.labels:
+            for v in vetoes.get(name, ()):
+                unique.setdefault(v.key, v)
+        items = list(unique.values())
+        self.vetoes: tuple[Veto, ...] = tuple(items)
+        self.veto_mask = np.zeros((len(self.labels), len(items)), dtype=bool)
+        col = {v.key: j for j, v in enumerate(items)}
+        for i, name in enumerate(self.labels):
+            for v in vetoes.get(name, ()):
+                self.veto_mask[i, col[v.key]] = True
+        dim = self.label_emb.shape[1] if self.label_emb.ndim == 2 else backend.embedding_dim
+        self.veto_emb = np.zeros((len(items), dim), np.float32)
+        self.veto_offsets = np.zeros(len(items), np.float32)
+        texts = [v.text for v in items if v.text is not None]
+        if texts:
+            tv = prompt_vectors(backend, texts, cfg.templates, cache_dir)
+            for j, v in enumerate(items):
+                if v.text is not None:
+                    self.veto_emb[j] = tv[v.text]
+        for j, v in enumerate(items):
+            if v.clip is None:
+                continue
+            as_label = [LabelConfig(name="veto clip", examples=(str(v.clip),))]
+            vec = label_embeddings(backend, as_label, cfg.templates, cache_dir=cache_dir)
+            self.veto_emb[j] = vec[0]
+            self.veto_offsets[j] = label_offsets(backend, as_label, vec, background, cfg.templates, cache_dir)[0]
+
+    @property
+    def has_vetoes(self) -> bool:
+        return bool(self.vetoes)
+
+    def score_window(self, audio_emb: np.ndarray) -> tuple[tuple[float, ...], dict[str, VetoCheck]]:
+        """One window's [D] embedding -> (its scores, per label with vetoes its ``VetoCheck``)."""
+        if not self.has_vetoes:
+            return tuple(float(x) for x in self.score(audio_emb[None, :])[0]), {}
+        final, raw, best, beats = self.score_detail(audio_emb[None, :])
+        checks = {}
+        for i, name in enumerate(self.labels):
+            if self.veto_mask[i].any():
+                v = self.vetoes[int(best[0, i])]
+                checks[name] = VetoCheck(v.name, round(float(raw[0, i]), 6), bool(beats[0, i]))
+        return tuple(float(x) for x in final[0]), checks
+
     def score(self, audio_emb: np.ndarray) -> np.ndarray:
-        """[N, D] normalised audio embeddings -> [N, L] scores."""
+        """[N, D] normalised audio embeddings -> [N, L] scores (vetoes included)."""
+        if self.has_vetoes:
+            return self.score_detail(audio_emb)[0]
         a = np.atleast_2d(np.asarray(audio_emb, dtype=np.float32))
         logits = self.logit_scale * (a @ self.label_emb.T) + self.label_offsets  # [N, L]
         if self.method == "softmax":
@@ -74,3 +144,43 @@ class Scorer:
         num = np.exp(logits - m)
         den = num + np.exp(bg[:, None, :] - m[:, :, None]).sum(axis=2)
         return (num / den).astype(np.float32)
+
+    def score_detail(self, audio_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """[N, D] -> (scores with the vetoes [N, L], scores without them [N, L], each label's
+        strongest veto (index into ``vetoes``) [N, L], whether it beats the label [N, L]).
+
+        Every score is the label's share against its competitors C (the background prompts,
+        or the other labels with ``softmax``), in logs: sigmoid(l - log sum exp C); the
+        vetoes only add to C."""
+        a = np.atleast_2d(np.asarray(audio_emb, dtype=np.float32)).astype(np.float64)
+        scale = self.logit_scale
+        logits = scale * (a @ self.label_emb.T.astype(np.float64)) + self.label_offsets  # [N, L]
+        with np.errstate(divide="ignore"):
+            if self.method == "softmax":
+                m = logits.max(axis=1, keepdims=True)
+                e = np.exp(logits - m)
+                comp = np.log(np.maximum(e.sum(axis=1, keepdims=True) - e, 0.0)) + m  # the other labels
+            else:
+                assert self.background_emb is not None
+                bg = scale * (a @ self.background_emb.T.astype(np.float64))  # [N, K]
+                comp = np.broadcast_to(_logsumexp(bg, axis=1)[:, None], logits.shape)
+            v = scale * (a @ self.veto_emb.T.astype(np.float64)) + self.veto_offsets  # [N, M]
+            masked = np.where(self.veto_mask[None, :, :], v[:, None, :], -np.inf)  # [N, L, M]
+            best = masked.argmax(axis=2)
+            beats = masked.max(axis=2) > logits
+            with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2))
+        raw = _sigmoid(logits - comp)
+        final = _sigmoid(logits - with_vetoes)
+        return final.astype(np.float32), raw.astype(np.float32), best, beats
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return (np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))

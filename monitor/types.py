@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -39,6 +40,17 @@ class Window:
 
 
 @dataclass(frozen=True)
+class VetoCheck:
+    """A label's vetoes in one window: the strongest one (its name), the label's score
+    without its vetoes, and whether that veto is more like the window than the label (then
+    the window does not count for the label)."""
+
+    veto: str
+    raw: float
+    beats: bool
+
+
+@dataclass(frozen=True)
 class Scores:
     """Per-label scores of one window (or ``gated=True`` when below the level gate)."""
 
@@ -52,6 +64,9 @@ class Scores:
     inference_ms: float = 0.0
     source: str = ""  # the pipeline's source name (several sources in one run)
     reused: bool = False  # the change gate reused the last real scores (no model run)
+    vetoes: Mapping[str, VetoCheck] = field(default_factory=dict)  # labels that have vetoes
+    # why a label at or above its threshold did not start or continue an event (the tracker's)
+    held: Mapping[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.labels, self.values))
@@ -69,6 +84,7 @@ class Scores:
             d["source"] = self.source
         if self.reused:
             d["reused"] = True  # a compatible addition: present only on reused windows
+        d["held"] = dict(self.held)  # a compatible addition: {label: reason}, often empty
         return json.dumps(d)
 
 

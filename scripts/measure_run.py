@@ -98,7 +98,7 @@ def main() -> None:
     def sampler():
         while not done.wait(5.0):
             ru = resource.getrusage(resource.RUSAGE_SELF)
-            samples.append((time.monotonic(), ru.ru_utime + ru.ru_stime, rss_mb(), pipe.stats.windows))
+            samples.append((time.monotonic(), ru.ru_utime + ru.ru_stime, rss_mb(), pipe.stats.inference.windows))
 
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
@@ -108,15 +108,15 @@ def main() -> None:
     wall = time.monotonic() - t0
     warm = [s for s in samples if s[0] - t0 >= 60]
     cpu_share = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) / os.cpu_count()
-    lat = np.array(stats.latency_s) * 1000
+    lat = np.array(stats.latency.samples_s) * 1000
     out = {
         "model": sel.backend.name,
         "minutes": a.minutes,
         "hop_s": a.hop,
         "wall_s": round(wall, 1),
-        "windows": stats.windows,
-        "dropped_windows": stats.dropped_windows,
-        "events": stats.events,
+        "windows": stats.inference.windows,
+        "dropped_windows": stats.drops.windows,
+        "events": stats.out.events,
         "cpu_share_of_machine": round(cpu_share, 4),
         "cpus": os.cpu_count(),
         "rss_mb_after_60s": round(warm[0][2], 1),

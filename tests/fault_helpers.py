@@ -80,7 +80,7 @@ class Collect(Sink):
     def on_scores(self, scores):
         self.scores.append(scores)
         if self.pipe is not None:
-            self.status_seen.append(self.pipe.stats.source_status)
+            self.status_seen.append(self.pipe.stats.source.status)
 
     def set_labels(self, labels):
         self.labels_seen.append(tuple(labels))

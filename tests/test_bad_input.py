@@ -223,7 +223,7 @@ def test_nan_inf_clipping_dc_are_survived_and_counted(tmp_path):
     a = read_audio(p)
     assert a.nonfinite == 111 and np.isfinite(a.samples).all()
     st_, c = run_file(p)
-    assert st_.nonfinite_samples == 111 and len(c.scores) == 4
+    assert st_.segments.nonfinite_samples == 111 and len(c.scores) == 4
     for s in c.scores:
         assert all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in s.values) and np.isfinite(s.level_dbfs)
 
@@ -288,12 +288,12 @@ def test_fuzz_stdin_random_bytes_sanitised(data, fmt, channels):
     pipe, c = make_pipeline(src)
     st_ = pipe.run()
     frame = channels * (2 if fmt == "s16le" else 4)
-    assert st_.received_frames == len(data) // frame
+    assert st_.source.received_frames == len(data) // frame
     if fmt == "f32le":
         raw = np.frombuffer(data[: len(data) // frame * frame], "<f4")
-        assert st_.nonfinite_samples >= 0
+        assert st_.segments.nonfinite_samples >= 0
         if raw.size and channels == 1:
-            assert st_.nonfinite_samples == int((~np.isfinite(raw)).sum())
+            assert st_.segments.nonfinite_samples == int((~np.isfinite(raw)).sum())
     for s in c.scores:
         assert all(np.isfinite(v) for v in s.values)
 

@@ -142,8 +142,8 @@ def test_a_steady_room_runs_the_model_on_few_windows():
     n = len(c_off.scores)
     assert len(c_on.scores) == n and b_off.windows == n
     assert b_on.windows <= n / 3, (b_on.windows, n)  # at most a third of the model runs
-    assert st.reused == n - b_on.windows
-    assert c_on.scores[-1].reused and st.inference_ms > 0  # the model's time, not a reused window's 0
+    assert st.inference.reused == n - b_on.windows
+    assert c_on.scores[-1].reused and st.inference.inference_ms > 0  # the model's time, not a reused window's 0
     reused = [s for s in c_on.scores if s.reused]
     assert reused and all(s.inference_ms == 0.0 for s in reused)
     # a reused window carries the scores of the window the model last ran on

@@ -151,11 +151,11 @@ def test_health_reports_a_source_that_falls_behind():
 
 
 def test_drop_counts_age_out_of_the_last_minute():
-    from monitor.stream.pipeline import Stats
+    from monitor.stream.feed import DropStats
 
-    st = Stats()
-    st.drops.append((100.0, 2, 0))
-    st.drops.append((150.0, 0, 4800))
+    st = DropStats()
+    st.recent.append((100.0, 2, 0))
+    st.recent.append((150.0, 0, 4800))
     assert st.dropped_recently(60.0, now=155.0) == (2, 4800)
     assert st.dropped_recently(60.0, now=200.0) == (0, 4800)
     assert st.dropped_recently(60.0, now=300.0) == (0, 0)

@@ -291,7 +291,7 @@ def test_adaptive_hop_follows_activity():
     assert tracker.active_labels() == ["dog barking"]
     assert emit(4, (0.45, 0.0, 0.0)) == 1.0  # still open (above the off level)
     assert emit(5, (0.0, 0.0, 0.0)) == 4.0  # ended: idle again
-    assert pipe.stats.hop_changes == 5
+    assert pipe.stats.segments.hop_changes == 5
 
 
 def test_adaptive_hop_config_bounds():

@@ -31,12 +31,12 @@ def test_stall_then_return_closes_events_and_notes_gap():
     pipe, c = make_pipeline(src)
     st = pipe.run()
     assert statuses(pipe) == ["ok", "stalled", "ok", "ended"]
-    assert st.source_stalls == 1 and st.source_losses == 1 and st.gaps == 1 and st.source_restarts == 0
-    assert 0.6 < st.gap_s < 2.0
+    assert st.source.stalls == 1 and st.source.losses == 1 and st.source.gaps == 1 and st.source.restarts == 0
+    assert 0.6 < st.source.gap_s < 2.0
     starts = [s.start_s for s in c.scores]
     # 8 s of audio -> windows at 0..3 s; the new segment starts after the gap on a whole hop
     assert starts[:4] == [0.0, 1.0, 2.0, 3.0]
-    assert 8.0 + st.gap_s <= starts[4] < 8.0 + st.gap_s + 0.011
+    assert 8.0 + st.source.gap_s <= starts[4] < 8.0 + st.source.gap_s + 0.011
     assert starts[4:] == pytest.approx([starts[4] + k for k in range(4)])
     assert all(b > a for a, b in zip(starts, starts[1:]))  # stream time monotonic
     assert [s.window_index for s in c.scores] == list(range(8))
@@ -44,8 +44,8 @@ def test_stall_then_return_closes_events_and_notes_gap():
     ends_at_loss = [e for e in c.events if e.type == "end" and e.end_s == 8.0]
     assert sorted(e.label for e in ends_at_loss) == sorted(l.name for l in LABELS)
     assert len(c.events) == 12 and pairs_balanced(c.events)
-    assert st.received_frames == 16 * RATE and st.dropped_frames == 0
-    assert st.source_status == "ended" and st.source_error is None
+    assert st.source.received_frames == 16 * RATE and st.source.dropped_frames == 0
+    assert st.source.status == "ended" and st.source.error is None
 
 
 def test_source_raises_midrun_then_reopens():
@@ -61,8 +61,8 @@ def test_source_raises_midrun_then_reopens():
     src = ScriptSource([("audio", noise(6)), ("raise", "PortAudio error: device unavailable")], name="mic")
     pipe, c = make_pipeline(src, reopen=reopen, stop=stop)
     st = pipe.run()
-    assert len(attempts) == 2 and st.source_restarts == 1 and st.source_losses == 1
-    assert st.source_last_error == "device still gone"
+    assert len(attempts) == 2 and st.source.restarts == 1 and st.source.losses == 1
+    assert st.source.last_error == "device still gone"
     hist = statuses(pipe)
     assert hist[:2] == ["ok", "lost"] and "retrying" in hist and hist[-1] == "ok"
     assert hist.index("retrying") < len(hist) - 1
@@ -70,9 +70,9 @@ def test_source_raises_midrun_then_reopens():
     assert details[0] == "PortAudio error: device unavailable"
     # 6 s then 7 s of audio: 2 + 3 windows, the second segment after the gap
     starts = [s.start_s for s in c.scores]
-    assert starts[:2] == [0.0, 1.0] and len(starts) == 5 and starts[2] >= 6.0 + st.gap_s >= 6.3
+    assert starts[:2] == [0.0, 1.0] and len(starts) == 5 and starts[2] >= 6.0 + st.source.gap_s >= 6.3
     assert pairs_balanced(c.events) and len(c.events) == 12
-    assert st.source_error is None and c.closed
+    assert st.source.error is None and c.closed
 
 
 def test_microphone_device_lost_and_reopened(monkeypatch):
@@ -97,11 +97,11 @@ def test_microphone_device_lost_and_reopened(monkeypatch):
     mic = sources.MicSource(None, None, channels=1, block_frames=1600)
     pipe, c = make_pipeline(mic, reopen=reopen, stop=stop)
     st = pipe.run()
-    assert len(streams) >= 2 and st.source_restarts >= 1 and st.source_losses >= 1
+    assert len(streams) >= 2 and st.source.restarts >= 1 and st.source.losses >= 1
     assert any(
         d == "the microphone stream stopped (device lost?)" for _, s, d in pipe.feed.supervisor.history if s == "lost"
     )
-    assert st.received_frames >= 140 * 1600
+    assert st.source.received_frames >= 140 * 1600
     # 60 blocks = 6 s -> 2 windows; the reopened stream continues later in stream time
     starts = [s.start_s for s in c.scores]
     assert starts[:2] == [0.0, 1.0] and len(starts) >= 4 and starts[2] > 6.0
@@ -120,7 +120,7 @@ def test_silence_reported_then_cleared():
     assert "ok" in seen[first_silent:]  # sound again: cleared
     # the silence starts at 6 s and is reported once 2 s of zeros arrived (window ending >= 8 s)
     assert c.scores[first_silent].end_s >= 8.0
-    assert st.source_status == "ended" and st.source_stalls == 0
+    assert st.source.status == "ended" and st.source.stalls == 0
 
 
 def test_slow_inference_drops_windows_capture_continues_memory_bounded():
@@ -133,7 +133,7 @@ def test_slow_inference_drops_windows_capture_continues_memory_bounded():
     def sample():
         while not done.wait(0.01):
             peak["frames"] = max(peak["frames"], pipe.feed.buffer.frames)
-            peak["arrived"] = max(peak["arrived"], len(pipe._arrived))
+            peak["arrived"] = max(peak["arrived"], pipe.stats.latency.waiting)
 
     t = threading.Thread(target=sample)
     t.start()
@@ -142,13 +142,13 @@ def test_slow_inference_drops_windows_capture_continues_memory_bounded():
     done.set()
     t.join()
     # capture ran at its own pace: every sample was received, the late ones counted
-    assert src.delivered == total_s * RATE and st.received_frames == total_s * RATE
-    assert st.dropped_windows > 0
+    assert src.delivered == total_s * RATE and st.source.received_frames == total_s * RATE
+    assert st.drops.windows > 0
     total_windows = total_s - 5 + 1
-    assert st.windows + st.dropped_windows <= total_windows and st.windows >= 2
+    assert st.inference.windows + st.drops.windows <= total_windows and st.inference.windows >= 2
     assert peak["frames"] <= pipe.feed.buffer.capacity_frames
     assert peak["arrived"] <= 2 + 8  # pending windows are bounded
-    assert st.dropped_frames == pipe.feed.buffer.dropped_frames
+    assert st.source.dropped_frames == pipe.feed.buffer.dropped_frames
     # dropped audio skips stream time instead of compressing it: windows stay in order and
     # never start later than the audio they come from
     starts = [s.start_s for s in c.scores]
@@ -178,7 +178,7 @@ def test_hot_swap_between_windows_loses_no_audio():
     st = pipe.run()
     t.join()
     assert swapped.is_set() and st.reloads == 1
-    assert st.dropped_frames == 0 and st.dropped_windows == 0 and st.windows == 16
+    assert st.source.dropped_frames == 0 and st.drops.windows == 0 and st.inference.windows == 16
     assert [s.start_s for s in c.scores] == [float(k) for k in range(16)]
     label_sets = [s.labels for s in c.scores]
     k = label_sets.index(("smoke alarm", "doorbell"))

@@ -34,4 +34,13 @@ def run(args) -> int:
     if lines:
         sys.stdout.write(f"# overrides of this file set over MQTT (kept in {controls.path}):\n")
         sys.stdout.write("".join(f"#   {line}\n" for line in lines))
+    from monitor.models.vetoes import VetoStore, vetoes_for
+
+    store = VetoStore(cfg.state_path)
+    vetoes = {k: v for k, v in vetoes_for(cfg, store).items() if v}
+    if vetoes:
+        sys.stdout.write("# veto sounds (a window more like one of them than like the label does not count for it):\n")
+        for name, items in vetoes.items():
+            shown = [v.describe() for v in items]
+            sys.stdout.write(f"#   {name}: {', '.join(shown)}\n")
     return 0

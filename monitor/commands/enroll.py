@@ -10,6 +10,12 @@ With ``--config``, the label is also written to the config file with ``examples:
 clips' absolute paths), so the config alone carries it (and other models can rebuild it).
 A label that has explicit ``prompts:`` and examples mixes both (normalised sum of the
 text and prototype vectors).
+
+`sound-monitor enroll LABEL --veto CLIP... [--veto-event EVENT_ID...]`: teach the label
+what it is *not* (a recorded false alarm): the clips are copied into
+``<state_dir>/vetoes/`` and become veto examples of the label (monitor/models/vetoes.py);
+an event's kept clip is found by its ``event_id``. A running monitor picks them up within
+seconds (its reloader watches the veto list). ``--forget-veto NAME`` takes one back.
 """
 
 from __future__ import annotations
@@ -24,8 +30,23 @@ from monitor.errors import ModelError, UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("label", metavar="LABEL", help='the label to teach, e.g. "our doorbell"')
     parser.add_argument(
-        "files", nargs="+", metavar="FILE", help="example clips of the sound (any format, rate, length)"
+        "files", nargs="*", metavar="FILE", help="example clips of the sound (any format, rate, length)"
     )
+    parser.add_argument(
+        "--veto",
+        nargs="+",
+        default=[],
+        metavar="CLIP",
+        help="clips of sounds this label must NOT fire on (a recorded false alarm)",
+    )
+    parser.add_argument(
+        "--veto-event",
+        action="append",
+        default=[],
+        metavar="EVENT_ID",
+        help="the kept clip of this event (clips.enabled) becomes a veto of the label",
+    )
+    parser.add_argument("--forget-veto", action="append", default=[], metavar="NAME", help="take a taught veto back")
     parser.add_argument(
         "--model",
         default=None,
@@ -45,6 +66,18 @@ def _say(msg: str) -> None:
     _say(msg)
 
 
+def _audio_files(paths: list[str]) -> list[Path]:
+    files = []
+    for f in paths:
+        p = Path(f).expanduser()
+        if not p.is_file():
+            raise UserError(
+                f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}"
+            )
+        files.append(Path(os.path.abspath(p)))  # absolute, but the user's path (symlinks kept)
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     from monitor.config import clean_label, load_config
     from monitor.models.backend import l2_normalise
@@ -55,14 +88,13 @@ def run(args: argparse.Namespace) -> int:
         label = clean_label(args.label)
     except ValueError as e:
         raise UserError(f"LABEL: {e}") from None
-    files = []
-    for f in args.files:
-        p = Path(f).expanduser()
-        if not p.is_file():
-            raise UserError(
-                f"audio file not found: {p}" if not p.exists() else f"expected an audio file, got a directory: {p}"
-            )
-        files.append(Path(os.path.abspath(p)))  # absolute, but the user's path (symlinks kept)
+    if args.veto or args.veto_event or args.forget_veto:
+        if args.files:
+            raise UserError("give example clips or --veto clips, not both in one call")
+        return _vetoes(args, label)
+    if not args.files:
+        raise UserError("name at least one example clip (FILE), or --veto CLIP / --veto-event EVENT_ID")
+    files = _audio_files(args.files)
     if args.prompt and not args.config:
         raise UserError("--prompt needs --config (prompts are stored with the label in the config)")
     if args.threads < 1:
@@ -137,3 +169,37 @@ def _add_to_config(path: Path, label: str, files: list[str], prompts: list[str])
     parse_config(data, where=str(path))  # never write a config that would not load
     shutil.copy2(path, path.with_name(path.name + ".bak"))
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def _vetoes(args: argparse.Namespace, label: str) -> int:
+    """Teach (or take back) veto clips of ``label``: copied into the state dir's veto store."""
+    from monitor.audio_io import read_audio
+    from monitor.config import load_config
+    from monitor.models.vetoes import VetoStore, event_clip
+
+    cfg = load_config(args.config) if args.config else load_config(None)
+    if cfg.labels and label.casefold() not in {lab.name.casefold() for lab in cfg.labels}:
+        _say(f"{label!r} is not a label of {args.config}: the veto applies once a label of that name is monitored")
+    clips: list[tuple[Path, str | None]] = [(p, None) for p in _audio_files(args.veto)]
+    folders = [Path(cfg.clips.dir).expanduser()]
+    if args.config and not folders[0].is_absolute():
+        folders.append(Path(args.config).resolve().parent / cfg.clips.dir)
+    for eid in args.veto_event:
+        clips.append((event_clip(folders, eid), f"event {eid}"))
+    for p, _ in clips:  # refuse what the monitor could not read before anything is stored
+        try:
+            read_audio(p, 16000)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
+            raise UserError(f"{p}: not a readable audio file ({e})") from None
+    store = VetoStore(cfg.state_path)
+    for p, origin in clips:
+        entry, new = store.add(label, p, origin)
+        what = "taught" if new else "already known"
+        print(f"veto of {label!r} {what}: {entry['name']} (from {entry['from']}) -> {store.dir / entry['clip']}")
+    for name in args.forget_veto:
+        if not store.remove(label, name):
+            known = ", ".join(e["name"] for e in store.entries(label)) or "none"
+            raise UserError(f"{label!r} has no taught veto {name!r} (taught: {known})")
+        print(f"veto {name!r} of {label!r} taken back")
+    print(f"  list: {store.path} (a running monitor with this state dir picks it up within seconds)")
+    return 0

@@ -183,27 +183,27 @@ def _report(outcomes: list[Outcome], service: MonitorService, say: Callable[[str
             continue
         who = f"{o.name}: " if several else ""
         say(
-            f"{who}finished: {st.windows} windows ({st.gated} below the gate"
-            + (f", {st.reused} reused by the change gate" if st.reused else "")
+            f"{who}finished: {st.inference.windows} windows ({st.inference.gated} below the gate"
+            + (f", {st.inference.reused} reused by the change gate" if st.inference.reused else "")
             + (
-                " [model ran: " + ", ".join(f"{k} {v}" for k, v in st.gate_ran.items() if v) + "]"
-                if any(st.gate_ran.values())
+                " [model ran: " + ", ".join(f"{k} {v}" for k, v in st.inference.gate_ran.items() if v) + "]"
+                if any(st.inference.gate_ran.values())
                 else ""
             )
             + "), "
-            f"{st.events_started} event(s) ({st.events} start/end messages), "
-            f"{st.dropped_windows} windows dropped, {st.dropped_frames} samples dropped"
-            + (f", {st.nonfinite_samples} NaN/Inf samples zeroed" if st.nonfinite_samples else "")
+            f"{st.out.started} event(s) ({st.out.events} start/end messages), "
+            f"{st.drops.windows} windows dropped, {st.source.dropped_frames} samples dropped"
+            + (f", {st.segments.nonfinite_samples} NaN/Inf samples zeroed" if st.segments.nonfinite_samples else "")
             + (
-                f"; source: {st.source_stalls} stall(s), {st.source_losses} loss(es), {st.source_restarts} "
-                f"reopen(s) ({st.source_failed_reopens} failed), {st.gaps} gap(s) totalling {st.gap_s:.1f} s"
-                if st.source_losses
+                f"; source: {st.source.stalls} stall(s), {st.source.losses} loss(es), {st.source.restarts} "
+                f"reopen(s) ({st.source.failed_reopens} failed), {st.source.gaps} gap(s) totalling {st.source.gap_s:.1f} s"
+                if st.source.losses
                 else ""
             )
             + (f"; {st.reloads} config reload(s)" if st.reloads else "")
         )
-        if st.source_error:
-            say(f"{who}source error: {st.source_error}")
+        if st.source.error:
+            say(f"{who}source error: {st.source.error}")
             rc = 1
     if service.commands_applied:
         say(f"remote control: {service.commands_applied} command(s) applied")

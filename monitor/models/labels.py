@@ -120,6 +120,25 @@ def embed_texts(
     return found
 
 
+def prompt_vectors(
+    backend: Backend,
+    prompts: Sequence[str],
+    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
+    """{prompt: its vector} for bare prompts (veto sounds): every template, averaged and
+    normalised like a text label's, never looked up among enrolled labels."""
+    if not backend.prompt_templates:
+        templates = ("{}",)
+    per = {p: [t.format(p) for t in templates] for p in prompts}
+    vectors = embed_texts(backend, [t for texts in per.values() for t in texts], cache_dir)
+    out = {}
+    for p, texts in per.items():
+        v = np.mean([vectors[x] for x in texts], axis=0)
+        out[p] = l2_normalise(v) if backend.normalise_labels else np.asarray(v, dtype=np.float32)
+    return out
+
+
 def label_embeddings(
     backend: Backend,
     labels: Sequence[LabelLike],

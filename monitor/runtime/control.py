@@ -30,6 +30,7 @@ from monitor.config import Config, hysteresis_problem
 from monitor.events import LabelRule, lowest_threshold, rules_for
 from monitor.files import write_text_atomic
 from monitor.logs import Throttle, held_note
+from monitor.models.vetoes import Veto, VetoStore, vetoes_for
 from monitor.runtime.state import state_file
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ class Controls:
                             problem,
                             rule.threshold,
                         )
-                rule = dataclasses.replace(rule, enabled=self.enabled and o.get("enabled", True))
+                label_on = o.get("enabled", True) is not False
+                why = "" if (self.enabled and label_on) else ("paused" if not self.enabled else "switched off")
+                rule = dataclasses.replace(rule, enabled=self.enabled and label_on, off_reason=why)
                 out[name] = rule
             return out
 
@@ -215,6 +218,8 @@ class RulesInForce:
     switches: Mapping[str, bool]  # each label's own switch (the device switch aside)
     lowest: Mapping[str, float]
     detection_enabled: bool
+    # each label's veto sounds (config prompts and clips, and the clips taught into the store)
+    vetoes: Mapping[str, tuple[Veto, ...]] = dataclasses.field(default_factory=dict)
 
     def thresholds(self) -> dict[str, float]:
         return {k: r.threshold for k, r in self.rules.items()}
@@ -234,9 +239,16 @@ class ControlPlane:
     ``RulesInForce`` on every change. Thread-safe: commands arrive on network threads,
     reloads on the reload thread."""
 
-    def __init__(self, cfg: Config, controls: Controls, say: Callable[[str], None] = log.warning):
+    def __init__(
+        self,
+        cfg: Config,
+        controls: Controls,
+        say: Callable[[str], None] = log.warning,
+        veto_store: VetoStore | None = None,
+    ):
         self._cfg = cfg
         self.controls = controls
+        self.veto_store = veto_store
         self.say = say
         self._lock = threading.RLock()
         self._listeners: list[RulesListener] = []
@@ -309,6 +321,12 @@ class ControlPlane:
             *lines,
         ]
 
+    def vetoes(self, cfg: Config | None = None) -> dict[str, tuple[Veto, ...]]:
+        """Each label's vetoes under ``cfg`` (default: the config in force) and the taught clips."""
+        with self._lock:
+            cfg = cfg or self._cfg
+        return vetoes_for(cfg, self.veto_store)
+
     def _derive(self) -> RulesInForce:
         cfg = self._cfg
         rules = self.controls.rules(cfg)
@@ -319,6 +337,7 @@ class ControlPlane:
             switches={k: self.controls.label_enabled(k) for k in rules},
             lowest={k: lowest_threshold(r.hysteresis) for k, r in rules.items()},
             detection_enabled=self.controls.enabled,
+            vetoes=self.vetoes(cfg),
         )
 
     def _changed(self) -> None:

@@ -3,7 +3,9 @@ settings change without dropping audio; everything else needs a restart.
 
 The reloader thread loads and validates the new config, builds the new scorer (label
 embeddings may take a moment, so not on the worker) and hands it to the pipeline, which
-swaps it in between two batches of windows. An invalid config is rejected with a logged
+swaps it in between two batches of windows. Files taught outside the config (the veto
+clips of ``enroll --veto``: ``extra_paths``) are watched too: a change to them is a live
+change like one to the labels. An invalid config is rejected with a logged
 message and the running one stays. Sections that cannot change live (source, model,
 stream, output, mqtt, clips, device_id, state_dir) are reported as needing a restart.
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from monitor.config import Config
 from monitor.errors import UserError
@@ -45,6 +48,7 @@ class ConfigReloader:
         stop: threading.Event,
         *,
         watch_path: str | None = None,
+        extra_paths: Sequence[Path] = (),
         poll_s: float = 2.0,
         say: Callable[[str], None] | None = None,
     ):
@@ -53,23 +57,32 @@ class ConfigReloader:
         self.running = running
         self.stop = stop
         self.watch_path = watch_path
+        self.extra_paths = list(extra_paths)
         self.poll_s = poll_s
         self._say = say or (lambda m: log.warning("%s", m))
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._mtime = self._stat()
+        self._extra_applied = self._extra_stat()
         self.applied = 0
         self.rejected = 0
         self.last_message = ""
 
-    def _stat(self) -> tuple[int, int] | None:
-        if not self.watch_path:
-            return None
+    @staticmethod
+    def _stat_of(path: str | os.PathLike) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.watch_path)
+            st = os.stat(path)
             return (st.st_mtime_ns, st.st_size)
         except OSError:
             return None
+
+    def _extra_stat(self) -> tuple:
+        return tuple(self._stat_of(p) for p in self.extra_paths)
+
+    def _stat(self) -> tuple | None:
+        if not self.watch_path and not self.extra_paths:
+            return None
+        return (self._stat_of(self.watch_path) if self.watch_path else None, self._extra_stat())
 
     def request(self) -> None:
         """Ask for a reload (safe from a signal handler: only sets an event)."""
@@ -83,6 +96,9 @@ class ConfigReloader:
             self.rejected += 1
             return self._report(f"config reload rejected, the running config stays: {e}")
         changed = live_changes(self.running, new)
+        extra = self._extra_stat()
+        if extra != self._extra_applied:
+            changed.append("taught vetoes")
         frozen = restart_needed(self.running, new)
         parts = []
         if changed:
@@ -96,6 +112,7 @@ class ConfigReloader:
             for k in LIVE_SECTIONS:
                 data[k] = fresh[k]
             self.running = Config.model_validate(data)
+            self._extra_applied = extra
             self.applied += 1
             parts.append("config reloaded: " + ", ".join(changed) + " changed")
         else:
@@ -111,10 +128,11 @@ class ConfigReloader:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
-            woke = self._wake.wait(self.poll_s if self.watch_path else 1.0)
+            watching = bool(self.watch_path or self.extra_paths)
+            woke = self._wake.wait(self.poll_s if watching else 1.0)
             if self.stop.is_set():
                 return
-            if not woke and self.watch_path:
+            if not woke and watching:
                 m = self._stat()
                 if m is None or m == self._mtime:
                     continue

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from monitor.config import Config
 from monitor.events import EventTracker
 from monitor.models.backend import Backend
+from monitor.models.vetoes import VetoStore, check_veto_clips
 from monitor.runtime.control import ControlPlane, Controls, RulesInForce
 from monitor.runtime.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.runtime.reload import ConfigReloader
@@ -75,9 +76,11 @@ class MonitorService:
         self.say = say
         self.several = len(slots) > 1
         self.cache_dir = cfg.state_path / "label-cache"
-        self.scorer = Scorer(backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir)
-        # the one owner of the rules in force (config + values set at run time + reloads)
-        self.plane = ControlPlane(cfg, Controls(cfg.state_path, cfg.device), say=say)
+        # the one owner of the rules in force (config + values set at run time + taught
+        # vetoes + reloads)
+        self.veto_store = VetoStore(cfg.state_path)
+        self.plane = ControlPlane(cfg, Controls(cfg.state_path, cfg.device), say=say, veto_store=self.veto_store)
+        self.scorer = self._scorer(cfg)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
         self.event_counter: EventCounter | None = EventCounter() if cfg.metrics.listen else None
         self.shared_sinks = [self.journal, *shared_sinks]
@@ -96,7 +99,21 @@ class MonitorService:
         self.encoder = SharedEncoder(backend, linger_s=cfg.stream.batch_wait_s if self.several else 0.0)
         self.out_lock = threading.RLock()
         self.pipes = [self._pipeline(slot) for slot in slots]
-        self.reloader = ConfigReloader(load_config, self.apply_live, cfg, self.stop, watch_path=watch_path, say=say)
+        self.reloader = ConfigReloader(
+            load_config,
+            self.apply_live,
+            cfg,
+            self.stop,
+            watch_path=watch_path,
+            extra_paths=[self.veto_store.path],
+            say=say,
+        )
+
+    def _scorer(self, cfg: Config) -> Scorer:
+        """The scorer of ``cfg``'s labels with their vetoes (a veto clip that is not there is
+        refused, naming its place in the config)."""
+        check_veto_clips(cfg)
+        return Scorer(self.backend, cfg.labels, cfg.scoring, cache_dir=self.cache_dir, vetoes=self.plane.vetoes(cfg))
 
     def _pipeline(self, slot: SourceSlot) -> Pipeline:
         cfg = self.cfg
@@ -134,7 +151,7 @@ class MonitorService:
     def apply_live(self, new_cfg: Config) -> None:
         """Build the new scorer here (reload thread); the control plane derives the rules of
         the new config and pushes them (the workers swap both in between windows)."""
-        new_scorer = Scorer(self.backend, new_cfg.labels, new_cfg.scoring, cache_dir=self.cache_dir)
+        new_scorer = self._scorer(new_cfg)
         self.cfg, self.scorer = new_cfg, new_scorer
         self._reloading = True
         try:
@@ -247,19 +264,19 @@ class MonitorService:
         for p in self.pipes:
             st = p.stats
             t = self._workers.get(p.name)
-            recent = st.dropped_recently(60.0)
+            recent = st.drops.dropped_recently(60.0)
             sources.append(
                 SourceHealth(
                     name=p.name,
-                    status=st.source_status,
-                    detail=st.source_detail,
+                    status=st.source.status,
+                    detail=st.source.detail,
                     alive=t is None or t.is_alive(),
-                    windows=st.windows,
-                    gated=st.gated,
-                    dropped_windows=st.dropped_windows,
+                    windows=st.inference.windows,
+                    gated=st.inference.gated,
+                    dropped_windows=st.drops.windows,
                     dropped_frames=p.feed.buffer.dropped_frames,
-                    inference_ms=st.inference_ms,
-                    level_dbfs=st.level_dbfs,
+                    inference_ms=st.inference.inference_ms,
+                    level_dbfs=st.inference.level_dbfs,
                     recent_dropped_windows=recent[0],
                     recent_dropped_frames=recent[1],
                 )
@@ -290,11 +307,11 @@ class MonitorService:
                 continue
             sinks[s.name] = s.status().describe()  # the MQTT outbox: what waits, and how long
         status = [
-            p.stats.source_status + (f" ({p.stats.source_detail})" if p.stats.source_detail else "") for p in self.pipes
+            p.stats.source.status + (f" ({p.stats.source.detail})" if p.stats.source.detail else "") for p in self.pipes
         ]
         self.term.set_status(
-            dropped_windows=sum(p.stats.dropped_windows for p in self.pipes),
-            dropped_frames=sum(p.stats.dropped_frames for p in self.pipes),
+            dropped_windows=sum(p.stats.drops.windows for p in self.pipes),
+            dropped_frames=sum(p.stats.source.dropped_frames for p in self.pipes),
             sinks=sinks,
             source_status=status[0]
             if not self.several

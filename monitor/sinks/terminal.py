@@ -50,6 +50,7 @@ class ViewState:
     active_sources: dict = field(default_factory=dict)  # label -> sources with it open
     paused: bool = False  # the device's detection switch is off (no events at all)
     switched_off: frozenset = frozenset()  # labels whose own switch is off
+    held: dict = field(default_factory=dict)  # label -> why it is at/above its threshold but did not fire
 
 
 def _bar(value: float, threshold: float, width: int = 30) -> str:
@@ -113,6 +114,8 @@ def _label_table(state: ViewState, height: int | None) -> tuple[Any, int]:
             note = Text(mark, style="bold red")
         elif lab in state.switched_off or state.paused:
             note = Text("switched off" if lab in state.switched_off else "paused", style="dim")
+        elif lab in state.held:
+            note = Text(f"held: {state.held[lab]}", style="yellow")
         else:
             note = Text("")
         t.add_row(Text(lab, style=style), *cells, Text(_bar(s, thr), style=style), note)
@@ -204,6 +207,7 @@ class TerminalSink(Sink):
     def on_scores(self, scores: Scores) -> None:
         with self._lock:
             self.state.scores = scores.as_dict()
+            self.state.held = dict(scores.held)
             if scores.source:
                 self.state.by_source[scores.source] = {
                     "scores": self.state.scores,
@@ -224,13 +228,15 @@ class TerminalSink(Sink):
             top = sorted(self.state.scores.items(), key=lambda kv: -kv[1])[:3]
             tops = ", ".join(f"{k} {v:.2f}" for k, v in top)
             who = f"[{scores.source}] " if len(self.state.by_source) > 1 else ""
+            held = "; held: " + ", ".join(f"{k} ({v})" for k, v in scores.held.items()) if scores.held else ""
             self._log.info(
-                "%st=%.1fs level %.1f dBFS%s top: %s%s",
+                "%st=%.1fs level %.1f dBFS%s top: %s%s%s",
                 who,
                 scores.end_s,
                 scores.level_dbfs,
                 " (gated)" if scores.gated else " (reused)" if scores.reused else "",
                 tops,
+                held,
                 " [PAUSED: no events]" if self.state.paused else "",
             )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from monitor.sinks.base import Sink
 from monitor.types import Event, Scores
@@ -39,12 +40,17 @@ def close_sinks(sinks: Sequence[Sink]) -> None:
             log.error("sink %s failed to close: %s", s.name, e)
 
 
+@dataclass
+class FanoutStats:
+    events: int = 0  # start and end messages
+    started: int = 0
+
+
 class SinkFanout:
     def __init__(self, sinks: Sequence[Sink], out_lock: threading.RLock):
         self.sinks = list(sinks)
         self.lock = out_lock
-        self.events = 0  # start and end messages
-        self.started = 0
+        self.stats = FanoutStats()
         self._failed_scores: set[str] = set()
 
     @property
@@ -53,9 +59,9 @@ class SinkFanout:
 
     def event(self, ev: Event) -> None:
         """One event to every sink (call with ``lock`` held, with the step that made it)."""
-        self.events += 1
+        self.stats.events += 1
         if ev.type == "start":
-            self.started += 1
+            self.stats.started += 1
         publish_to(self.sinks, ev)
 
     def scores(self, sc: Scores) -> None:

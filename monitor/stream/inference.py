@@ -9,8 +9,10 @@ that in, the stage reads no tracker."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +30,18 @@ def change_gate_of(cfg: StreamConfig) -> ChangeGate | None:
     return ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
 
 
+@dataclass
+class InferenceStats:
+    windows: int = 0  # scored (gated and reused included)
+    gated: int = 0  # below the level gate
+    reused: int = 0  # the change gate reused the last real scores (no model run)
+    gate_ran: dict[str, int] = field(default_factory=dict)  # why the change gate let windows through
+    inference_ms: float | None = None  # the model's time per window of the latest batch (None: not run yet)
+    level_dbfs: float = -150.0
+    stream_s: float = 0.0  # end of the latest window
+    last_scores: dict = field(default_factory=dict)
+
+
 class WindowInference:
     def __init__(self, encoder: SharedEncoder, scorer: Scorer, cfg: StreamConfig, name: str):
         self.encoder = encoder
@@ -35,12 +49,12 @@ class WindowInference:
         self.gate_dbfs = cfg.gate_dbfs
         self.name = name
         self.change_gate = change_gate_of(cfg)
-        self.gated = 0  # windows below the level gate
-        self.reused = 0  # windows whose scores the change gate reused
-        self.gate_ran: dict[str, int] = {}  # why the change gate let windows through
+        self.stats = InferenceStats()
+        self._last_vetoes: dict = {}
 
     def forget(self) -> None:
         """New labels or rules, or a gap: the next window runs the model."""
+        self._last_vetoes = {}
         if self.change_gate is not None:
             self.change_gate.forget()
 
@@ -63,19 +77,36 @@ class WindowInference:
         for w in windows:
             if w.index in reuse:
                 values = tuple(float(reuse[w.index].get(n, 0.0)) for n in labels)
-                self.reused += 1
-                emit(Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, source=self.name, reused=True))
+                self.stats.reused += 1
+                last = self._last_vetoes
+                sc = Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, reused=True, vetoes=last)
+                self._emit(dataclasses.replace(sc, source=self.name), emit)
                 continue
             gated = w.index not in emb
+            vetoes: dict = {}
             if gated:
                 values = tuple(0.0 for _ in labels)
-                self.gated += 1
+                self.stats.gated += 1
             else:
-                values = tuple(float(x) for x in self.scorer.score(emb[w.index][None, :])[0])
+                values, vetoes = self.scorer.score_window(emb[w.index])
+                self._last_vetoes = vetoes  # a reused window is the same sound: the same vetoes
                 if self.change_gate is not None:
                     self.change_gate.ran_on(sigs[w.index], w.start_s, labels, values)
             ms_w = 0.0 if gated else ms
-            emit(Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, gated, ms_w, source=self.name))
+            sc = Scores(
+                w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, gated, ms_w, self.name, vetoes=vetoes
+            )
+            self._emit(sc, emit)
+
+    def _emit(self, sc: Scores, emit: Emit) -> None:
+        st = self.stats
+        st.windows += 1
+        st.level_dbfs = sc.level_dbfs
+        st.stream_s = sc.end_s
+        if not sc.gated and not sc.reused:  # the model's time per window, when it ran
+            st.inference_ms = sc.inference_ms
+        st.last_scores = sc.as_dict()
+        emit(sc)
 
     def _embed(self, live: list[Window]) -> tuple[dict[int, np.ndarray], float]:
         """Embeddings of the windows that run (equal lengths in one batch; a short tail window
@@ -106,5 +137,5 @@ class WindowInference:
             got = self.change_gate.reuse(sigs[w.index], w.start_s, off, any_open)
             if got is not None:
                 reuse[w.index] = got
-        self.gate_ran = dict(self.change_gate.why)
+        self.stats.gate_ran = dict(self.change_gate.why)
         return reuse, sigs

@@ -16,7 +16,7 @@ scorer and event rules between two batches of windows (a reload, a remote comman
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -27,67 +27,38 @@ from typing import Any
 import numpy as np
 
 from monitor.config import SourceConfig, StreamConfig
-from monitor.errors import UserError
 from monitor.events import EventTracker
 from monitor.models.backend import Backend
 from monitor.scoring import Scorer
 from monitor.sinks.base import Sink
 from monitor.sources import Source, SourceSlot
 from monitor.stream.buffer import DroppedAudio
-from monitor.stream.fanout import SinkFanout, close_sinks
-from monitor.stream.feed import Drops, SourceFeed
-from monitor.stream.inference import WindowInference
-from monitor.stream.segmenter import Segmenter
+from monitor.stream.fanout import FanoutStats, SinkFanout, close_sinks
+from monitor.stream.feed import Drops, DropStats, FeedStats, SourceFeed
+from monitor.stream.inference import InferenceStats, WindowInference
+from monitor.stream.segmenter import Segmenter, SegmenterStats
 from monitor.stream.shared_encoder import SharedEncoder
 from monitor.stream.supervise import SourceLost, SourceResumed
-from monitor.stream.windows import adaptive_hop_s
-from monitor.types import Event, Scores, Window
+from monitor.stream.windows import Latency, adaptive_hop_s, window_s_of
+from monitor.types import Scores, Window
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Stats:
-    windows: int = 0
-    gated: int = 0
-    dropped_windows: int = 0
-    dropped_frames: int = 0
-    nonfinite_samples: int = 0
-    events: int = 0  # start and end messages
-    events_started: int = 0
-    inference_ms: float | None = None  # the model's time for the latest batch (None: not run yet)
-    level_dbfs: float = -150.0
-    stream_s: float = 0.0
-    source_error: str | None = None
-    # seconds from the block that completed a window reaching the worker to that window's
-    # scores and events being handed to the sinks (last 1000 windows)
-    latency_s: list = field(default_factory=list)
-    finished: bool = False
-    hop_changes: int = 0  # adaptive hop switches (stream.idle_hop_s)
-    last_scores: dict = field(default_factory=dict)
-    # source supervision: ok | starting | stalled | lost | retrying | silent | ended | failed
-    source_status: str = "starting"
-    source_detail: str = ""
-    source_restarts: int = 0
-    source_failed_reopens: int = 0
-    source_stalls: int = 0
-    source_losses: int = 0
-    source_last_error: str | None = None
-    gaps: int = 0
-    gap_s: float = 0.0  # wall-clock seconds without audio, summed over gaps
-    silent_s: float = 0.0  # current run of digital silence, stream seconds
-    reloads: int = 0
-    received_frames: int = 0
-    reused: int = 0  # windows whose scores the change gate reused (no model run)
-    gate_ran: dict[str, int] = field(default_factory=dict)  # why the change gate let windows through
-    # (monotonic time, windows, samples) of each drop: "falling behind" in /healthz
-    drops: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    """The run's report, split by stage: each part is the stage's own counters (live while
+    the pipeline runs), read by the service (/healthz, metrics, MQTT diagnostics) and the
+    final summary."""
 
-    def dropped_recently(self, within_s: float = 60.0, now: float | None = None) -> tuple[int, int]:
-        """(windows, samples) dropped in the last ``within_s`` seconds of wall time."""
-        now = time.monotonic() if now is None else now
-        recent = [(w, f) for t, w, f in list(self.drops) if now - t <= within_s]
-        return sum(w for w, _ in recent), sum(f for _, f in recent)
+    source: FeedStats = field(default_factory=FeedStats)
+    drops: DropStats = field(default_factory=DropStats)
+    segments: SegmenterStats = field(default_factory=SegmenterStats)
+    inference: InferenceStats = field(default_factory=InferenceStats)
+    out: FanoutStats = field(default_factory=FanoutStats)
+    latency: Latency = field(default_factory=Latency)
+    reloads: int = 0
+    finished: bool = False
 
 
 class LiveSwap:
@@ -140,33 +111,20 @@ class Pipeline:
         self.tracker = tracker
         self.cfg = stream_cfg
         self.stop = stop or threading.Event()
-        self.stats = Stats()
         self.max_pending = max(1, max_pending_windows)
-        # the configured window, else the model's own (its manifest's window_s)
-        self.window_s = float(stream_cfg.window_s or self.backend.window_s)
-        if stream_cfg.hop_s > self.window_s or stream_cfg.idle_hop_s > self.window_s:
-            raise UserError(
-                f"stream.hop_s / idle_hop_s must not exceed the window ({self.window_s:g} s for this model)"
-            )
-        sc = source_cfg or SourceConfig()
-        self.feed = SourceFeed(self.source, sc, self.stop, self.stats, reopen=slot.reopen, name=self.name)
+        self.window_s = window_s_of(stream_cfg, self.backend.window_s)
+        self.feed = SourceFeed(self.source, source_cfg or SourceConfig(), self.stop, reopen=slot.reopen, name=self.name)
         self.out = SinkFanout(sinks, out_lock or threading.RLock())
         rate = self.backend.sample_rate_hz
         self.segmenter = Segmenter(
             self.source.sample_rate_hz, rate, self.window_s, stream_cfg.hop_s, self.out.audio_sinks
         )
         self.inference = WindowInference(encoder, scorer, stream_cfg, self.name)
-        self._arrived: dict[int, float] = {}  # window index -> when the block that completed it arrived
+        self.drops = Drops(self.name)
+        self.stats = Stats(
+            self.feed.stats, self.drops.stats, self.segmenter.stats, self.inference.stats, self.out.stats
+        )
         self._swap = LiveSwap()
-        self.drops = Drops(self.stats, self.name)
-
-    @property
-    def sinks(self) -> list[Sink]:
-        return self.out.sinks
-
-    @property
-    def scorer(self) -> Scorer:
-        return self.inference.scorer
 
     # -- threads ----------------------------------------------------------------------
     def run(self) -> Stats:
@@ -196,7 +154,9 @@ class Pipeline:
                 pending = self._marker(block, pending)
                 continue
             pending.extend(self._windows_from(block))
-            pending = self._keep_up(pending)
+            if self.source.realtime:  # keep only the newest windows (the rest: dropped, counted)
+                pending, dropped = self.drops.keep_newest(pending, self.max_pending, self.segmenter.source_rate_hz)
+                self.stats.latency.forget(dropped)
             # a real-time source: catch up with the buffer first (cheap), then score only the
             # newest windows; a file or pipe: score in batches as they come
             if pending and (
@@ -219,10 +179,13 @@ class Pipeline:
             pending = pending + seg.end_segment()
             if pending:
                 self._process(pending)
-            self._source_lost(marker)
+            seg.lost = True
+            self._close_events()
+            log.warning("source lost (%s) at %.1f s of stream time: open events ended", marker.reason, seg.position_s)
             return []
         if isinstance(marker, SourceResumed):
-            self._source_resumed(marker)
+            self.inference.forget()
+            self.feed.resumed(marker, start_s=seg.resume(marker.gap_s, marker.sample_rate_hz))
         elif isinstance(marker, DroppedAudio):
             self.drops.add(0, marker.frames, seg.source_rate_hz)
             pending = pending + seg.end_segment()
@@ -235,47 +198,11 @@ class Pipeline:
         if self.tracker.origin_unix is None:  # stream time 0 on the wall clock
             self.tracker.origin_unix = time.time() - len(block) / self.segmenter.source_rate_hz
         mono = self.segmenter.mono(block)
-        self.stats.nonfinite_samples = self.segmenter.nonfinite_samples
         self.feed.counts()
         self.feed.silence(mono, self.segmenter.source_rate_hz)
         new = self.segmenter.windows(mono)
-        for w in new:
-            self._arrived[w.index] = t_block
+        self.stats.latency.arrived(new, t_block)
         return new
-
-    def _keep_up(self, pending: list[Window]) -> list[Window]:
-        """A real-time source keeps only the newest ``max_pending`` windows (the rest: dropped)."""
-        if not self.source.realtime or len(pending) <= self.max_pending:
-            return pending
-        n = len(pending) - self.max_pending
-        self.drops.add(n, 0, self.segmenter.source_rate_hz)
-        for w in pending[:n]:
-            self._arrived.pop(w.index, None)
-        return pending[n:]
-
-    # -- segments (source lost and resumed) -------------------------------------------------
-    def _source_lost(self, marker: SourceLost) -> None:
-        self.segmenter.lost = True
-        with self.out.lock:
-            for ev in self.tracker.close_all():
-                self._publish(ev)
-        log.warning(
-            "source lost (%s) at %.1f s of stream time: open events ended", marker.reason, self.segmenter.position_s
-        )
-
-    def _source_resumed(self, marker: SourceResumed) -> None:
-        seg = self.segmenter
-        if not seg.lost:  # a resume without a loss (should not happen): still a new segment
-            seg.end_segment()
-        self.inference.forget()
-        start_s = seg.new_segment(marker.gap_s, marker.sample_rate_hz)
-        self.feed.resumed()
-        st = self.stats
-        st.gaps += 1
-        st.gap_s += marker.gap_s
-        log.warning(
-            "source %s resumed: %.1f s gap, stream time continues at %.1f s", marker.description, marker.gap_s, start_s
-        )
 
     # -- hot reload ----------------------------------------------------------------------
     def swap_live(
@@ -296,9 +223,9 @@ class Pipeline:
         self.inference.scorer = scorer
         self.inference.forget()  # new labels or rules: the next window runs the model
         with self.out.lock:
-            ended = self.tracker.set_rules(rules, end_s=self.stats.stream_s)
+            ended = self.tracker.set_rules(rules, end_s=self.inference.stats.stream_s)
             for ev in ended:
-                self._publish(ev)
+                self.out.event(ev)
             self.out.labels(scorer.labels)
         if reload:  # a remote command's change of rules is counted by the service, not here
             self.stats.reloads += 1
@@ -308,53 +235,35 @@ class Pipeline:
     # -- windows -> scores -> events ---------------------------------------------------------
     def _process(self, windows: list[Window]) -> None:
         self.inference.process(windows, self._gate_state, self._emit)
-        inf = self.inference
-        self.stats.gated, self.stats.reused, self.stats.gate_ran = inf.gated, inf.reused, dict(inf.gate_ran)
 
     def _gate_state(self) -> tuple[dict[str, float], bool]:
-        """What the change gate decides on besides the audio: each enabled label's off level,
-        and whether an event is open."""
+        """What the change gate decides on besides the audio: each enabled label's off
+        level, and whether an event is open."""
         off = {name: r.off_level for name, r in self.tracker.rules.items() if r.enabled}
         return off, bool(self.tracker.active_labels())
 
     def _emit(self, sc: Scores) -> None:
-        st = self.stats
-        st.windows += 1
-        st.level_dbfs = sc.level_dbfs
-        st.stream_s = sc.end_s
-        if not sc.gated and not sc.reused:  # the model's time per window, when it ran
-            st.inference_ms = sc.inference_ms
-        st.last_scores = sc.as_dict()
         with self.out.lock:
-            self.out.scores(sc)
-            for ev in self.tracker.update(sc):
-                self._publish(ev)
-        if self.cfg.idle_hop_s > 0:
-            self._adapt_hop(sc)
-        t = self._arrived.pop(sc.window_index, None)
-        if t is not None:
-            st.latency_s.append(time.perf_counter() - t)
-            del st.latency_s[:-1000]
+            events = self.tracker.update(sc)
+            self.out.scores(dataclasses.replace(sc, held=self.tracker.held) if self.tracker.held else sc)
+            for ev in events:
+                self.out.event(ev)
+        if self.cfg.idle_hop_s > 0:  # adaptive hop: idle while nothing is near its threshold
+            off = {name: r.off_level for name, r in self.tracker.rules.items()}
+            any_open = bool(self.tracker.active_labels())
+            hop_s = adaptive_hop_s(sc.labels, sc.values, off, any_open, self.cfg.hop_s, self.cfg.idle_hop_s)
+            if self.segmenter.set_hop(hop_s):
+                log.debug("hop now %.2f s (%s)", hop_s, "idle" if hop_s == self.cfg.idle_hop_s else "activity")
+        self.stats.latency.done(sc.window_index, time.perf_counter())
 
-    def _adapt_hop(self, sc: Scores) -> None:
-        """Adaptive hop: ``idle_hop_s`` while no event is open and no score is within reach of
-        its label's threshold (above its off level); ``hop_s`` again as soon as one is."""
-        off = {name: r.off_level for name, r in self.tracker.rules.items()}
-        any_open = bool(self.tracker.active_labels())
-        hop_s = adaptive_hop_s(sc.labels, sc.values, off, any_open, self.cfg.hop_s, self.cfg.idle_hop_s)
-        if self.segmenter.set_hop(hop_s):
-            self.stats.hop_changes += 1
-            log.debug("hop now %.2f s (%s)", hop_s, "idle" if hop_s == self.cfg.idle_hop_s else "activity")
-
-    def _publish(self, ev: Event) -> None:
-        self.out.event(ev)
-        self.stats.events, self.stats.events_started = self.out.events, self.out.started
+    def _close_events(self) -> None:
+        with self.out.lock:
+            for ev in self.tracker.close_all():
+                self.out.event(ev)
 
     def _finish(self) -> None:
         self.feed.counts()
-        with self.out.lock:
-            for ev in self.tracker.close_all():
-                self._publish(ev)
+        self._close_events()
         self.stats.finished = True
 
 
@@ -394,4 +303,4 @@ class SinglePipeline(Pipeline):
             return super().run()
         finally:
             self.encoder.close()
-            close_sinks(self.sinks)
+            close_sinks(self.out.sinks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,12 @@ from monitor.types import Window
 log = logging.getLogger("monitor.stream.pipeline")
 
 
+@dataclass
+class SegmenterStats:
+    nonfinite_samples: int = 0  # NaN/Inf samples zeroed
+    hop_changes: int = 0  # adaptive hop switches (stream.idle_hop_s)
+
+
 class Segmenter:
     def __init__(self, source_rate_hz: int, rate_hz: int, window_s: float, hop_s: float, audio_sinks: Sequence[Sink]):
         self.rate_hz = rate_hz
@@ -31,7 +38,7 @@ class Segmenter:
         self.windower = Windower(rate_hz, window_s, hop_s)
         self.clock = StreamClock(rate_hz)
         self.lost = False  # the current segment ended with a loss (no tail to flush)
-        self.nonfinite_samples = 0
+        self.stats = SegmenterStats()
         self._audio_sinks = list(audio_sinks)
 
     @property
@@ -41,7 +48,7 @@ class Segmenter:
     def mono(self, block: np.ndarray) -> np.ndarray:
         """A source block as finite mono samples (what the silence check and the resampler see)."""
         mono, n_bad = sanitise(downmix(block))
-        self.nonfinite_samples += n_bad
+        self.stats.nonfinite_samples += n_bad
         return mono
 
     def windows(self, mono: np.ndarray) -> list[Window]:
@@ -90,9 +97,16 @@ class Segmenter:
         self.lost = False
         return start_n / self.rate_hz
 
+    def resume(self, gap_s: float, source_rate_hz: int) -> float:
+        """The source is back after a loss: a new segment ``gap_s`` on; returns its start."""
+        if not self.lost:  # a resume without a loss (should not happen): still a new segment
+            self.end_segment()
+        return self.new_segment(gap_s, source_rate_hz)
+
     def set_hop(self, hop_s: float) -> bool:
         """The adaptive hop; True when it changed."""
         if self.windower.hop_n == int(round(hop_s * self.rate_hz)):
             return False
         self.windower.set_hop(hop_s)
+        self.stats.hop_changes += 1
         return True

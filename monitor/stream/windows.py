@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from monitor.config import StreamConfig
+from monitor.errors import UserError
 from monitor.types import Window
 
 SILENCE_DBFS = -150.0
@@ -98,6 +100,15 @@ class Windower:
         return []
 
 
+def window_s_of(cfg: StreamConfig, model_window_s: float) -> float:
+    """The configured window, else the model's own (its manifest's ``window_s``); a hop
+    longer than the window is refused."""
+    window_s = float(cfg.window_s or model_window_s)
+    if cfg.hop_s > window_s or cfg.idle_hop_s > window_s:
+        raise UserError(f"stream.hop_s / idle_hop_s must not exceed the window ({window_s:g} s for this model)")
+    return window_s
+
+
 def adaptive_hop_s(
     labels: Sequence[str],
     values: Sequence[float],
@@ -111,6 +122,35 @@ def adaptive_hop_s(
     normal ``hop_s`` as soon as one does. Pure: scores and rules in, seconds out."""
     near = any(v >= off_levels[lab] for lab, v in zip(labels, values) if lab in off_levels)
     return hop_s if (near or any_open) else idle_hop_s
+
+
+class Latency:
+    """Seconds from the block that completed a window reaching the worker to that window's
+    scores and events being handed to the sinks (the last ``keep`` windows)."""
+
+    def __init__(self, keep: int = 1000):
+        self.keep = keep
+        self.samples_s: list[float] = []
+        self._arrived: dict[int, float] = {}  # window index -> when its block arrived
+
+    def arrived(self, windows: Sequence[Window], t: float) -> None:
+        for w in windows:
+            self._arrived[w.index] = t
+
+    def forget(self, windows: Sequence[Window]) -> None:
+        """Windows that will not reach the sinks (dropped)."""
+        for w in windows:
+            self._arrived.pop(w.index, None)
+
+    def done(self, index: int, t: float) -> None:
+        t0 = self._arrived.pop(index, None)
+        if t0 is not None:
+            self.samples_s.append(t - t0)
+            del self.samples_s[: -self.keep]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._arrived)
 
 
 class StreamClock:

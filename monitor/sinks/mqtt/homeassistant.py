@@ -229,6 +229,7 @@ class HomeAssistant:
             "t_s": round(scores.start_s, 3),  # the window's stream time
             "time": utc_now_iso(),
             "source": scores.source,
+            "held": dict(scores.held),  # labels at/above their threshold that did not fire, and why
         }
         self._send(self.topics.device_topic("heard"), json.dumps(heard), retain=True, qos=0)
 
