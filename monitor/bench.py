@@ -44,6 +44,7 @@ from monitor.machine import DEMO_DIR, cpu_info  # noqa: F401 - cpu_info re-expor
 from monitor.models.clap.graph import RESIZE_MATMUL_PREFIX
 
 LABELS = ("dog", "cat", "cow", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep")
+VETOES = ("speech", "television", "music")  # scoring.veto: every label's
 
 DEFAULT_ENCODER_GFLOP = 11.8  # laion/clap-htsat-unfused audio encoder, when the graph cannot be counted
 
@@ -187,11 +188,14 @@ def windows_of(audio: np.ndarray, rate: int, window_s: float, hop_s: float, coun
 
 
 # -- the pieces ----------------------------------------------------------------------------------
-def make_scorer(backend, labels: Sequence[str], cache_dir):
-    from monitor.config import LabelConfig, ScoringConfig
+def make_scorer(backend, labels: Sequence[str], cache_dir, vetoes: Sequence[str] = ()):
+    from monitor.config import Config, LabelConfig, ScoringConfig
+    from monitor.models.vetoes import vetoes_for
     from monitor.scoring import Scorer
 
-    return Scorer(backend, [LabelConfig(name=l) for l in labels], ScoringConfig(), cache_dir=cache_dir)
+    scoring = ScoringConfig(veto=tuple(vetoes) or None)
+    cfg = Config(labels=[LabelConfig(name=l) for l in labels], scoring=scoring)
+    return Scorer(backend, cfg.labels, scoring, cache_dir=cache_dir, vetoes=vetoes_for(cfg))
 
 
 def per_window_total(backend, scorer, windows, n_sources: int = 1) -> list[float]:

@@ -221,6 +221,12 @@ class StreamConfig(_Section):
         return self
 
 
+# chosen on the even half of the uiowa-dev classes (scripts/bench_vetoes.py, README "Veto sounds")
+VETO_MARGIN = 0.0
+VETO_CLIP_MARGIN = 0.0
+VETO_COMPETES = True
+
+
 class ScoringConfig(_Section):
     method: Literal["vs-background", "softmax"] = "vs-background"
     templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
@@ -228,6 +234,13 @@ class ScoringConfig(_Section):
     # veto sounds of every label (e.g. speech, television): a window more like one of them
     # than like a label does not count for it (monitor/scoring.py)
     veto: tuple[str, ...] | None = None
+    # a window counts for a label only when it is more like the label than like each of its
+    # text vetoes by this much (cosine similarity; 0: merely more like it) ...
+    veto_margin: float = Field(VETO_MARGIN, ge=0.0, le=1.0)
+    # ... and than like each of its veto clips (calibrated to tie with the label on the clip)
+    veto_clip_margin: float = Field(VETO_CLIP_MARGIN, ge=0.0, le=1.0)
+    # the vetoes also join the label's competitors (its score falls as a veto comes near)
+    veto_competes: bool = VETO_COMPETES
 
     @field_validator("veto")
     @classmethod

@@ -198,6 +198,8 @@ class EventTracker:
                         st.must_rearm = True
                 else:
                     events.append(self._end(name, st, s, st.last_above_end_s))
+                    if scores.gated and was_on:  # the sound went under the level gate
+                        self.held[name] = "below gate"
                 continue
             if st.must_rearm:
                 if s < rule.off_level:

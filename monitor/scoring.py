@@ -6,13 +6,18 @@
   the label's share. Several sounds can be active at once and a threshold means the same
   for every label.
 
-Vetoes (monitor/models/vetoes.py) join a label's competitors: with ``vs-background`` the
-label's share of [label, background prompts..., its vetoes...]; with ``softmax`` of [all
-labels..., its vetoes...]. A veto far from the window changes nothing, so a threshold keeps
-its meaning; a window more like one of the label's vetoes than like the label is marked
-(``VetoCheck.beats``) and does not count for it (monitor/events.py). A text veto is one more
-text vector, a clip veto one more audio prototype (calibrated like a label taught by
-example): neither adds a model run per window.
+Vetoes (monitor/models/vetoes.py): a window does not count for a label (``VetoCheck.beats``,
+monitor/events.py) when one of its vetoes is as like the window as the label is, less a
+margin (cosine units; 0: a tie is enough): ``scoring.veto_margin`` for text vetoes,
+``scoring.veto_clip_margin`` for clips (a sound heard again is never quite the recording). A text veto is scored like a
+label. A veto clip is the mean embedding of its windows; audio is far closer to audio than
+to text, so per label it gets an offset that makes it score, on the clip's own windows
+(median), exactly what the label scores there: a window like the recorded false alarm ties
+with the label, the label's own, different sound does not. With ``scoring.veto_competes``
+the vetoes also join the label's competitors (its share of [label, background prompts...,
+vetoes...], or with ``softmax`` of [labels..., vetoes...]), so its score falls as a veto
+comes near. A veto far from the window changes nothing: a threshold keeps its meaning. A
+veto is one more vector: it adds no model run per window.
 
 Label, background and veto embeddings are computed once (prompt ensembling, disk cache).
 """
@@ -20,7 +25,7 @@ Label, background and veto embeddings are computed once (prompt ensembling, disk
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -66,7 +71,7 @@ class Scorer:
             if label_matrix is not None
             else label_offsets(backend, list(labels), self.label_emb, background, cfg.templates, cache_dir)
         )
-        self._veto_setup(backend, vetoes or {}, cfg, cache_dir, background)
+        self._veto_setup(backend, vetoes or {}, cfg, cache_dir)
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
         backend.release_text()
@@ -77,11 +82,13 @@ class Scorer:
         vetoes: Mapping[str, Sequence[Veto]],
         cfg: ScoringConfig,
         cache_dir: str | os.PathLike | None,
-        background: Callable[[], np.ndarray],
     ) -> None:
-        """The vetoes of every label as one matrix [M, D] (each veto once), their offsets and
-        which label each one competes with ([L, M])."""
-        from monitor.models.labels import label_embeddings, label_offsets, prompt_vectors
+        """The vetoes of every label as one matrix [M, D] (each veto once), which label each
+        one applies to ([L, M]) and its logit offset for that label ([L, M]: clips only)."""
+        from monitor.audio_io import read_audio
+        from monitor.models.backend import l2_normalise
+        from monitor.models.labels import prompt_vectors
+        from monitor.models.prototypes import clip_windows
 
         unique: dict[str, Veto] = {}
         for name in self.labels:
@@ -89,14 +96,18 @@ class Scorer:
                 unique.setdefault(v.key, v)
         items = list(unique.values())
         self.vetoes: tuple[Veto, ...] = tuple(items)
-        self.veto_mask = np.zeros((len(self.labels), len(items)), dtype=bool)
+        self.veto_margin = np.array(
+            [cfg.veto_margin if v.clip is None else cfg.veto_clip_margin for v in items], dtype=np.float64
+        )  # [M] cosine
+        self.veto_competes = bool(cfg.veto_competes)
         col = {v.key: j for j, v in enumerate(items)}
+        self.veto_mask = np.zeros((len(self.labels), len(items)), dtype=bool)
         for i, name in enumerate(self.labels):
             for v in vetoes.get(name, ()):
                 self.veto_mask[i, col[v.key]] = True
         dim = self.label_emb.shape[1] if self.label_emb.ndim == 2 else backend.embedding_dim
         self.veto_emb = np.zeros((len(items), dim), np.float32)
-        self.veto_offsets = np.zeros(len(items), np.float32)
+        self.veto_offsets = np.zeros((len(self.labels), len(items)), np.float32)  # per label (clips)
         texts = [v.text for v in items if v.text is not None]
         if texts:
             tv = prompt_vectors(backend, texts, cfg.templates, cache_dir)
@@ -106,10 +117,12 @@ class Scorer:
         for j, v in enumerate(items):
             if v.clip is None:
                 continue
-            as_label = [LabelConfig(name="veto clip", examples=(str(v.clip),))]
-            vec = label_embeddings(backend, as_label, cfg.templates, cache_dir=cache_dir)
-            self.veto_emb[j] = vec[0]
-            self.veto_offsets[j] = label_offsets(backend, as_label, vec, background, cfg.templates, cache_dir)[0]
+            x = read_audio(v.clip, backend.sample_rate_hz).samples
+            u = l2_normalise(backend.embed_audio(clip_windows(x, backend.sample_rate_hz, backend.window_s)))
+            self.veto_emb[j] = l2_normalise(u.mean(axis=0))
+            on_clip = self.logit_scale * (u @ self.label_emb.T) + self.label_offsets  # [w, L]
+            as_veto = self.logit_scale * (u @ self.veto_emb[j])  # [w]
+            self.veto_offsets[:, j] = np.median(on_clip - as_veto[:, None], axis=0)
 
     @property
     def has_vetoes(self) -> bool:
@@ -164,14 +177,26 @@ class Scorer:
                 assert self.background_emb is not None
                 bg = scale * (a @ self.background_emb.T.astype(np.float64))  # [N, K]
                 comp = np.broadcast_to(_logsumexp(bg, axis=1)[:, None], logits.shape)
-            v = scale * (a @ self.veto_emb.T.astype(np.float64)) + self.veto_offsets  # [N, M]
-            masked = np.where(self.veto_mask[None, :, :], v[:, None, :], -np.inf)  # [N, L, M]
-            best = masked.argmax(axis=2)
-            beats = masked.max(axis=2) > logits
-            with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2))
+            best, beats, with_vetoes = self._veto_terms(a, logits, comp)
         raw = _sigmoid(logits - comp)
         final = _sigmoid(logits - with_vetoes)
         return final.astype(np.float32), raw.astype(np.float32), best, beats
+
+    def _veto_terms(
+        self, a: np.ndarray, logits: np.ndarray, comp: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> (each label's strongest veto [N, L], whether a veto beats it [N, L], its
+        competitors' log-sum, with the vetoes when they compete [N, L])."""
+        shape = logits.shape
+        if not self.vetoes:
+            return np.zeros(shape, int), np.zeros(shape, bool), comp
+        v = self.logit_scale * (a @ self.veto_emb.T.astype(np.float64))  # [N, M]
+        v = v[:, None, :] + self.veto_offsets[None, :, :]  # [N, L, M]
+        masked = np.where(self.veto_mask[None, :, :], v, -np.inf)
+        reach = masked + self.logit_scale * self.veto_margin  # what each veto needs to tie with
+        beats = reach.max(axis=2) >= logits
+        with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2)) if self.veto_competes else comp
+        return reach.argmax(axis=2), beats, with_vetoes
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:

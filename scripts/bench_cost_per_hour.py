@@ -77,8 +77,10 @@ def dataset_rows(dataset: Path, classes: str) -> list[dict]:
 
 
 def build_stream(
-    rows: list[dict], dataset: Path, minutes: float, n_events: int, seed: int
+    rows: list[dict], dataset: Path, minutes: float, n_events: int, seed: int, level_dbfs: float | None = None
 ) -> tuple[np.ndarray, list[dict]]:
+    """``level_dbfs``: each inserted clip scaled to this RMS (+-3 dB, seeded) instead of its
+    recorded level (the recordings are calibrated quiet, about -47 dBFS)."""
     rng = np.random.default_rng(seed)
     clips, leads = [], []
     for r in rows:
@@ -105,6 +107,9 @@ def build_stream(
     for t0 in starts:
         t0 = float(t0 + rng.uniform(0, 2))
         label, x = clips[int(rng.integers(len(clips)))]
+        if level_dbfs is not None:
+            rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1e-9
+            x = x * np.float32(10 ** ((level_dbfs + rng.uniform(-3, 3)) / 20) / rms)
         a = int(t0 * RATE)
         x = x[: total - a]
         out[a : a + len(x)] += x

@@ -67,6 +67,8 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
         "frontend_ms_per_hop",
         "encoder_fp32_ms_per_window",
         "scoring_ms_per_window",
+        "scoring_with_vetoes_ms_per_window",
+        "scoring_without_vetoes_ms_per_window",
         "total_fp32_ms_per_window",
         "total_fp32_ms_per_window_2_sources",
         "encoder_fp32_ms_per_window_batch4",
@@ -82,6 +84,9 @@ def test_bench_json_lines_on_an_export(tiny_clap_export, tiny_clap_dir):
         assert set(rec) >= {"metric", "unit", "median", "min", "max"}, rec
         assert rec["min"] <= rec["median"] <= rec["max"], rec
         assert rec["median"] > 0, rec
+    # vetoes are scoring work, not model runs: well under the encoder's time per window
+    assert figures["scoring_with_vetoes_ms_per_window"]["vetoes_per_label"] == 3
+    assert figures["scoring_with_vetoes_ms_per_window"]["median"] < figures["encoder_fp32_ms_per_window"]["median"]
     # the floor is the counted work over the measured rate
     floor = figures["encoder_gflop_per_window"]["median"] / figures["matmul_fp32_gflops"]["median"] * 1000
     assert figures["encoder_floor_ms"]["median"] == pytest.approx(floor, rel=0.01, abs=0.01)

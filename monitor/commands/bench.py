@@ -151,6 +151,28 @@ def run(args) -> int:
             scoring="vs-background",
         )
     )
+    # vetoes: one more vector each (3 text vetoes per label here, shared by all labels):
+    # scoring only, never a model run
+    vetoed = bench.make_scorer(b32, bench.LABELS, cache, vetoes=bench.VETOES)
+    out(
+        bench.figure(
+            "scoring_with_vetoes_ms_per_window",
+            "ms",
+            bench.time_ms(lambda: vetoed.score_window(emb[0]), args.repeats),
+            4,
+            labels=len(bench.LABELS),
+            vetoes_per_label=len(bench.VETOES),
+            scoring="vs-background",
+        )
+    )
+    out(
+        bench.figure(
+            "scoring_without_vetoes_ms_per_window",
+            "ms",
+            bench.time_ms(lambda: scorer.score_window(emb[0]), args.repeats),
+            4,
+        )
+    )
     tot32 = out(bench.figure("total_fp32_ms_per_window", "ms", bench.per_window_total(b32, scorer, windows[1:])))
     say("two sources sharing the encoder ...")
     out(
