@@ -85,10 +85,9 @@ class Scorer:
     ) -> None:
         """The vetoes of every label as one matrix [M, D] (each veto once), which label each
         one applies to ([L, M]) and its logit offset for that label ([L, M]: clips only)."""
-        from monitor.audio_io import read_audio
         from monitor.models.backend import l2_normalise
         from monitor.models.labels import prompt_vectors
-        from monitor.models.prototypes import clip_windows
+        from monitor.models.prototypes import clip_window_embeddings
 
         unique: dict[str, Veto] = {}
         for name in self.labels:
@@ -117,8 +116,7 @@ class Scorer:
         for j, v in enumerate(items):
             if v.clip is None:
                 continue
-            x = read_audio(v.clip, backend.sample_rate_hz).samples
-            u = l2_normalise(backend.embed_audio(clip_windows(x, backend.sample_rate_hz, backend.window_s)))
+            u = clip_window_embeddings(backend, v.clip, cache_dir)
             self.veto_emb[j] = l2_normalise(u.mean(axis=0))
             on_clip = self.logit_scale * (u @ self.label_emb.T) + self.label_offsets  # [w, L]
             as_veto = self.logit_scale * (u @ self.veto_emb[j])  # [w]

@@ -282,3 +282,18 @@ def test_a_taught_veto_is_picked_up_by_the_reloader(tmp_path):
     assert r.reload_once() == "config reloaded: taught vetoes changed" and len(applied) == 1
     assert [v.name for v in plane.vetoes()["smoke alarm"]] == ["beep.wav"]
     assert r.reload_once() == "config reloaded: no live change"  # applied once
+
+
+def test_a_veto_clips_window_embeddings_are_cached(tmp_path):
+    import soundfile as sf
+    from stream_helpers import BandEnergyBackend
+
+    from monitor.models.prototypes import clip_window_embeddings
+
+    wav = tmp_path / "beep.wav"
+    sf.write(wav, np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32) * 0.1, 16000)
+    be = BandEnergyBackend()
+    first = clip_window_embeddings(be, wav, tmp_path / "cache")
+    assert first.shape == (3, be.embedding_dim) and be.calls == 1  # 12 s: windows at 0, 5 and 7 s
+    again = clip_window_embeddings(be, wav, tmp_path / "cache")
+    assert be.calls == 1 and np.allclose(first, again)

@@ -155,6 +155,28 @@ def embed_files(
     return np.stack(out).astype(np.float32)
 
 
+def clip_window_embeddings(
+    backend: Backend, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> np.ndarray:
+    """The unit embeddings of a clip's windows [W, D] (``clip_windows``), cached per file and
+    window like the clips' means (a veto clip is read again on every reload)."""
+    from monitor.audio_io import read_audio
+
+    cache = ClipCache(cache_dir, backend.cache_key, "windows")
+    x = read_audio(path, backend.sample_rate_hz).samples
+    windows = clip_windows(x, backend.sample_rate_hz, backend.window_s)
+    keys = [f"{file_key(path)}#{i}/{len(windows)}" for i in range(len(windows))]
+    found = [cache.get(k) for k in keys]
+    missing = [i for i, v in enumerate(found) if v is None]
+    if missing:
+        new = l2_normalise(backend.embed_audio(windows[missing]))
+        for i, v in zip(missing, new):
+            found[i] = v
+            cache.put(keys[i], v)
+        cache.save()
+    return np.stack([np.asarray(v, np.float32) for v in found])
+
+
 def prototype(
     backend: Backend, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None = None
 ) -> np.ndarray:

@@ -55,6 +55,26 @@ class Outcome:
     error: BaseException | None = None
 
 
+def source_health(name: str, st: Stats, alive: bool, dropped_frames: int) -> SourceHealth:
+    """One source's numbers for /healthz and /metrics (its stages' counters; the samples
+    the ring buffer dropped, live)."""
+    recent = st.drops.dropped_recently(60.0)
+    return SourceHealth(
+        name=name,
+        status=st.source.status,
+        detail=st.source.detail,
+        alive=alive,
+        windows=st.inference.windows,
+        gated=st.inference.gated,
+        dropped_windows=st.drops.windows,
+        dropped_frames=dropped_frames,
+        inference_ms=st.inference.inference_ms,
+        level_dbfs=st.inference.level_dbfs,
+        recent_dropped_windows=recent[0],
+        recent_dropped_frames=recent[1],
+    )
+
+
 class MonitorService:
     def __init__(
         self,
@@ -262,25 +282,9 @@ class MonitorService:
         """The run's numbers as one value (for /healthz and /metrics)."""
         sources = []
         for p in self.pipes:
-            st = p.stats
             t = self._workers.get(p.name)
-            recent = st.drops.dropped_recently(60.0)
-            sources.append(
-                SourceHealth(
-                    name=p.name,
-                    status=st.source.status,
-                    detail=st.source.detail,
-                    alive=t is None or t.is_alive(),
-                    windows=st.inference.windows,
-                    gated=st.inference.gated,
-                    dropped_windows=st.drops.windows,
-                    dropped_frames=p.feed.buffer.dropped_frames,
-                    inference_ms=st.inference.inference_ms,
-                    level_dbfs=st.inference.level_dbfs,
-                    recent_dropped_windows=recent[0],
-                    recent_dropped_frames=recent[1],
-                )
-            )
+            alive = t is None or t.is_alive()
+            sources.append(source_health(p.name, p.stats, alive, p.feed.buffer.dropped_frames))
         pending = connected = None
         for s in self.all_sinks:
             ss = s.status()

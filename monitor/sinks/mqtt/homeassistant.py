@@ -220,8 +220,7 @@ class HomeAssistant:
         due = now - self._last_sensor_t >= self.sensor_interval_s
         if not (due or (top != self._last_heard and now - self._last_sensor_t >= 1.0)):
             return
-        self._last_sensor_t = now
-        self._last_heard = top
+        self._last_sensor_t, self._last_heard = now, top
         self._send(self.topics.device_topic("level"), f"{scores.level_dbfs:.1f}", retain=True, qos=0)
         heard = {
             "label": top if top is not None else "(quiet)",
@@ -229,7 +228,7 @@ class HomeAssistant:
             "t_s": round(scores.start_s, 3),  # the window's stream time
             "time": utc_now_iso(),
             "source": scores.source,
-            "held": dict(scores.held),  # labels at/above their threshold that did not fire, and why
+            "held": dict(scores.held),  # the labels at/above their threshold that did not fire, and why
         }
         self._send(self.topics.device_topic("heard"), json.dumps(heard), retain=True, qos=0)
 
