@@ -222,9 +222,9 @@ class StreamConfig(_Section):
 
 
 # chosen on the even half of the uiowa-dev classes (scripts/bench_vetoes.py, README "Veto sounds")
-VETO_MARGIN = 0.0
-VETO_CLIP_MARGIN = 0.0
-VETO_COMPETES = True
+VETO_MARGIN = 0.08
+VETO_CLIP_MARGIN = 0.05
+VETO_COMPETES = False
 
 
 class ScoringConfig(_Section):

@@ -80,10 +80,10 @@ def test_a_veto_prompt_silences_a_confusable_sound_and_keeps_the_labels_own(tmp_
 
 
 def test_a_veto_example_silences_the_same_sound_heard_again(tmp_path, uiowa_dir, offline_env):
-    coin = clip(uiowa_dir, "coin drop", 3)
-    src = scene(tmp_path / "scene.wav", [(coin, 5, -30), (clip(uiowa_dir, "ratchet", 5), 25, -30)], 40, seed=2)
+    coin = clip(uiowa_dir, "coin drop", 1)
+    src = scene(tmp_path / "scene.wav", [(coin, 5, -30), (clip(uiowa_dir, "ratchet", 3), 25, -30)], 40, seed=0)
     # the recorded false alarm: the same coin drop heard before
-    taught = heard_again(tmp_path / "false-alarm.wav", coin, seed=102)
+    taught = heard_again(tmp_path / "false-alarm.wav", coin, seed=100)
     starts, _ = run(tmp_path, src, {"name": "ratchet"}, offline_env, "plain")
     assert any(s < 15 for s in starts) and any(s >= 18 for s in starts), starts
     label = {"name": "ratchet", "veto_examples": [str(taught)]}
@@ -95,9 +95,9 @@ def test_a_veto_example_silences_the_same_sound_heard_again(tmp_path, uiowa_dir,
 def test_enroll_veto_then_run_uses_it(tmp_path, uiowa_dir, offline_env):
     """`enroll LABEL --veto CLIP` stores the clip in the state dir; a run with that state dir
     (and a running monitor on its next reload, tests/test_vetoes.py) uses it."""
-    coin = clip(uiowa_dir, "coin drop", 3)
-    src = scene(tmp_path / "scene.wav", [(coin, 5, -30), (clip(uiowa_dir, "ratchet", 5), 25, -30)], 40, seed=2)
-    taught = heard_again(tmp_path / "false-alarm.wav", coin, seed=102)
+    coin = clip(uiowa_dir, "coin drop", 1)
+    src = scene(tmp_path / "scene.wav", [(coin, 5, -30), (clip(uiowa_dir, "ratchet", 3), 25, -30)], 40, seed=0)
+    taught = heard_again(tmp_path / "false-alarm.wav", coin, seed=100)
     state = tmp_path / "state"
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"labels": [{"name": "ratchet"}], "events": {"threshold": 0.3}}))
