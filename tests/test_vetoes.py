@@ -170,27 +170,42 @@ GEOMETRY = {"smoke alarm": [1, 0, 0], "microwave beep": [0.2, 1, 0], "silence": 
 
 
 @pytest.mark.parametrize("method", ["vs-background", "softmax"])
-def test_a_veto_joins_the_labels_competitors(method):
+def test_a_veto_marks_the_windows_like_it_and_with_veto_competes_joins_the_competitors(method):
     be = VectorBackend(GEOMETRY)
     labels = [LabelConfig(name="smoke alarm", veto=("microwave beep",))]
-    plain = Scorer(be, [LabelConfig(name="smoke alarm")], ScoringConfig(method=method, background=("silence", "noise")))
-    scoring = ScoringConfig(method=method, background=("silence", "noise"))
-    vetoed = Scorer(be, labels, scoring, vetoes=vetoes_for(Config(labels=labels, scoring=scoring)))
+    bg = ("silence", "noise")
+    plain = Scorer(be, [LabelConfig(name="smoke alarm")], ScoringConfig(method=method, background=bg))
     beep, alarm = unit(0.45, 0.9, 0.05), unit(1, 0.02, 0.02)
-    v_beep, checks_beep = vetoed.score_window(beep)
-    v_alarm, checks_alarm = vetoed.score_window(alarm)
-    # the beep: more like the veto than the label -> marked, and its score drops
-    assert checks_beep["smoke alarm"] == VetoCheck(
-        "microwave beep", pytest.approx(float(plain.score(beep)[0, 0]), abs=1e-5), True
-    )
-    assert v_beep[0] < float(plain.score(beep)[0, 0])
-    # the alarm itself: the veto is far, the score hardly moves (a threshold keeps its meaning)
-    assert not checks_alarm["smoke alarm"].beats
-    assert v_alarm[0] == pytest.approx(float(plain.score(alarm)[0, 0]), abs=0.02)
-    # score() and score_detail() agree, and a veto is a text vector: no model run per window
-    final, raw, best, beats = vetoed.score_detail(np.stack([beep, alarm]))
-    assert np.allclose(final[:, 0], [v_beep[0], v_alarm[0]]) and beats[:, 0].tolist() == [True, False]
-    assert np.allclose(vetoed.score(np.stack([beep, alarm])), final)
+    raw_beep, raw_alarm = float(plain.score(beep)[0, 0]), float(plain.score(alarm)[0, 0])
+    for competes in (False, True):
+        scoring = ScoringConfig(method=method, background=bg, veto_competes=competes)
+        vetoed = Scorer(be, labels, scoring, vetoes=vetoes_for(Config(labels=labels, scoring=scoring)))
+        v_beep, checks_beep = vetoed.score_window(beep)
+        v_alarm, checks_alarm = vetoed.score_window(alarm)
+        # the beep: more like the veto than the label -> marked (the tracker does not count it)
+        assert checks_beep["smoke alarm"] == VetoCheck("microwave beep", pytest.approx(raw_beep, abs=1e-5), True)
+        # the alarm itself: the veto is far, not marked, and the score hardly moves
+        assert not checks_alarm["smoke alarm"].beats
+        assert v_alarm[0] == pytest.approx(raw_alarm, abs=0.002)
+        if competes:  # the veto joins the competitors: the beep's score falls
+            assert v_beep[0] < raw_beep - 0.05
+        else:  # the score is the label's own; only the mark says "vetoed"
+            assert v_beep[0] == pytest.approx(raw_beep, abs=1e-6)
+        final, raw, best, beats = vetoed.score_detail(np.stack([beep, alarm]))
+        assert np.allclose(final[:, 0], [v_beep[0], v_alarm[0]]) and beats[:, 0].tolist() == [True, False]
+        assert np.allclose(vetoed.score(np.stack([beep, alarm])), final)
+
+
+def test_the_margin_decides_how_near_a_veto_may_come():
+    """A window a little more like the label than like the veto: counted with margin 0,
+    vetoed with a margin larger than the difference (cosine units)."""
+    be = VectorBackend(GEOMETRY)
+    labels = [LabelConfig(name="smoke alarm", veto=("microwave beep",))]
+    w = unit(0.8, 0.6, 0.0)  # cos 0.8 to the label, ~0.75 to the veto
+    for margin, vetoed in ((0.0, False), (0.1, True)):
+        scoring = ScoringConfig(background=("silence", "noise"), veto_margin=margin)
+        sc = Scorer(be, labels, scoring, vetoes=vetoes_for(Config(labels=labels, scoring=scoring)))
+        assert sc.score_window(w)[1]["smoke alarm"].beats is vetoed
 
 
 def test_without_vetoes_the_scores_are_exactly_todays():
@@ -297,3 +312,23 @@ def test_a_veto_clips_window_embeddings_are_cached(tmp_path):
     assert first.shape == (3, be.embedding_dim) and be.calls == 1  # 12 s: windows at 0, 5 and 7 s
     again = clip_window_embeddings(be, wav, tmp_path / "cache")
     assert be.calls == 1 and np.allclose(first, again)
+
+
+def test_the_live_view_shows_why_a_label_is_held():
+    from rich.console import Console
+
+    from monitor.sinks.terminal import TerminalSink, ViewState, render
+
+    term = TerminalSink(
+        ViewState(labels=("smoke alarm", "dog"), thresholds={"smoke alarm": 0.5, "dog": 0.5}), live=False
+    )
+    sc = Scores(0, 0.0, 5.0, -20.0, ("smoke alarm", "dog"), (0.7, 0.1), held={"smoke alarm": "veto:microwave beep"})
+    term.on_scores(sc)
+    c = Console(record=True, width=140)
+    c.print(render(term.state))
+    line = [x for x in c.export_text().splitlines() if "smoke alarm" in x][0]
+    assert "held: veto:microwave beep" in line
+    term.on_scores(dataclasses.replace(sc, held={}))  # the next window: nothing held, nothing shown
+    c = Console(record=True, width=140)
+    c.print(render(term.state))
+    assert "held:" not in c.export_text()
