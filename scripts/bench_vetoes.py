@@ -247,6 +247,9 @@ def main() -> int:
         for m in [float(x) for x in a.margins.split(",")]:
             tag = f"margin {m:g}, competes {str(comp).lower()}"
             runs[f"+ veto prompts ({tag})"] = config(labels, prompts, margin=m, competes=comp)
+            for kn in a.k_of_n.split(","):  # k-of-n on the prompts alone (no taught clips)
+                k, n = (int(x) for x in kn.split("/"))
+                runs[f"+ {k}-of-{n}, prompts only ({tag})"] = config(labels, prompts, margin=m, competes=comp, k=k, n=n)
             for cm in [float(x) for x in a.clip_margins.split(",")]:
                 tag2 = f"{tag}, clip margin {cm:g}"
                 kw = {"margin": m, "clip_margin": cm, "competes": comp}
