@@ -12,10 +12,10 @@ import string
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monitor.errors import UserError
 
@@ -221,6 +221,21 @@ class StreamConfig(_Section):
         return self
 
 
+def veto_list(v: tuple[str, ...]) -> tuple[str, ...]:
+    """Veto prompts as given, cleaned like labels; an empty list given is refused (leave the key out)."""
+    if not v:
+        raise ValueError("an empty list: name at least one sound, or leave the key out")
+    out = tuple(clean_label(p) for p in v)
+    dup = {p.casefold() for p in out if [q.casefold() for q in out].count(p.casefold()) > 1}
+    if dup:
+        raise ValueError(f"{sorted(dup)[0]!r} is given twice")
+    return out
+
+
+# veto prompts as a config field: None when not given (an empty list given is refused)
+VetoPrompts = Annotated[tuple[str, ...] | None, AfterValidator(lambda v: None if v is None else veto_list(v))]
+
+
 # chosen on the even half of the uiowa-dev classes (scripts/bench_vetoes.py, README "Veto sounds")
 VETO_MARGIN = 0.08
 VETO_CLIP_MARGIN = 0.05
@@ -233,7 +248,7 @@ class ScoringConfig(_Section):
     background: tuple[str, ...] = DEFAULT_BACKGROUND
     # veto sounds of every label (e.g. speech, television): a window more like one of them
     # than like a label does not count for it (monitor/scoring.py)
-    veto: tuple[str, ...] | None = None
+    veto: VetoPrompts = None
     # a window counts for a label only when it is more like the label than like each of its
     # text vetoes by this much (cosine similarity; 0: merely more like it) ...
     veto_margin: float = Field(VETO_MARGIN, ge=0.0, le=1.0)
@@ -241,11 +256,6 @@ class ScoringConfig(_Section):
     veto_clip_margin: float = Field(VETO_CLIP_MARGIN, ge=0.0, le=1.0)
     # the vetoes also join the label's competitors (its score falls as a veto comes near)
     veto_competes: bool = VETO_COMPETES
-
-    @field_validator("veto")
-    @classmethod
-    def _veto(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return None if v is None else veto_list(v)
 
     @field_validator("templates")
     @classmethod
@@ -270,17 +280,6 @@ class ScoringConfig(_Section):
         if not v:
             raise ValueError("at least one background prompt is needed (vs-background scores labels against them)")
         return tuple(clean_label(b) for b in v)
-
-
-def veto_list(v: tuple[str, ...]) -> tuple[str, ...]:
-    """Veto prompts as given, cleaned like labels; an empty list given is refused (leave the key out)."""
-    if not v:
-        raise ValueError("an empty list: name at least one sound, or leave the key out")
-    out = tuple(clean_label(p) for p in v)
-    dup = {p.casefold() for p in out if [q.casefold() for q in out].count(p.casefold()) > 1}
-    if dup:
-        raise ValueError(f"{sorted(dup)[0]!r} is given twice")
-    return out
 
 
 def clean_label(text: str) -> str:
@@ -312,13 +311,8 @@ class LabelConfig(_Section):
     cooldown_s: float | None = Field(None, ge=0.0)
     # sounds this label is confused with: text prompts and example clips (a recorded false
     # alarm); a window more like one of them than like the label does not count for it
-    veto: tuple[str, ...] | None = None
+    veto: VetoPrompts = None
     veto_examples: tuple[str, ...] | None = None
-
-    @field_validator("veto")
-    @classmethod
-    def _veto(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return None if v is None else veto_list(v)
 
     @field_validator("veto_examples")
     @classmethod
