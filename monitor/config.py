@@ -650,6 +650,18 @@ def dump_config(cfg: Config, effective: bool = False) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
+def missing_veto_clips(cfg: Config) -> list[str]:
+    """``labels[i].veto_examples[j]: file not found: PATH`` for each veto clip that is not there
+    (check-config, and a run or reload, which refuses them)."""
+    out = []
+    for i, lab in enumerate(cfg.labels):
+        for j, path in enumerate(lab.veto_examples or ()):
+            p = Path(path).expanduser()
+            if not p.is_file():
+                out.append(f"labels[{i}].veto_examples[{j}]: file not found: {p}")
+    return out
+
+
 def missing_files(cfg: Config) -> list[str]:
     """``<yaml path>: <file>`` for every file or folder the config names that is not there."""
     out: list[str] = []
@@ -675,8 +687,7 @@ def missing_files(cfg: Config) -> list[str]:
     for i, lab in enumerate(cfg.labels):
         for j, ex in enumerate(lab.examples):
             need(f"labels[{i}].examples[{j}]", ex)
-        for j, ex in enumerate(lab.veto_examples or ()):
-            need(f"labels[{i}].veto_examples[{j}]", ex)
+    out.extend(missing_veto_clips(cfg))
     need("mqtt.password_file", cfg.mqtt.password_file)
     for key in ("ca_file", "cert_file", "key_file"):
         need(f"mqtt.tls.{key}", getattr(cfg.mqtt.tls, key))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from monitor.config import Config
+from monitor.config import Config, missing_veto_clips
 from monitor.errors import UserError
 from monitor.files import write_json_atomic
 
@@ -56,6 +56,10 @@ class Veto:
 def vetoes_for(cfg: Config, store: VetoStore | None = None) -> dict[str, tuple[Veto, ...]]:
     """Every label's vetoes, in a fixed order: its own prompts, the global ones (not those
     that name the label itself), its example clips, then the clips taught into ``store``."""
+    taught: dict[str, list[Veto]] = {}  # the store's list, read once
+    if store is not None:
+        for name, entries in store.labels().items():
+            taught[name.casefold()] = [Veto(e["name"], clip=store.dir / e["clip"], taught=True) for e in entries]
     out: dict[str, tuple[Veto, ...]] = {}
     for lab in cfg.labels:
         own = {lab.name.casefold(), *(p.casefold() for p in lab.prompts)}
@@ -66,9 +70,7 @@ def vetoes_for(cfg: Config, store: VetoStore | None = None) -> dict[str, tuple[V
         for path in lab.veto_examples or ():
             p = Path(path).expanduser()
             items.append(Veto(p.name, clip=p))
-        if store is not None:
-            for entry in store.entries(lab.name):
-                items.append(Veto(entry["name"], clip=store.dir / entry["clip"], taught=True))
+        items.extend(taught.get(lab.name.casefold(), ()))
         unique: dict[str, Veto] = {}
         for v in items:
             unique.setdefault(v.key, v)
@@ -76,20 +78,9 @@ def vetoes_for(cfg: Config, store: VetoStore | None = None) -> dict[str, tuple[V
     return out
 
 
-def missing_veto_clips(cfg: Config) -> list[str]:
-    """``labels[i].veto_examples[j]: file not found: PATH`` for each clip that is not there."""
-    out = []
-    for i, lab in enumerate(cfg.labels):
-        for j, path in enumerate(lab.veto_examples or ()):
-            p = Path(path).expanduser()
-            if not p.is_file():
-                out.append(f"labels[{i}].veto_examples[{j}]: file not found: {p}")
-    return out
-
-
 def check_veto_clips(cfg: Config, where: str = "config") -> None:
     """Refuse a config whose veto clips are not there (one line naming each YAML path)."""
-    missing = missing_veto_clips(cfg)
+    missing = missing_veto_clips(cfg)  # the same lines check-config gives
     if missing:
         raise UserError(f"{where}: " + "; ".join(missing))
 
@@ -134,6 +125,7 @@ class VetoStore:
         return []
 
     def labels(self) -> Mapping[str, list[dict]]:
+        """Every label's taught clips (the list read once)."""
         return self._load()
 
     def add(self, label: str, clip: str | os.PathLike, origin: str | None = None) -> tuple[dict, bool]:

@@ -9,7 +9,6 @@ that in, the stage reads no tracker."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ class InferenceStats:
     inference_ms: float | None = None  # the model's time per window of the latest batch (None: not run yet)
     level_dbfs: float = -150.0
     stream_s: float = 0.0  # end of the latest window
-    last_scores: dict = field(default_factory=dict)
 
 
 class WindowInference:
@@ -79,8 +77,18 @@ class WindowInference:
                 values = tuple(float(reuse[w.index].get(n, 0.0)) for n in labels)
                 self.stats.reused += 1
                 last = self._last_vetoes
-                sc = Scores(w.index, w.start_s, w.end_s, w.level_dbfs, labels, values, reused=True, vetoes=last)
-                self._emit(dataclasses.replace(sc, source=self.name), emit)
+                sc = Scores(
+                    w.index,
+                    w.start_s,
+                    w.end_s,
+                    w.level_dbfs,
+                    labels,
+                    values,
+                    source=self.name,
+                    reused=True,
+                    vetoes=last,
+                )
+                self._emit(sc, emit)
                 continue
             gated = w.index not in emb
             vetoes: dict = {}
@@ -105,7 +113,6 @@ class WindowInference:
         st.stream_s = sc.end_s
         if not sc.gated and not sc.reused:  # the model's time per window, when it ran
             st.inference_ms = sc.inference_ms
-        st.last_scores = sc.as_dict()
         emit(sc)
 
     def _embed(self, live: list[Window]) -> tuple[dict[int, np.ndarray], float]:
