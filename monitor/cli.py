@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("monitor.commands.check_config", "validate and print the effective config"),
     "eval": ("monitor.commands.eval", "evaluate zero-shot accuracy on a labelled dataset"),
     "enroll": ("monitor.commands.enroll", "teach a label by example clips"),
+    "events": ("monitor.commands.events", "list the events on record (the local event store)"),
     "bench": ("monitor.commands.bench", "measure speed and memory"),
     "service": ("monitor.commands.systemd", "install a systemd unit that runs the monitor at boot"),
 }

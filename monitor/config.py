@@ -446,7 +446,7 @@ def _label_entry(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
-def parse_listen(spec: str) -> tuple[str, int]:
+def parse_listen(spec: str, what: str = "metrics.listen", example: str = "9108") -> tuple[str, int]:
     """``PORT`` -> (127.0.0.1, PORT); ``HOST:PORT`` -> (HOST, PORT); anything else: UserError."""
     host, _, port = spec.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
@@ -455,8 +455,19 @@ def parse_listen(spec: str) -> tuple[str, int]:
     except ValueError:
         p = -1
     if not 0 < p < 65536:
-        raise UserError(f"metrics.listen {spec!r}: use PORT or HOST:PORT (e.g. 9108 or 0.0.0.0:9108)")
+        raise UserError(f"{what} {spec!r}: use PORT or HOST:PORT (e.g. {example} or 0.0.0.0:{example})")
     return host, p
+
+
+def _listen_value(v: object, what: str, example: str) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)  # `listen: 9108` in YAML
+    if v is not None:
+        try:
+            parse_listen(str(v), what, example)
+        except UserError as e:
+            raise ValueError(str(e).removeprefix(what + " ")) from None
+    return None if v is None else str(v)
 
 
 class MetricsConfig(_Section):
@@ -466,14 +477,38 @@ class MetricsConfig(_Section):
     @field_validator("listen", mode="before")
     @classmethod
     def _listen(cls, v: object) -> str | None:
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = str(v)  # `listen: 9108` in YAML
-        if v is not None:
-            try:
-                parse_listen(str(v))
-            except UserError as e:
-                raise ValueError(str(e).removeprefix("metrics.listen ")) from None
-        return None if v is None else str(v)
+        return _listen_value(v, "metrics.listen", "9108")
+
+
+WEB_PORT = 8765  # the page's fixed default port (README "The web page")
+
+
+class WebConfig(_Section):
+    # the local web page (live view, history, corrections): PORT (on 127.0.0.1) or
+    # HOST:PORT; null = off. Any address other than loopback needs a password.
+    listen: str | None = f"127.0.0.1:{WEB_PORT}"
+    # the password for a non-loopback address (else $SOUND_MONITOR_WEB_PASSWORD): a file
+    # holding it, like mqtt.password_file
+    password_file: str | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, v: object) -> str | None:
+        if v is False or (isinstance(v, str) and v.strip().lower() in ("off", "none", "false", "")):
+            return None  # `--web off`
+        return _listen_value(v, "web.listen", str(WEB_PORT))
+
+
+class StoreConfig(_Section):
+    """The local event store (SQLite in the state dir): every event, whether or not MQTT is
+    configured, and a compact history of the window scores (the web page, `events`)."""
+
+    enabled: bool = True
+    keep_days: float = Field(90.0, gt=0)  # events older than this are deleted
+    max_mb: float = Field(200.0, gt=0)  # and the oldest go first when the file grows past this
+    # per-window scores (the score curve around an event) are kept this long; per-minute
+    # maxima per label (suggested thresholds) as long as the events
+    scores_hours: float = Field(48.0, ge=0)
 
 
 class Config(_Section):
@@ -489,6 +524,8 @@ class Config(_Section):
     mqtt: MQTTConfig = MQTTConfig()
     clips: ClipsConfig = ClipsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
+    store: StoreConfig = StoreConfig()
 
     @field_validator("labels", mode="before")
     @classmethod

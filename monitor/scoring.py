@@ -35,6 +35,10 @@ from monitor.models.vetoes import Veto
 from monitor.numeric import softmax
 from monitor.types import VetoCheck
 
+# a veto clip is cut into windows this far apart (the run's default hop), so that one of
+# them is the window that fired; the veto ties with the label on the most label-like one
+VETO_CLIP_HOP_S = 1.0
+
 
 class Scorer:
     def __init__(
@@ -116,11 +120,14 @@ class Scorer:
         for j, v in enumerate(items):
             if v.clip is None:
                 continue
-            u = clip_window_embeddings(backend, v.clip, cache_dir)
+            # the clip's windows at the run's hop: one of them is the window that fired
+            u = clip_window_embeddings(backend, v.clip, cache_dir, hop_s=VETO_CLIP_HOP_S)
             self.veto_emb[j] = l2_normalise(u.mean(axis=0))
             on_clip = self.logit_scale * (u @ self.label_emb.T) + self.label_offsets  # [w, L]
             as_veto = self.logit_scale * (u @ self.veto_emb[j])  # [w]
-            self.veto_offsets[:, j] = np.median(on_clip - as_veto[:, None], axis=0)
+            # tie where the clip is most like each label (the false alarm's own window)
+            peak = on_clip.argmax(axis=0)  # [L]
+            self.veto_offsets[:, j] = on_clip[peak, np.arange(len(self.labels))] - as_veto[peak]
 
     @property
     def has_vetoes(self) -> bool:

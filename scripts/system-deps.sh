@@ -2,7 +2,8 @@
 # Debian packages the tests need: mosquitto (a real broker on 127.0.0.1), PortAudio (the
 # sounddevice library), openssl (test certificates), PulseAudio with its ALSA plugin (a real
 # capture device: a null sink's monitor, tests/test_pulse_capture.py), ffmpeg (camera and
-# network stream sources) and systemd's systemd-analyze (checks `service install`'s unit).
+# network stream sources), systemd's systemd-analyze (checks `service install`'s unit) and
+# Chromium (the web page's tests, tests/test_web.py).
 # Installs only what is missing.
 set -e
 need=""
@@ -15,6 +16,8 @@ command -v pactl >/dev/null 2>&1 || need="$need pulseaudio-utils"
   [ -n "$(find /usr/lib -name libasound_module_pcm_pulse.so 2>/dev/null | head -1)" ] || need="$need libasound2-plugins"
 command -v ffmpeg >/dev/null 2>&1 || need="$need ffmpeg"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+# the web page's tests: a real headless browser from Debian (Playwright drives it; no download)
+[ -x /usr/bin/chromium ] || need="$need chromium"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
   echo "system-deps: please install:$need (apt-get install -y$need)" >&2; exit 1; fi

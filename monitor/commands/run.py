@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve /healthz and /metrics (Prometheus) over HTTP; a port alone listens on 127.0.0.1",
     )
     p.add_argument(
+        "--web",
+        metavar="[HOST:]PORT|off",
+        help="serve the web page (live view, history, corrections) here; default 127.0.0.1:8765, "
+        "off: no page; any address but loopback needs $SOUND_MONITOR_WEB_PASSWORD",
+    )
+    p.add_argument(
         "--watch-config",
         action="store_true",
         help="reload the config file when it changes (SIGHUP reloads it when the monitor runs "
@@ -71,6 +77,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "source.format": args.format,
         "stream.hop_s": args.hop,
         "metrics.listen": getattr(args, "metrics", None),
+        "web.listen": getattr(args, "web", None),
     }
     if args.fast:
         ov["source.realtime"] = False

@@ -34,13 +34,15 @@ from monitor.models.backend import Backend, l2_normalise
 log = logging.getLogger(__name__)
 
 
-def clip_windows(samples: np.ndarray, sample_rate_hz: int, window_s: float) -> np.ndarray:
-    """[n] -> [W, min(n, window)]: consecutive windows, the last one ending at the clip's end."""
+def clip_windows(samples: np.ndarray, sample_rate_hz: int, window_s: float, hop_s: float | None = None) -> np.ndarray:
+    """[n] -> [W, min(n, window)]: windows every ``hop_s`` (default: consecutive), the last
+    one ending at the clip's end."""
     x = np.asarray(samples, dtype=np.float32)
     n = int(round(window_s * sample_rate_hz))
     if x.size <= n:
         return x[None, :]
-    starts = list(range(0, x.size - n + 1, n))
+    step = n if hop_s is None else max(1, int(round(hop_s * sample_rate_hz)))
+    starts = list(range(0, x.size - n + 1, step))
     if starts[-1] + n < x.size:
         starts.append(x.size - n)
     return np.stack([x[s : s + n] for s in starts])
@@ -156,16 +158,18 @@ def embed_files(
 
 
 def clip_window_embeddings(
-    backend: Backend, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+    backend: Backend, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, hop_s: float | None = None
 ) -> np.ndarray:
-    """The unit embeddings of a clip's windows [W, D] (``clip_windows``), cached per file and
-    window like the clips' means (a veto clip is read again on every reload)."""
+    """The unit embeddings of a clip's windows [W, D] (``clip_windows``, every ``hop_s``),
+    cached per file and window like the clips' means (a veto clip is read again on every
+    reload)."""
     from monitor.audio_io import read_audio
 
     cache = ClipCache(cache_dir, backend.cache_key, "windows")
     x = read_audio(path, backend.sample_rate_hz).samples
-    windows = clip_windows(x, backend.sample_rate_hz, backend.window_s)
-    keys = [f"{file_key(path)}#{i}/{len(windows)}" for i in range(len(windows))]
+    windows = clip_windows(x, backend.sample_rate_hz, backend.window_s, hop_s)
+    hop = "" if hop_s is None else f"@{hop_s:g}"
+    keys = [f"{file_key(path)}#{i}/{len(windows)}{hop}" for i in range(len(windows))]
     found = [cache.get(k) for k in keys]
     missing = [i for i, v in enumerate(found) if v is None]
     if missing:

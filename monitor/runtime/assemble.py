@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from monitor.sinks.base import Sink
     from monitor.sinks.terminal import TerminalSink, ViewState
     from monitor.sources import Source
+    from monitor.web.server import PageInfo
 
 Say = Callable[[str], None]
 
@@ -56,7 +57,7 @@ def assemble(
     )
     live = bool(cfg.output.tui and sys.stderr.isatty() and cfg.output.events_path != "-")
     view = _view(cfg, backend, names, demo=any(m[1] for m in made))
-    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live)
+    sinks, term, own_sinks = build_sinks(cfg, view, backend.name, names, live, page=_page(cfg, backend, names), say=say)
     slots = [SourceSlot(src, name, reopen) for (src, _, reopen), name in zip(made, names)]
     service = MonitorService(
         cfg, backend, slots, sinks, own_sinks, term, load_config=load_config, watch_path=watch_path, say=say
@@ -132,15 +133,41 @@ def source_names(srcs: Sequence[Source]) -> list[str]:
 
 
 def build_sinks(
-    cfg: Config, view_state: ViewState, backend_name: str, source_names: Sequence[str], live: bool
+    cfg: Config,
+    view_state: ViewState,
+    backend_name: str,
+    source_names: Sequence[str],
+    live: bool,
+    page: PageInfo | None = None,
+    say: Say = print,
 ) -> tuple[list[Sink], TerminalSink, dict[str, list[Sink]]]:
     """-> (shared sinks, terminal sink, per-source sinks): clips are kept per source (a
-    clip holds the audio of the source whose event it is), everything else is shared."""
+    clip holds the audio of the source whose event it is), everything else is shared.
+    The web page (``page``: what it shows of the run) is served from here on."""
     from monitor.sinks.jsonl import JsonlEventSink, JsonlScoresSink
     from monitor.sinks.terminal import TerminalSink
 
     several = len(source_names) > 1
     sinks: list[Sink] = []
+    store = None
+    if cfg.store.enabled:
+        from monitor.eventstore import EventStore, store_path
+        from monitor.sinks.store import StoreSink
+
+        st = cfg.store
+        store = EventStore(
+            store_path(cfg.state_path, cfg.device),
+            keep_days=st.keep_days,
+            max_mb=st.max_mb,
+            scores_hours=st.scores_hours,
+        )
+        sinks.append(StoreSink(store))
+    if cfg.web.listen and page is not None:
+        from monitor.web.server import WebSink, start_web
+
+        web = WebSink(cfg.web, page, store)
+        start_web(web, say)
+        sinks.append(web)
     out = cfg.output
     if out.events_path:
         sinks.append(JsonlEventSink(out.events_path))
@@ -172,6 +199,19 @@ def build_sinks(
                 clips_cfg = clips_cfg.model_copy(update={"dir": str(Path(cfg.clips.dir) / slugify(name))})
             own[name].append(ClipsSink(clips_cfg))
     return sinks, term, own
+
+
+def _page(cfg: Config, backend: Backend, names: Sequence[str]) -> PageInfo:
+    from monitor.web.server import PageInfo
+
+    return PageInfo(
+        device=cfg.device,
+        model=backend.name,
+        encoder=backend.int8_choice,
+        gate_dbfs=cfg.stream.gate_dbfs,
+        change_gate=cfg.stream.change_gate.enabled,
+        sources=tuple(names),
+    )
 
 
 def _backend(cfg: Config, say: Say) -> Backend:

@@ -189,7 +189,9 @@ class Controls:
 
 
 # -- the owner of the rules in force -----------------------------------------------------------
-CommandKind = Literal["threshold", "enabled", "device_enabled"]
+# veto / forget_veto: teach the label a veto clip (payload: the clip's path) or take one back
+# (payload: its name); the reloader rebuilds the scorer from the changed veto list
+CommandKind = Literal["threshold", "enabled", "device_enabled", "veto", "forget_veto"]
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class Command:
     label: str | None
     payload: bytes | str
     via: str = "MQTT"
+    origin: str | None = None  # a taught veto: where the clip came from (an event id)
 
 
 CommandHandler = Callable[[Command], "str | None"]  # -> why it was refused (None: applied or already so)
@@ -292,6 +295,10 @@ class ControlPlane:
                 change = self.controls.set_label_enabled(cmd.label, parse_switch(cmd.payload))
             elif cmd.kind == "device_enabled":
                 change = self.controls.set_enabled(parse_switch(cmd.payload))
+            elif cmd.kind in ("veto", "forget_veto"):
+                if cmd.label is None or cmd.label not in rules.rules:
+                    return "no such label on this device"
+                change = self._veto(cmd)
             else:
                 return f"unknown command {cmd.kind!r}"
         except ControlError as e:
@@ -306,6 +313,22 @@ class ControlPlane:
             self.say(f"{who}{change} (set over {cmd.via})" + held_note(held, self._log.interval_s))
         self._changed()
         return None
+
+    def _veto(self, cmd: Command) -> str | None:
+        """Teach or forget a veto clip of ``cmd.label`` (the store is the rule's record)."""
+        if self.veto_store is None:
+            raise ControlError("this run keeps no taught vetoes")
+        text = cmd.payload.decode("utf-8", "replace") if isinstance(cmd.payload, bytes) else cmd.payload
+        assert cmd.label is not None
+        if cmd.kind == "veto":
+            try:
+                entry, new = self.veto_store.add(cmd.label, text, origin=cmd.origin)
+            except OSError as e:
+                raise ControlError(f"cannot read the clip: {e.strerror or e}") from None
+            return f"veto {entry['name']} taught" if new else None
+        if not self.veto_store.remove(cmd.label, text):
+            raise ControlError(f"no taught veto {text[:80]!r}")
+        return f"veto {text[:80]} taken back"
 
     def notes(self) -> list[str]:
         """What values set at run time override in this run's config: said at start, so a

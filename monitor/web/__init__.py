@@ -1,0 +1,1 @@
+"""The local web page (live view, history, corrections): monitor/web/server.py."""
