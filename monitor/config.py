@@ -236,9 +236,11 @@ def veto_list(v: tuple[str, ...]) -> tuple[str, ...]:
 VetoPrompts = Annotated[tuple[str, ...] | None, AfterValidator(lambda v: None if v is None else veto_list(v))]
 
 
-# chosen on the even half of the uiowa-dev classes (scripts/bench_vetoes.py, README "Veto sounds")
+# chosen on the even half of the uiowa-dev classes (scripts/bench_vetoes.py, README "Veto sounds");
+# the clip margin between what the same sound heard again scores against its clip (0.87-0.94,
+# tests/test_vetoes_real.py) and what other recordings of a confusable sound do (up to 0.87)
 VETO_MARGIN = 0.08
-VETO_CLIP_MARGIN = 0.05
+VETO_CLIP_MARGIN = 0.10
 VETO_COMPETES = False
 
 
@@ -252,7 +254,8 @@ class ScoringConfig(_Section):
     # a window counts for a label only when it is more like the label than like each of its
     # text vetoes by this much (cosine similarity; 0: merely more like it) ...
     veto_margin: float = Field(VETO_MARGIN, ge=0.0, le=1.0)
-    # ... and than like each of its veto clips (calibrated to tie with the label on the clip)
+    # a veto clip vetoes a window at least 1 - this like one of the clip's windows where the
+    # label was on (cosine: the same sound heard again, not a merely related one)
     veto_clip_margin: float = Field(VETO_CLIP_MARGIN, ge=0.0, le=1.0)
     # the vetoes also join the label's competitors (its score falls as a veto comes near)
     veto_competes: bool = VETO_COMPETES

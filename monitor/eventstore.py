@@ -181,7 +181,9 @@ class EventStore:
                 return
             ended = iso_to_epoch(ev.wall_time) or time.time()
             cur = self.db.execute(
-                "UPDATE events SET ended = ?, end_s = ?, peak = ?, clip = ?, end_json = ? WHERE event_id = ?",
+                # the end record carries all the start's fields: the start's copy goes (size)
+                "UPDATE events SET ended = ?, end_s = ?, peak = ?, clip = ?, end_json = ?, start_json = NULL"
+                " WHERE event_id = ?",
                 (ended, ev.end_s, ev.peak_score, ev.clip, rec, ev.event_id),
             )
             if cur.rowcount == 0:

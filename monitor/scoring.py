@@ -7,14 +7,14 @@
   for every label.
 
 Vetoes (monitor/models/vetoes.py): a window does not count for a label (``VetoCheck.beats``,
-monitor/events.py) when one of its vetoes is as like the window as the label is, less a
-margin (cosine units; 0: a tie is enough): ``scoring.veto_margin`` for text vetoes,
-``scoring.veto_clip_margin`` for clips (a sound heard again is never quite the recording). A text veto is scored like a
-label. A veto clip is the mean embedding of its windows; audio is far closer to audio than
-to text, so per label it gets an offset that makes it score, on the clip's own windows
-(median), exactly what the label scores there: a window like the recorded false alarm ties
-with the label, the label's own, different sound does not. With ``scoring.veto_competes``
-the vetoes also join the label's competitors (its share of [label, background prompts...,
+monitor/events.py) when one of its vetoes matches it. A text veto matches when it is as like
+the window as the label is, less ``scoring.veto_margin`` (cosine; 0: a tie is enough); it is
+scored like a label. A veto clip matches when the window is the same sound heard again: at
+least ``1 - scoring.veto_clip_margin`` like one of the clip's windows (cut at the run's hop,
+so one of them is the window that fired) on which the label was on (at least half its peak
+on the clip: not the room tone around the sound). Audio is far closer to audio than to text,
+so a clip is compared with windows, not with the label. With ``scoring.veto_competes`` the
+text vetoes also join the label's competitors (its share of [label, background prompts...,
 vetoes...], or with ``softmax`` of [labels..., vetoes...]), so its score falls as a veto
 comes near. A veto far from the window changes nothing: a threshold keeps its meaning. A
 veto is one more vector: it adds no model run per window.
@@ -89,7 +89,6 @@ class Scorer:
     ) -> None:
         """The vetoes of every label as one matrix [M, D] (each veto once), which label each
         one applies to ([L, M]) and its logit offset for that label ([L, M]: clips only)."""
-        from monitor.models.backend import l2_normalise
         from monitor.models.labels import prompt_vectors
         from monitor.models.prototypes import clip_window_embeddings
 
@@ -98,7 +97,30 @@ class Scorer:
             for v in vetoes.get(name, ()):
                 unique.setdefault(v.key, v)
         items = list(unique.values())
-        self.vetoes: tuple[Veto, ...] = tuple(items)
+        dim = self.label_emb.shape[1] if self.label_emb.ndim == 2 else backend.embedding_dim
+        # every veto clip's windows at the run's hop (one of them is the window that fired),
+        # side by side [K, D]; ``clip_starts`` marks where each clip's rows begin
+        rows: list[np.ndarray] = []
+        starts: list[int] = []
+        owners: list[int] = []
+        for j, v in enumerate(items):
+            if v.clip is not None:
+                starts.append(int(sum(r.shape[0] for r in rows)))
+                owners.append(j)
+                rows.append(clip_window_embeddings(backend, v.clip, cache_dir, hop_s=VETO_CLIP_HOP_S))
+        self.vetoes: tuple[Veto, ...] = ()
+        self.clip_windows = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, dim))
+        self.clip_starts = np.array(starts, dtype=np.intp)
+        self.clip_owner = np.array(owners, dtype=np.intp)  # the veto column of each clip
+        # per label, the clip windows that are the false alarm: those where the label scores
+        # at least half its peak on that clip (not the room tone before and after it)
+        raw = self.score(self.clip_windows) if rows else np.zeros((0, len(self.labels)))  # [K, L]
+        ends = [*starts[1:], len(self.clip_windows)]
+        self.clip_window_on = np.zeros((len(self.labels), len(self.clip_windows)), dtype=bool)  # [L, K]
+        for a, b in zip(starts, ends):
+            peak = raw[a:b].max(axis=0)  # [L]
+            self.clip_window_on[:, a:b] = (raw[a:b] >= 0.5 * peak[None, :]).T
+        self.vetoes = tuple(items)
         self.veto_margin = np.array(
             [cfg.veto_margin if v.clip is None else cfg.veto_clip_margin for v in items], dtype=np.float64
         )  # [M] cosine
@@ -108,26 +130,14 @@ class Scorer:
         for i, name in enumerate(self.labels):
             for v in vetoes.get(name, ()):
                 self.veto_mask[i, col[v.key]] = True
-        dim = self.label_emb.shape[1] if self.label_emb.ndim == 2 else backend.embedding_dim
-        self.veto_emb = np.zeros((len(items), dim), np.float32)
-        self.veto_offsets = np.zeros((len(self.labels), len(items)), np.float32)  # per label (clips)
+        self.veto_emb = np.zeros((len(items), dim), np.float32)  # text vetoes' vectors (clips: 0)
+        self.veto_is_clip = np.array([v.clip is not None for v in items], dtype=bool)  # [M]
         texts = [v.text for v in items if v.text is not None]
         if texts:
             tv = prompt_vectors(backend, texts, cfg.templates, cache_dir)
             for j, v in enumerate(items):
                 if v.text is not None:
                     self.veto_emb[j] = tv[v.text]
-        for j, v in enumerate(items):
-            if v.clip is None:
-                continue
-            # the clip's windows at the run's hop: one of them is the window that fired
-            u = clip_window_embeddings(backend, v.clip, cache_dir, hop_s=VETO_CLIP_HOP_S)
-            self.veto_emb[j] = l2_normalise(u.mean(axis=0))
-            on_clip = self.logit_scale * (u @ self.label_emb.T) + self.label_offsets  # [w, L]
-            as_veto = self.logit_scale * (u @ self.veto_emb[j])  # [w]
-            # tie where the clip is most like each label (the false alarm's own window)
-            peak = on_clip.argmax(axis=0)  # [L]
-            self.veto_offsets[:, j] = on_clip[peak, np.arange(len(self.labels))] - as_veto[peak]
 
     @property
     def has_vetoes(self) -> bool:
@@ -191,16 +201,28 @@ class Scorer:
         self, a: np.ndarray, logits: np.ndarray, comp: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (each label's strongest veto [N, L], whether a veto beats it [N, L], its
-        competitors' log-sum, with the vetoes when they compete [N, L])."""
+        competitors' log-sum, with the text vetoes when they compete [N, L]).
+
+        How far each veto reaches past what it needs, in cosine units (>= 0: it beats the
+        label): a text veto, its similarity less the label's plus ``veto_margin``; a clip, its
+        nearest window's similarity less ``1 - veto_clip_margin``."""
         shape = logits.shape
         if not self.vetoes:
             return np.zeros(shape, int), np.zeros(shape, bool), comp
-        v = self.logit_scale * (a @ self.veto_emb.T.astype(np.float64))  # [N, M]
-        v = v[:, None, :] + self.veto_offsets[None, :, :]  # [N, L, M]
-        masked = np.where(self.veto_mask[None, :, :], v, -np.inf)
-        reach = masked + self.logit_scale * self.veto_margin  # what each veto needs to tie with
-        beats = reach.max(axis=2) >= logits
-        with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2)) if self.veto_competes else comp
+        scale = self.logit_scale
+        v = scale * (a @ self.veto_emb.T.astype(np.float64))  # [N, M] (text vetoes)
+        reach = (v[:, None, :] - logits[:, :, None]) / scale + self.veto_margin[None, None, :]  # [N, L, M]
+        if len(self.clip_owner):
+            cos = np.where(self.clip_window_on[None, :, :], (a @ self.clip_windows.T)[:, None, :], -np.inf)
+            near = np.maximum.reduceat(cos, self.clip_starts, axis=2)  # [N, L, clips]
+            reach[:, :, self.clip_owner] = near - (1.0 - self.veto_margin[self.clip_owner])[None, None, :]
+        reach = np.where(self.veto_mask[None, :, :], reach, -np.inf)
+        beats = reach.max(axis=2) >= 0.0
+        with_vetoes = comp
+        if self.veto_competes:
+            text = self.veto_mask & ~self.veto_is_clip[None, :]
+            masked = np.where(text[None, :, :], v[:, None, :], -np.inf)
+            with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2))
         return reach.argmax(axis=2), beats, with_vetoes
 
 

@@ -188,3 +188,30 @@ def test_an_event_survives_kill_9(tmp_path):
             p.kill()
     st = EventStore(path, create=False)
     assert [e["event_id"] for e in st.events()] == ["9" * 32]
+
+
+def test_the_events_command_reads_the_store(tmp_path):
+    from cli_helpers import cli
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"device_id: dev1\nstate_dir: {state}\n")
+    r = cli("events", "--config", cfg, state=state)
+    assert r.returncode == 2 and "no events on record yet" in r.stderr, r.stderr
+    from monitor.eventstore import store_path
+
+    st = EventStore(store_path(state, "dev1"))
+    now = time.time()
+    st.put_event(ev("start", "a" * 32, "dog", now - 3600, 1), run="r")
+    st.put_event(ev("end", "a" * 32, "dog", now - 3600, 2, end_s=14.0), run="r")
+    st.put_event(ev("start", "b" * 32, "smoke alarm", now - 3 * 86400, 3), run="r")
+    st.close()
+    r = cli("events", "--config", cfg, state=state)
+    assert r.returncode == 0 and "dog" in r.stdout and "4.0 s" in r.stdout and "smoke" not in r.stdout, r.stdout
+    r = cli("events", "--config", cfg, "--since", "7d", "--json", state=state)
+    got = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(e["label"], e["type"]) for e in got] == [("dog", "end"), ("smoke alarm", "start")]
+    r = cli("events", "--config", cfg, "--since", "all", "--csv", "--label", "smoke alarm", state=state)
+    assert r.stdout.splitlines()[0].startswith("schema,type") and len(r.stdout.splitlines()) == 2
+    r = cli("events", "--config", cfg, "--since", "soon", state=state)
+    assert r.returncode == 2 and "--since 'soon': use a duration" in r.stderr

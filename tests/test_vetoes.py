@@ -294,7 +294,7 @@ def test_a_taught_veto_is_picked_up_by_the_reloader(tmp_path):
     clip = tmp_path / "beep.wav"
     clip.write_bytes(b"RIFF-fake")
     store.add("smoke alarm", clip)
-    assert r.reload_once() == "config reloaded: taught vetoes changed" and len(applied) == 1
+    assert r.reload_once() == "config reloaded: taught clips changed" and len(applied) == 1
     assert [v.name for v in plane.vetoes()["smoke alarm"]] == ["beep.wav"]
     assert r.reload_once() == "config reloaded: no live change"  # applied once
 

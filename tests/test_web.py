@@ -232,6 +232,9 @@ def test_the_page_live_history_an_event_and_not_this_sound(tmp_path, uiowa_dir, 
         slider.fill("0.3")  # back (it is kept in the state dir for the next run)
         slider.dispatch_event("change")
         assert sub.wait_for(lambda s: s.on("sound-monitor/dev1/label/ratchet/threshold")[-1] == b"0.3", 15)
+        # a suggested threshold needs an hour of this home's scores: it says so
+        page.locator("#tuning .tune").first.locator("button", has_text="Suggest").click()
+        page.wait_for_selector("#tuning .tune >> text=less than an hour of scores recorded")
         # history: the first run's events, filtered by label
         page.goto(base + "/#/history")
         page.wait_for_selector("#events tr.event", timeout=10000)
@@ -266,6 +269,18 @@ def test_the_page_live_history_an_event_and_not_this_sound(tmp_path, uiowa_dir, 
         assert not console, console
         vetoes = json.loads((state / "vetoes" / "vetoes.json").read_text())["labels"]["ratchet"]
         assert vetoes[0]["from"] == f"event {coin_ev[0]['event_id']}"
+        # "this was ...": the ratchet's clip as an example of another label, then undone
+        real = next(e for e in first if e["start_s"] >= 18)
+        page.goto(base + f"/#/event/{real['event_id']}")
+        page.wait_for_selector("#this-was:not([disabled])")
+        page.select_option("#was-label", "dog barking")
+        page.click("#this-was")
+        page.wait_for_selector("#corrections li >> text=this was dog barking")
+        examples = json.loads((state / "examples" / "examples.json").read_text())["labels"]
+        assert [e["from"] for e in examples["dog barking"]] == [f"event {real['event_id']}"]
+        page.click("#corrections li button.undo")
+        page.wait_for_selector("#corrections li >> text=undone")
+        assert json.loads((state / "examples" / "examples.json").read_text())["labels"] == {}
         # the page's latency figure (also measured by scripts/bench_web.py)
         print(f"first live value {first_value_s:.2f} s after the page opened")
     finally:

@@ -12,6 +12,11 @@ the control plane shows them, the scorer uses them). ``VetoStore`` keeps taught 
 budget later; a veto must not vanish with it), listed in ``vetoes.json`` with where it came
 from, removable again (an undo). A running monitor picks changes up on its next reload (the
 reloader watches the list).
+
+``ExampleStore`` is the same kind of store for the other correction, "this was LABEL"
+(the web page): clips taught as examples of a label, in ``<state dir>/examples/``;
+``with_taught_examples`` adds them to the label's ``examples`` (its text stays: the label's
+vector mixes its text and the clips' prototype, monitor/models/labels.py).
 """
 
 from __future__ import annotations
@@ -89,13 +94,15 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class VetoStore:
-    """Taught veto clips of every label: ``<state dir>/vetoes/vetoes.json`` and the copies in
-    ``<state dir>/vetoes/clips/`` (folder 0700, files 0600: recordings of a home)."""
+class TaughtClips:
+    """Clips taught to labels: ``<state dir>/<FOLDER>/<FOLDER>.json`` and the copies in
+    ``<state dir>/<FOLDER>/clips/`` (folder 0700, files 0600: recordings of a home)."""
+
+    FOLDER = "taught"
 
     def __init__(self, state_dir: str | os.PathLike):
-        self.dir = Path(state_dir).expanduser() / "vetoes"
-        self.path = self.dir / "vetoes.json"
+        self.dir = Path(state_dir).expanduser() / self.FOLDER
+        self.path = self.dir / f"{self.FOLDER}.json"
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, list[dict]]:
@@ -179,6 +186,34 @@ class VetoStore:
     def _save(self, labels: dict[str, list[dict]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_json_atomic(self.path, {"schema": 1, "labels": labels})
+
+
+class VetoStore(TaughtClips):
+    """Taught veto clips of every label (``<state dir>/vetoes/``)."""
+
+    FOLDER = "vetoes"
+
+
+class ExampleStore(TaughtClips):
+    """Clips taught as examples of a label ("this was LABEL"; ``<state dir>/examples/``)."""
+
+    FOLDER = "examples"
+
+
+def with_taught_examples(cfg: Config, store: ExampleStore | None) -> Config:
+    """``cfg`` with each label's taught example clips added to its ``examples``; a label
+    without prompts keeps its name as its prompt (text and clips mix, the text is not lost)."""
+    taught = {k.casefold(): v for k, v in (store.labels() if store is not None else {}).items()}
+    if not taught:
+        return cfg
+    labels = []
+    for lab in cfg.labels:
+        entries = taught.get(lab.name.casefold())
+        if entries:
+            clips = tuple(str(store.dir / e["clip"]) for e in entries) if store is not None else ()
+            lab = lab.model_copy(update={"examples": (*lab.examples, *clips), "prompts": lab.prompts or (lab.name,)})
+        labels.append(lab)
+    return cfg.model_copy(update={"labels": tuple(labels)})
 
 
 def event_clip(folders: Iterable[Path], event_id: str) -> Path:

@@ -151,17 +151,19 @@ def build_sinks(
     sinks: list[Sink] = []
     store = None
     if cfg.store.enabled:
+        import sqlite3
+
         from monitor.eventstore import EventStore, store_path
         from monitor.sinks.store import StoreSink
 
         st = cfg.store
-        store = EventStore(
-            store_path(cfg.state_path, cfg.device),
-            keep_days=st.keep_days,
-            max_mb=st.max_mb,
-            scores_hours=st.scores_hours,
-        )
-        sinks.append(StoreSink(store))
+        path = store_path(cfg.state_path, cfg.device)
+        try:
+            store = EventStore(path, keep_days=st.keep_days, max_mb=st.max_mb, scores_hours=st.scores_hours)
+        except (sqlite3.Error, OSError) as e:  # a full or read-only state dir: the monitor runs on
+            say(f"event store {path} unavailable: {e}; the history (web page, `events`) is not kept this run")
+        else:
+            sinks.append(StoreSink(store))
     if cfg.web.listen and page is not None:
         from monitor.web.server import WebSink, start_web
 

@@ -30,7 +30,7 @@ from monitor.config import Config, hysteresis_problem
 from monitor.events import LabelRule, lowest_threshold, rules_for
 from monitor.files import write_text_atomic
 from monitor.logs import Throttle, held_note
-from monitor.models.vetoes import Veto, VetoStore, vetoes_for
+from monitor.models.vetoes import ExampleStore, Veto, VetoStore, vetoes_for
 from monitor.runtime.state import state_file
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,9 @@ class Controls:
 
 # -- the owner of the rules in force -----------------------------------------------------------
 # veto / forget_veto: teach the label a veto clip (payload: the clip's path) or take one back
-# (payload: its name); the reloader rebuilds the scorer from the changed veto list
-CommandKind = Literal["threshold", "enabled", "device_enabled", "veto", "forget_veto"]
+# (payload: its name); example / forget_example: the same for an example clip of the label
+# ("this was LABEL"). The reloader rebuilds the scorer from the changed list.
+CommandKind = Literal["threshold", "enabled", "device_enabled", "veto", "forget_veto", "example", "forget_example"]
 
 
 @dataclass(frozen=True)
@@ -248,10 +249,12 @@ class ControlPlane:
         controls: Controls,
         say: Callable[[str], None] = log.warning,
         veto_store: VetoStore | None = None,
+        example_store: ExampleStore | None = None,
     ):
         self._cfg = cfg
         self.controls = controls
         self.veto_store = veto_store
+        self.example_store = example_store
         self.say = say
         self._lock = threading.RLock()
         self._listeners: list[RulesListener] = []
@@ -295,10 +298,10 @@ class ControlPlane:
                 change = self.controls.set_label_enabled(cmd.label, parse_switch(cmd.payload))
             elif cmd.kind == "device_enabled":
                 change = self.controls.set_enabled(parse_switch(cmd.payload))
-            elif cmd.kind in ("veto", "forget_veto"):
+            elif cmd.kind in ("veto", "forget_veto", "example", "forget_example"):
                 if cmd.label is None or cmd.label not in rules.rules:
                     return "no such label on this device"
-                change = self._veto(cmd)
+                change = self._teach(cmd)
             else:
                 return f"unknown command {cmd.kind!r}"
         except ControlError as e:
@@ -314,21 +317,24 @@ class ControlPlane:
         self._changed()
         return None
 
-    def _veto(self, cmd: Command) -> str | None:
-        """Teach or forget a veto clip of ``cmd.label`` (the store is the rule's record)."""
-        if self.veto_store is None:
-            raise ControlError("this run keeps no taught vetoes")
+    def _teach(self, cmd: Command) -> str | None:
+        """Teach or forget a veto or example clip of ``cmd.label`` (the store is the record)."""
+        veto = cmd.kind in ("veto", "forget_veto")
+        store = self.veto_store if veto else self.example_store
+        what = "veto" if veto else "example"
+        if store is None:
+            raise ControlError(f"this run keeps no taught {what}s")
         text = cmd.payload.decode("utf-8", "replace") if isinstance(cmd.payload, bytes) else cmd.payload
         assert cmd.label is not None
-        if cmd.kind == "veto":
+        if cmd.kind in ("veto", "example"):
             try:
-                entry, new = self.veto_store.add(cmd.label, text, origin=cmd.origin)
+                entry, new = store.add(cmd.label, text, origin=cmd.origin)
             except OSError as e:
                 raise ControlError(f"cannot read the clip: {e.strerror or e}") from None
-            return f"veto {entry['name']} taught" if new else None
-        if not self.veto_store.remove(cmd.label, text):
-            raise ControlError(f"no taught veto {text[:80]!r}")
-        return f"veto {text[:80]} taken back"
+            return f"{what} {entry['name']} taught" if new else None
+        if not store.remove(cmd.label, text):
+            raise ControlError(f"no taught {what} {text[:80]!r}")
+        return f"{what} {text[:80]} taken back"
 
     def notes(self) -> list[str]:
         """What values set at run time override in this run's config: said at start, so a

@@ -98,7 +98,7 @@ class ConfigReloader:
         changed = live_changes(self.running, new)
         extra = self._extra_stat()
         if extra != self._extra_applied:
-            changed.append("taught vetoes")
+            changed.append("taught clips")
         frozen = restart_needed(self.running, new)
         parts = []
         if changed:

@@ -2,7 +2,7 @@
 
 ``WebSink`` is a sink (it is handed every window's scores, every event, the rules in force
 and the run's status) and a remote control (``takes_commands``: thresholds, switches, the
-device pause and taught vetoes go to the control plane as ``Command``s, like MQTT's). It
+device pause and taught vetoes and examples go to the control plane as ``Command``s, like MQTT's). It
 serves the page from the standard library's threaded HTTP server (README "The web page"
 says why) on ``web.listen`` (127.0.0.1:8765 by default); every asset ships in
 ``monitor/web/static/``. Live updates are Server-Sent Events.
@@ -93,7 +93,7 @@ def rules_json(rules: RulesInForce) -> dict:
                 "active": r.enabled,
                 "off_reason": r.off_reason,
                 "min_windows": r.min_windows,
-                "within_windows": r.within_windows,
+                "within_windows": r.window_span,
                 "vetoes": [v.name for v in rules.vetoes.get(name, ())],
             }
         )
@@ -543,31 +543,41 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[0] == "labels" and parts[2] == "enabled":
             return sink.command("enabled", parts[1], "ON" if body.get("on") else "OFF")
         if len(parts) == 3 and parts[0] == "events" and parts[2] == "not-this":
-            return self._not_this(parts[1])
+            return self._teach(parts[1], None)
+        if len(parts) == 3 and parts[0] == "events" and parts[2] == "this-was":
+            label = body.get("label")
+            if not isinstance(label, str) or not label:
+                return "this-was needs the label it was"
+            return self._teach(parts[1], label)
         if len(parts) == 3 and parts[0] == "corrections" and parts[2] == "undo":
             return self._undo(int(parts[1]))
         return "no such action"
 
-    def _not_this(self, eid: str) -> str | dict:
-        """ "Not this sound": the event's clip becomes a veto of its label (enroll --veto's path)."""
+    def _teach(self, eid: str, was: str | None) -> str | dict:
+        """ "Not this sound" (``was`` None): the event's clip becomes a veto of its label
+        (enroll --veto's path); "this was LABEL": an example of that label."""
         store = self._store()
         ev = self._event(eid)
         if not ev.clip or not Path(ev.clip).is_file():
             return "no clip kept for this event (clips.enabled: true keeps them)"
-        why = self.sink.command("veto", ev.label, str(ev.clip), origin=f"event {ev.event_id}")
+        if was is not None and was == ev.label:
+            return f"the event already is {was!r}"
+        kind, label = ("veto", ev.label) if was is None else ("example", was)
+        why = self.sink.command(kind, label, str(ev.clip), origin=f"event {ev.event_id}")
         if why:
             return why
         name = Path(ev.clip).name
-        cid = store.add_correction("not-this", ev.label, name, ev.event_id)
-        return {"ok": True, "correction": cid, "veto": name}
+        cid = store.add_correction("not-this" if was is None else "this-was", label, name, ev.event_id)
+        return {"ok": True, "correction": cid, "clip": name, "label": label}
 
     def _undo(self, cid: int) -> str | dict:
         store = self._store()
         done = store.undo_correction(cid)
         if done is None:
             return "no such correction, or already undone"
-        if done["kind"] == "not-this":
-            why = self.sink.command("forget_veto", done["label"], done["name"])
+        forget = {"not-this": "forget_veto", "this-was": "forget_example"}.get(done["kind"])
+        if forget:
+            why = self.sink.command(forget, done["label"], done["name"])
             if why:
                 return why
         return {"ok": True}

@@ -73,7 +73,7 @@ function connect() {
     S.scores[d.source || ""] = d;
     if (S.view === "live") updateLive();
   };
-  es.addEventListener("rules", (m) => { S.rules = JSON.parse(m.data); if (S.view === "live" && isLive()) renderLive(); });
+  es.addEventListener("rules", (m) => { S.rules = JSON.parse(m.data); if (S.view === "live" && isLive()) showRules(); });
   es.addEventListener("status", (m) => { S.state.status = JSON.parse(m.data); if (S.view === "live") updateStatus(); });
   es.addEventListener("event", (m) => {
     const ev = JSON.parse(m.data);
@@ -101,9 +101,10 @@ function renderLive() {
   S.token++;
   const info = S.state.info;
   const rules = S.rules || { labels: [], device_enabled: true };
+  S.drawn = rules.labels.map((l) => l.name).join("\n");
   const pause = h("button", { id: "pause", class: rules.device_enabled ? "" : "danger",
     text: rules.device_enabled ? "Pause detection" : "Paused: resume",
-    onclick: () => post("/api/device/enabled", { on: !rules.device_enabled }) });
+    onclick: () => post("/api/device/enabled", { on: !(S.rules || rules).device_enabled }) });
   const head = h("div", { class: "card" },
     h("div", {}, h("b", { text: info.model }), info.encoder ? ` · ${info.encoder}` : "",
       info.gate_dbfs !== null ? ` · level gate ${info.gate_dbfs} dBFS` : "",
@@ -129,7 +130,7 @@ function tuneRow(l) {
     "aria-label": `threshold of ${l.name}`, "data-label": l.name });
   slider.addEventListener("input", () => { out.textContent = Number(slider.value).toFixed(2); });
   slider.addEventListener("change", () => post(`/api/labels/${enc(l.name)}/threshold`, { value: Number(slider.value) }));
-  const sw = h("input", { type: "checkbox", checked: l.enabled, "aria-label": `${l.name} on` });
+  const sw = h("input", { type: "checkbox", checked: l.enabled, "aria-label": `${l.name} on`, "data-label": l.name });
   sw.addEventListener("change", () => post(`/api/labels/${enc(l.name)}/enabled`, { on: sw.checked }));
   const hint = h("span", { class: "muted" });
   const suggest = h("button", { text: "Suggest", onclick: async () => {
@@ -193,7 +194,29 @@ async function post(path, body) {
     if (msg) { msg.className = "msg err"; msg.textContent = e.message; }
   }
   S.rules = await api("/api/labels");
-  if (isLive()) renderLive();  // the page may have moved on while the request ran
+  if (S.view === "live" && isLive()) showRules();  // the page may have moved on meanwhile
+}
+
+function showRules() {
+  // the rules changed: the same labels are updated in place (a hint or a focus stays),
+  // another set of labels draws the view again
+  const rules = S.rules || { labels: [], device_enabled: true };
+  if (rules.labels.map((l) => l.name).join("\n") !== S.drawn) { renderLive(); return; }
+  const pause = document.getElementById("pause");
+  pause.textContent = rules.device_enabled ? "Pause detection" : "Paused: resume";
+  pause.className = rules.device_enabled ? "" : "danger";
+  for (const l of rules.labels) {
+    const slider = document.querySelector(`#tuning input[type=range][data-label="${CSS.escape(l.name)}"]`);
+    if (slider && document.activeElement !== slider) {
+      slider.value = String(l.threshold);
+      slider.parentElement.querySelector(".tv").textContent = l.threshold.toFixed(2);
+    }
+    const sw = document.querySelector(`#tuning input[type=checkbox][data-label="${CSS.escape(l.name)}"]`);
+    if (sw) sw.checked = l.enabled;
+    const name = document.querySelector(`#bars .row[data-label="${CSS.escape(l.name)}"] > span`);
+    if (name) name.className = l.active ? "" : "muted";
+  }
+  updateLive();
 }
 
 const isLive = () => !location.hash || location.hash.startsWith("#/live");
@@ -298,12 +321,25 @@ async function renderEvent(id) {
         renderEvent(id);
       } catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
     } });
-  const corr = d.corrections.map((c) => h("li", {}, `${fmtTime(c.at)}: ${c.kind} (${c.name}) `,
+  const others = (S.rules ? S.rules.labels : []).filter((l) => l.name !== e.label);
+  const wasSel = h("select", { id: "was-label", "aria-label": "the label it was" },
+    ...others.map((l) => h("option", { value: l.name, text: l.name })));
+  const thisWas = h("button", { id: "this-was", disabled: !d.clip || !others.length, text: "This was…",
+    title: "teach the chosen label this clip as an example", onclick: async () => {
+      try {
+        const r = await api(`/api/events/${enc(id)}/this-was`, { body: { label: wasSel.value } });
+        msg.className = "msg"; msg.textContent = `taught: ${r.clip} is ${r.label}`;
+        renderEvent(id);
+      } catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
+    } });
+  const said = { "not-this": `not ${e.label}`, "this-was": "this was" };
+  const corr = d.corrections.map((c) => h("li", {}, `${fmtTime(c.at)}: ${c.kind === "this-was" ? `this was ${c.label}` : said[c.kind] || c.kind} (${c.name}) `,
     c.undone ? h("span", { class: "muted", text: "undone" }) : h("button", { class: "undo", text: "Undo", onclick: async () => {
       try { await api(`/api/corrections/${c.id}/undo`, { body: {} }); renderEvent(id); }
       catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
     } })));
-  parts.push(h("div", { class: "card" }, notThis, msg, corr.length ? h("ul", { id: "corrections" }, ...corr) : null));
+  parts.push(h("div", { class: "card" }, notThis, " ", thisWas, " ", wasSel, msg,
+    corr.length ? h("ul", { id: "corrections" }, ...corr) : null));
   main().replaceChildren(...parts);
   if (d.clip) drawSpectrogram(await api(`/api/events/${enc(id)}/spectrogram`));
 }
