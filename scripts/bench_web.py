@@ -98,7 +98,9 @@ def bench_store(n: int, tmp: Path) -> dict:
                     "m",
                     start_time=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at)),
                 )
-                rows.append((ev.event_id, ev.seq, ev.label, ev.source, at, at + 5, "r", 10.0, 15.0, 0.7, None, ev.to_json()))
+                rows.append(
+                    (ev.event_id, ev.seq, ev.label, ev.source, at, at + 5, "r", 10.0, 15.0, 0.7, None, ev.to_json())
+                )
             st.db.executemany(
                 "INSERT INTO events (event_id, seq, label, source, at, ended, run, start_s, end_s, peak, clip, end_json)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -140,7 +142,9 @@ def bench_page(tmp: Path) -> dict:
     from monitor.web.server import PageInfo, WebSink
 
     port = free_port()
-    sink = WebSink(WebConfig(listen=str(port)), PageInfo(device="dev", model="m", sources=("mic",)), EventStore(tmp / "p.db"))
+    sink = WebSink(
+        WebConfig(listen=str(port)), PageInfo(device="dev", model="m", sources=("mic",)), EventStore(tmp / "p.db")
+    )
     assert sink.start() is None
     from monitor.events import LabelRule
     from monitor.runtime.control import RulesInForce

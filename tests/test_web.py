@@ -50,6 +50,16 @@ def test_a_non_loopback_bind_without_a_password_is_refused(tmp_path, demo_dir):
     ], r.stderr
 
 
+def test_with_a_password_a_non_loopback_bind_runs_and_never_logs_it(tmp_path, demo_dir):
+    port = free_port()
+    secret = "s3cret-web-pass"
+    args = ["run", "--source", demo_dir / "dog.mp3", "--fast", "--no-tui", "--web", f"0.0.0.0:{port}", "-v"]
+    r = cli(*args, state=tmp_path, env_extra={"SOUND_MONITOR_WEB_PASSWORD": secret})
+    assert r.returncode == 0, r.stderr
+    assert f"web page: http://0.0.0.0:{port}/ (password required)" in r.stderr
+    assert secret not in r.stderr + r.stdout
+
+
 def test_with_a_password_the_api_needs_a_login_a_session_and_a_csrf_token(tmp_path, monkeypatch):
     monkeypatch.setenv("SOUND_MONITOR_WEB_PASSWORD", "correct horse")
     port = free_port()
