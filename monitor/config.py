@@ -35,17 +35,59 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HubConfig(_Section):
-    """Where `models fetch clap` and `model: auto` get the pre-exported CLAP (pinned commits)."""
+# CLAP presets for the hub path (issue 31): the transformers.js ONNX conversion and the
+# original checkpoint (its logit scale is read by byte ranges), each pinned to a commit
+CLAP_PRESETS: dict[str, dict[str, str]] = {
+    # laion/clap-htsat-unfused; the pinned commit is Xenova's README-only commit over the ONNX
+    # files of 2024-03-17
+    "htsat-unfused": {
+        "repo": "Xenova/clap-htsat-unfused",
+        "revision": "c28f2883575e590e04d3146ff0713c2448d691ba",
+        "checkpoint_repo": "laion/clap-htsat-unfused",
+        "checkpoint_revision": "8fa0f1c6d0433df6e97c127f64b2a1d6c0dcda8a",
+    },
+    # laion/larger_clap_general: HTSAT with depths 2-2-12-2, width 1024 (the same front end,
+    # rand_trunc at 48 kHz, and the same RoBERTa text tower)
+    "larger-general": {
+        "repo": "Xenova/larger_clap_general",
+        "revision": "d78c3994912c441f0151a5cc44d86f6b7bf4c861",
+        "checkpoint_repo": "laion/larger_clap_general",
+        "checkpoint_revision": "ada0c23a36c4e8582805bb38fec3905903f18b41",
+    },
+}
+DEFAULT_PRESET = "htsat-unfused"
 
-    # the transformers.js conversion of laion/clap-htsat-unfused; the pinned commit is its
-    # README-only commit over the ONNX files of 2024-03-17
-    repo: str = "Xenova/clap-htsat-unfused"
-    revision: str = "c28f2883575e590e04d3146ff0713c2448d691ba"
-    # the original checkpoint: only its two logit-scale scalars are read (ranged reads)
-    checkpoint_repo: str = "laion/clap-htsat-unfused"
-    checkpoint_revision: str = "8fa0f1c6d0433df6e97c127f64b2a1d6c0dcda8a"
+
+def preset_of_repo(repo: str) -> str | None:
+    """The preset whose ONNX repository ``repo`` is (None: not one of the presets)."""
+    return next((name for name, p in CLAP_PRESETS.items() if p["repo"] == repo), None)
+
+
+class HubConfig(_Section):
+    """Where `models fetch clap` and `model: auto` get the pre-exported CLAP (pinned commits):
+    a ``preset`` (``CLAP_PRESETS``) gives the four pins; any of them given explicitly wins."""
+
+    preset: str = DEFAULT_PRESET
+    repo: str = CLAP_PRESETS[DEFAULT_PRESET]["repo"]
+    revision: str = CLAP_PRESETS[DEFAULT_PRESET]["revision"]
+    checkpoint_repo: str = CLAP_PRESETS[DEFAULT_PRESET]["checkpoint_repo"]
+    checkpoint_revision: str = CLAP_PRESETS[DEFAULT_PRESET]["checkpoint_revision"]
     variant: Literal["fp32", "int8"] = "fp32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset") or DEFAULT_PRESET
+        if name not in CLAP_PRESETS:
+            raise ValueError(f"unknown preset {name!r} (presets: {', '.join(CLAP_PRESETS)})")
+        out = dict(data)
+        for k, v in CLAP_PRESETS[name].items():
+            if out.get(k) is None:
+                out[k] = v
+        out["preset"] = name
+        return out
 
     @field_validator("repo", "checkpoint_repo")
     @classmethod

@@ -39,6 +39,7 @@ def make_random_checkpoint(
 
     ``size="tiny"``: a few-hundred-kB model for tests (spec_size stays 256 with 64 mel bins).
     ``size="full"``: ``ClapConfig()`` defaults, the laion/clap-htsat-unfused architecture.
+    ``size="larger-tiny"`` / ``"larger-full"``: laion/larger_clap_general's shape, small / real.
     Weight matrices are re-drawn with std ``init_gain / sqrt(fan_in)`` so that different
     prompts and clips embed differently (the default std 0.02 makes every score equal).
     """
@@ -83,10 +84,37 @@ def make_random_checkpoint(
             ),
             projection_dim=32,
         )
+    elif size == "larger-tiny":
+        # laion/larger_clap_general's shape, small: a deeper third stage (2-2-12-2 there) and
+        # a wider patch embedding (128 there, hidden = patch * 8)
+        config = ClapConfig(
+            text_config=dict(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=130,
+                projection_dim=32,
+            ),
+            audio_config=dict(
+                patch_embeds_hidden_size=24,
+                hidden_size=192,
+                depths=[1, 1, 3, 1],
+                num_attention_heads=[1, 2, 2, 4],
+                projection_dim=32,
+            ),
+            projection_dim=32,
+        )
     elif size == "full":
         config = ClapConfig(text_config=dict(vocab_size=vocab))
+    elif size == "larger-full":  # laion/larger_clap_general's architecture (its config.json)
+        config = ClapConfig(
+            text_config=dict(vocab_size=vocab),
+            audio_config=dict(depths=[2, 2, 12, 2], hidden_size=1024, patch_embeds_hidden_size=128),
+        )
     else:
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+        raise ValueError(f"size must be 'tiny', 'full', 'larger-tiny' or 'larger-full', got {size!r}")
     torch.manual_seed(seed)
     model = ClapModel(config).eval()
     with torch.no_grad():

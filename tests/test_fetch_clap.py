@@ -439,7 +439,7 @@ def test_models_list_and_check_config_show_hub_settings(hub, tmp_path):
     models = tmp_path / "models"
     fetch.fetch_clap(fetch.default_out(models), say=None)
     r = _cli(sys.executable, "models", "list", "--models-dir", str(models), env=_env(hub, tmp_path))
-    assert r.returncode == 0 and f"clap:    {models / 'clap-htsat-unfused'}" in r.stdout
+    assert r.returncode == 0 and f"clap:    preset htsat-unfused: {models / 'clap-htsat-unfused'} (ok" in r.stdout
     r = _cli(sys.executable, "check-config", str(ROOT / "config.yaml"), env=_env(hub, tmp_path))
     assert r.returncode == 0, r.stderr
     assert fetch.DEFAULT_REVISION in r.stdout and fetch.CHECKPOINT_REVISION in r.stdout
@@ -458,3 +458,98 @@ def test_fetched_model_works_with_bench_and_enroll(hub, tmp_path):
     r = _cli(sys.executable, "enroll", "rooster call", str(DEMO / "rooster.mp3"), "--model", str(out), env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert list((tmp_path / "state" / "prototypes").glob("*"))
+
+
+# --------------------------------------------------------------------------------------
+# presets (issue 31): each preset's pinned repositories, fetched like the default
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def larger_ckpt(tmp_path_factory) -> Path:
+    from clap_factories import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("larger") / "ckpt", size="larger-tiny", seed=7)
+
+
+@pytest.fixture(scope="session")
+def larger_js(larger_ckpt, tmp_path_factory) -> Path:
+    from clap_factories import make_transformersjs_layout
+
+    return make_transformersjs_layout(larger_ckpt, tmp_path_factory.mktemp("xenova-larger") / "repo")
+
+
+def _preset_stub(js_layout: Path, tiny_ckpt: Path, larger_js: Path, larger_ckpt: Path) -> HubStub:
+    from monitor.config import CLAP_PRESETS
+
+    s = _stub(js_layout, tiny_ckpt)
+    p = CLAP_PRESETS["larger-general"]
+    s.add_repo(p["repo"], p["revision"], larger_js)
+    s.add_repo(p["checkpoint_repo"], p["checkpoint_revision"], larger_ckpt)
+    return s
+
+
+@pytest.mark.slow
+def test_the_larger_preset_fetched_without_torch_equals_the_pipeline(
+    runtime_python, js_layout, tiny_clap_dir, larger_js, larger_ckpt, demo_clips_48k, tmp_path
+):
+    import transformers
+
+    from monitor.config import CLAP_PRESETS
+
+    models = tmp_path / "models"
+    with _preset_stub(js_layout, tiny_clap_dir, larger_js, larger_ckpt) as stub:
+        env = _env(stub, tmp_path)
+        fetch_args = ("models", "fetch", "clap", "--preset", "larger-general", "--models-dir", str(models))
+        r = _cli(runtime_python, *fetch_args, env=env)
+        assert r.returncode == 0, r.stderr
+        out = models / "clap-larger-general"
+        assert r.stdout.strip() == str(out)
+        assert "resolving Xenova/larger_clap_general@d78c3994912c" in r.stderr, r.stderr
+        files = sorted(DEMO.glob("*.mp3"))[:4]
+        args = ("classify", *map(str, files), "--model", str(out), "--labels", ",".join(ANIMALS), "--json")
+        r = _cli(runtime_python, *args, env=env)
+        assert r.returncode == 0, r.stderr
+        listed = _cli(runtime_python, "models", "list", "--models-dir", str(models), env=env)
+    m = json.loads((out / "manifest.json").read_text())
+    pins = CLAP_PRESETS["larger-general"]
+    assert (m["preset"], m["source"], m["source_revision"]) == ("larger-general", pins["repo"], pins["revision"])
+    assert m["logit_scale_from"]["repo"] == pins["checkpoint_repo"]
+    assert m["logit_scale"] == pytest.approx(_ckpt_logit_scale(larger_ckpt), rel=1e-6)
+    assert f"clap:    preset larger-general: {out} (ok" in listed.stdout, listed.stdout
+    pipe = transformers.pipeline("zero-shot-audio-classification", model=str(larger_ckpt))
+    for o, f in zip(json.loads(r.stdout), files):
+        got = {s["label"]: s["score"] for s in o["scores"]}
+        for item in pipe(demo_clips_48k[f.stem], candidate_labels=ANIMALS):
+            assert abs(got[item["label"]] - item["score"]) < 1e-4, (f.name, item, got[item["label"]])
+
+
+def test_run_auto_fetches_the_configured_preset(js_layout, tiny_clap_dir, larger_js, larger_ckpt, tmp_path):
+    """A folder of the default preset is there; the config asks for larger-general: auto
+    fetches that one and says so."""
+    models = tmp_path / "models"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"model: {{models_dir: {models}, hub: {{preset: larger-general}}}}\nlabels: [dog, cow]\n")
+    with _preset_stub(js_layout, tiny_clap_dir, larger_js, larger_ckpt) as stub:
+        env = _env(stub, tmp_path)
+        r = _cli(sys.executable, "models", "fetch", "clap", "--models-dir", str(models), env=env)
+        assert r.returncode == 0 and (models / "clap-htsat-unfused").is_dir(), r.stderr
+        args = ("run", "--config", str(cfg), "--source", str(DEMO / "dog.mp3"), "--fast", "--no-tui")
+        r = _cli(sys.executable, *args, "--model", "auto", "--web", "off", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "auto: fetched CLAP (Xenova/larger_clap_general@d78c3994, fp32)" in r.stderr, r.stderr
+        assert (models / "clap-larger-general" / "manifest.json").is_file()
+        r = _cli(sys.executable, *args, "--model", "auto", "--web", "off", env=env)  # present now
+        assert f"auto: using the CLAP in {models / 'clap-larger-general'} (preset larger-general)" in r.stderr
+
+
+def test_a_bad_preset_is_one_line_and_exit_2(tmp_path):
+    env = dict(os.environ, SOUND_MONITOR_STATE=str(tmp_path / "state"))
+    r = _cli(sys.executable, "models", "fetch", "clap", "--preset", "huge", "--models-dir", str(tmp_path), env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: --preset 'huge': not a CLAP preset (presets: htsat-unfused, larger-general)"
+    ]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("model: {hub: {preset: huge}}\n")
+    r = _cli(sys.executable, "check-config", str(cfg), env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "unknown preset 'huge' (presets: htsat-unfused, larger-general)" in r.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from monitor.config import HubConfig
+from monitor.config import CLAP_PRESETS, DEFAULT_PRESET, HubConfig
 
 _HUB = HubConfig()
 
@@ -32,14 +32,21 @@ def add_arguments(parser) -> None:
         default=_HUB.variant,
         help="clap: fp32 (about 620 MB) or int8 (about 161 MB, quantised audio and text encoders)",
     )
-    f.add_argument("--repo", default=_HUB.repo, help=f"clap: the ONNX repository (default {_HUB.repo})")
-    f.add_argument("--revision", default=_HUB.revision, help="clap: commit of --repo (default: the pinned one)")
+    f.add_argument(
+        "--preset",
+        default=None,
+        help=f"clap: {', '.join(CLAP_PRESETS)} (default: model.hub.preset of --config, else {DEFAULT_PRESET}); "
+        "each pins its repositories and commits",
+    )
+    f.add_argument("--config", default=None, help="clap: take model.hub (preset, pins) from this config")
+    f.add_argument("--repo", default=None, help="clap: the ONNX repository (default: the preset's)")
+    f.add_argument("--revision", default=None, help="clap: commit of --repo (default: the preset's pinned one)")
     f.add_argument(
         "--checkpoint-repo",
-        default=_HUB.checkpoint_repo,
-        help=f"clap: the original checkpoint whose logit scale is read (default {_HUB.checkpoint_repo})",
+        default=None,
+        help="clap: the original checkpoint whose logit scale is read (default: the preset's)",
     )
-    f.add_argument("--checkpoint-revision", default=_HUB.checkpoint_revision)
+    f.add_argument("--checkpoint-revision", default=None)
     f.add_argument(
         "--int8",
         action="store_true",
@@ -72,21 +79,30 @@ def run(args) -> int:
     if args.models_cmd == "fetch":
         from pydantic import ValidationError
 
-        from monitor.config import format_validation_error
+        from monitor.config import format_validation_error, load_config
         from monitor.errors import UserError
         from monitor.models.clap.fetch import default_out, fetch_clap
 
+        hub_cfg = load_config(args.config).model.hub if args.config else HubConfig()
+        preset = args.preset or hub_cfg.preset
+        if preset not in CLAP_PRESETS:
+            raise UserError(f"--preset {preset!r}: not a CLAP preset (presets: {', '.join(CLAP_PRESETS)})")
+        pins = CLAP_PRESETS[preset] if args.preset else hub_cfg.model_dump()
+        given = {
+            "repo": args.repo,
+            "revision": args.revision,
+            "checkpoint_repo": args.checkpoint_repo,
+            "checkpoint_revision": args.checkpoint_revision,
+        }
         try:  # the flags are validated as the config's model.hub section is
             source = HubConfig(
-                repo=args.repo,
-                revision=args.revision,
-                checkpoint_repo=args.checkpoint_repo,
-                checkpoint_revision=args.checkpoint_revision,
+                preset=preset,
                 variant=args.variant,
+                **{k: (v if v is not None else pins[k]) for k, v in given.items()},
             )
         except ValidationError as e:
             raise UserError(format_validation_error(e, "models fetch clap")) from None
-        target = Path(args.out) if args.out else default_out(args.models_dir, args.variant)
+        target = Path(args.out) if args.out else default_out(args.models_dir, args.variant, preset)
         m = fetch_clap(target, source, say=_say, threads=max(1, args.threads), int8=args.int8)
         print(target)
         _say(
@@ -95,7 +111,7 @@ def run(args) -> int:
         )
         return 0
     from monitor.files import read_manifest, verify_listed
-    from monitor.models.select import find_clap_export
+    from monitor.models.select import clap_folders
 
     def checked(folder: Path) -> str:
         """`folder (ok: N files verified)` or what is wrong (every file is hashed)."""
@@ -107,8 +123,12 @@ def run(args) -> int:
             return f"{folder} (DAMAGED: {'; '.join(problems[:3])}; remove it and fetch again)"
         return f"{folder} (ok: every file matches its sha256)"
 
-    clap = find_clap_export(Path(args.models_dir))
+    claps = clap_folders(Path(args.models_dir))
     off = default_dir(args.models_dir)
-    print(f"clap:    {checked(clap) if clap else 'none (sound-monitor models fetch clap)'}")
+    for folder, preset in claps:
+        held = f"preset {preset}" if preset else "an export"
+        print(f"clap:    {held}: {checked(folder)}")
+    if not claps:
+        print("clap:    none (sound-monitor models fetch clap [--preset NAME])")
     print(f"offline: {checked(off) if is_complete(off) else 'not fetched (sound-monitor models fetch offline)'}")
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.config import ModelConfig
+from monitor.config import DEFAULT_PRESET, ModelConfig
 from monitor.errors import ModelError, UserError
 from monitor.files import read_manifest
 from monitor.models.backend import Backend
@@ -96,19 +96,32 @@ def select_backend(spec: str | None, cfg: ModelConfig, labels: Sequence[str] = (
     return Selected(load_dir(Path(spec), cfg, labels), f"exported model from {spec}")
 
 
-def find_clap_export(models_dir: Path) -> Path | None:
-    """The first folder under ``models_dir`` with a CLAP manifest (hidden staging folders of an
-    unfinished fetch are never taken)."""
+def clap_folders(models_dir: Path) -> list[tuple[Path, str | None]]:
+    """Every folder under ``models_dir`` with a CLAP manifest and the preset it holds (None:
+    an export or another repository); hidden staging folders of an unfinished fetch are
+    never taken."""
+    from monitor.config import preset_of_repo
+
+    out: list[tuple[Path, str | None]] = []
     if not models_dir.is_dir():
-        return None
+        return out
     for m in sorted(models_dir.glob("*/manifest.json")):
         if m.parent.name.startswith("."):
             continue
         try:
-            if json.loads(m.read_text()).get("kind", "clap") == "clap":
-                return m.parent
+            data = json.loads(m.read_text())
+            if data.get("kind", "clap") == "clap":
+                out.append((m.parent, data.get("preset") or preset_of_repo(str(data.get("source", "")))))
         except (OSError, ValueError, AttributeError):
             continue
+    return out
+
+
+def find_clap_export(models_dir: Path, preset: str | None = None) -> Path | None:
+    """The folder holding ``preset`` (None: the first CLAP folder of any kind)."""
+    for folder, held in clap_folders(models_dir):
+        if preset is None or held == preset:
+            return folder
     return None
 
 
@@ -127,7 +140,7 @@ def _hub_reachable() -> bool:
 def _fetch(cfg: ModelConfig) -> Path:
     from monitor.models.clap.fetch import default_out, fetch_clap
 
-    out = default_out(cfg.models_path, cfg.hub.variant)
+    out = default_out(cfg.models_path, cfg.hub.variant, cfg.hub.preset)
     fetch_clap(out, cfg.hub, threads=cfg.threads)
     return out
 
@@ -147,10 +160,15 @@ def select_auto(
     labels: Sequence[str] = (),
 ) -> Selected:
     models_dir = cfg.models_path
-    found = find_clap_export(models_dir)
+    preset = cfg.hub.preset
+    found = find_clap_export(models_dir, preset)
     if found is not None:
-        return Selected(load_dir(found, cfg, labels), f"auto: using the CLAP in {found}")
-    why = f"no CLAP in {models_dir}"
+        return Selected(load_dir(found, cfg, labels), f"auto: using the CLAP in {found} (preset {preset})")
+    other = find_clap_export(models_dir)
+    if other is not None and preset == DEFAULT_PRESET:
+        # the default preset: any CLAP present will do (an export, an earlier fetch)
+        return Selected(load_dir(other, cfg, labels), f"auto: using the CLAP in {other}")
+    why = f"no CLAP of preset {preset} in {models_dir}"
     if hub_check():
         h = cfg.hub
         _say(
@@ -165,6 +183,8 @@ def select_auto(
         except ModelError as e:
             why += f"; fetching CLAP failed ({e})"
             _say(f"fetching CLAP failed: {e}")
+        if other is not None:
+            return Selected(load_dir(other, cfg, labels), f"auto: {why}; using the CLAP in {other} instead")
         if exporter_available():
             from monitor.models.clap.export import export_clap
 
@@ -179,6 +199,8 @@ def select_auto(
         from monitor.models import hub
 
         why += f"; the Hugging Face Hub ({hub.endpoint()}) is not reachable"
+        if other is not None:
+            return Selected(load_dir(other, cfg, labels), f"auto: {why}; using the CLAP in {other} instead")
     from monitor.models.offline.backend import OfflineBackend
 
     backend = OfflineBackend.load(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.config import HubConfig
+from monitor.config import DEFAULT_PRESET, HubConfig
 from monitor.errors import ModelError, UserError
 from monitor.files import sha256_file, verify_listed
 from monitor.models import hub
@@ -66,9 +66,13 @@ def _say_stderr(msg: str) -> None:
     print(f"[fetch] {msg}", file=sys.stderr, flush=True)
 
 
-def default_out(models_dir: str | os.PathLike, variant: str = "fp32") -> Path:
-    name = "clap-htsat-unfused" + ("" if variant == "fp32" else f"-{variant}")
-    return Path(models_dir).expanduser() / name
+def folder_name(preset: str = DEFAULT_PRESET, variant: str = "fp32") -> str:
+    """``clap-htsat-unfused``, ``clap-larger-general-int8``, ...: a preset's folder."""
+    return f"clap-{preset}" + ("" if variant == "fp32" else f"-{variant}")
+
+
+def default_out(models_dir: str | os.PathLike, variant: str = "fp32", preset: str = DEFAULT_PRESET) -> Path:
+    return Path(models_dir).expanduser() / folder_name(preset, variant)
 
 
 def staging_dir(out: Path) -> Path:
@@ -498,7 +502,8 @@ def _build(
         "format_version": MANIFEST_VERSION,
         "source": source.repo,
         "source_revision": commit,
-        "name": "clap-htsat-unfused" + ("-int8" if int8 else ""),
+        "name": folder_name(source.preset, source.variant),
+        "preset": source.preset,
         "fetched": {
             "repo": source.repo,
             "revision": source.revision,
