@@ -142,6 +142,10 @@ class ModelConfig(_Section):
     # a learned adapter file (see `eval --save-adapter`), applied to label embeddings
     adapter: str | None = None
     hub: HubConfig = HubConfig()
+    # share of the whole machine (%) the encoder may take at the run's hop with the change
+    # gate on: `model: auto` then picks the most accurate preset whose estimate fits
+    # (monitor/models/budget.py); null: the configured preset
+    cpu_budget_pct: float | None = Field(None, gt=0.0, le=100.0)
     level: LevelConfig = LevelConfig()
 
     @property

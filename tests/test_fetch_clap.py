@@ -553,3 +553,16 @@ def test_a_bad_preset_is_one_line_and_exit_2(tmp_path):
     r = _cli(sys.executable, "check-config", str(cfg), env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "unknown preset 'huge' (presets: htsat-unfused, larger-general)" in r.stderr
+
+
+def test_run_auto_with_a_budget_says_what_it_chose_and_why(js_layout, tiny_clap_dir, larger_js, larger_ckpt, tmp_path):
+    models = tmp_path / "models"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"model: {{models_dir: {models}, cpu_budget_pct: 100}}\nlabels: [dog, cow]\n")
+    with _preset_stub(js_layout, tiny_clap_dir, larger_js, larger_ckpt) as stub:
+        args = ("run", "--config", str(cfg), "--source", str(DEMO / "dog.mp3"), "--fast", "--no-tui", "--web", "off")
+        r = _cli(sys.executable, *args, "--model", "auto", env=_env(stub, tmp_path))
+    assert r.returncode == 0, r.stderr
+    # the whole machine at 100 %: the most accurate preset fits on any machine that runs tests
+    assert "budget 100 %: larger-general, the most accurate that fits at a 1 s hop with the change gate" in r.stderr
+    assert (models / "clap-larger-general" / "manifest.json").is_file()

@@ -77,7 +77,16 @@ def level_stage(cfg: ModelConfig, backend_cls: type[Backend]) -> LevelNorm | Non
     return LevelNorm(cfg.level.target_dbfs, cfg.level.max_gain_db) if on else None
 
 
-def select_backend(spec: str | None, cfg: ModelConfig, labels: Sequence[str] = ()) -> Selected:
+def select_backend(
+    spec: str | None,
+    cfg: ModelConfig,
+    labels: Sequence[str] = (),
+    hop_s: float = 1.0,
+    gate: bool = True,
+    rate: Callable[[], float] | None = None,
+) -> Selected:
+    """``hop_s``, ``gate``: the run's hop and change gate (a CPU budget is for them);
+    ``rate``: this machine's one-thread matmul rate (default: measured, when a budget is set)."""
     spec = spec or cfg.spec
     if spec == "offline":
         from monitor.models.offline.backend import OfflineBackend
@@ -92,8 +101,25 @@ def select_backend(spec: str | None, cfg: ModelConfig, labels: Sequence[str] = (
             "offline backend requested",
         )
     if spec == "auto":
-        return select_auto(cfg, labels=labels)
+        note = ""
+        if cfg.cpu_budget_pct is not None:
+            cfg, note = by_budget(cfg, hop_s, gate, rate)
+        sel = select_auto(cfg, labels=labels)
+        return Selected(sel.backend, f"{sel.reason}; {note}" if note else sel.reason)
     return Selected(load_dir(Path(spec), cfg, labels), f"exported model from {spec}")
+
+
+def by_budget(
+    cfg: ModelConfig, hop_s: float, gate: bool, rate: Callable[[], float] | None = None
+) -> tuple[ModelConfig, str]:
+    """``cfg`` with the preset ``model.cpu_budget_pct`` picks (monitor/models/budget.py), and why."""
+    from monitor.config import CLAP_PRESETS
+    from monitor.models.budget import choose, machine_rate
+
+    assert cfg.cpu_budget_pct is not None
+    choice = choose(cfg.cpu_budget_pct, (rate or machine_rate)(), hop_s, gate=gate)
+    hub = cfg.hub.model_copy(update={"preset": choice.preset, **CLAP_PRESETS[choice.preset]})
+    return cfg.model_copy(update={"hub": hub}), choice.reason
 
 
 def clap_folders(models_dir: Path) -> list[tuple[Path, str | None]]:

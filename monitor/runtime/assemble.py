@@ -219,7 +219,9 @@ def _page(cfg: Config, backend: Backend, names: Sequence[str]) -> PageInfo:
 def _backend(cfg: Config, say: Say) -> Backend:
     from monitor.models.select import select_backend
 
-    selected = select_backend(cfg.model.spec, cfg.model, [l.name for l in cfg.labels])
+    labels = [l.name for l in cfg.labels]
+    st = cfg.stream
+    selected = select_backend(cfg.model.spec, cfg.model, labels, hop_s=st.hop_s, gate=st.change_gate.enabled)
     backend = selected.backend
     if cfg.model.adapter:
         from monitor.models.adapter import maybe_adapt
