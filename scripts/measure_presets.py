@@ -53,7 +53,7 @@ def main() -> int:
             for t in (1, 2):
                 sess = session(onnx_path, t)
                 name = sess.get_inputs()[0].name
-                ms = bench.time_ms(lambda s=sess, n=name: s.run(None, {n: x}), a.repeats, warmup=2)
+                ms = bench.time_ms(lambda s=sess, n=name, v=x: s.run(None, {n: v}), a.repeats, warmup=2)
                 row[f"encoder_ms_{t}_thread"] = round(float(np.median(ms)), 1)
                 floor = (gflop or 0.0) / out["matmul_gflops"][str(t)] * 1000.0
                 row[f"measured_over_floor_{t}_thread"] = (
