@@ -49,3 +49,20 @@ def test_a_budget_outside_0_100_is_refused():
     for bad in (0, -5, 150):
         with pytest.raises(Exception, match="cpu_budget_pct"):
             Config.model_validate({"model": {"cpu_budget_pct": bad}})
+
+
+def test_the_budget_is_checked_on_the_run_after_its_first_minute():
+    from monitor.models.budget import BudgetCheck
+
+    t = [0.0]
+    cpu = [0.0]
+    check = BudgetCheck(10.0, "clap-larger-general", after_s=60.0, clock=lambda: t[0], cpu_clock=lambda: cpu[0], ncpu=2)
+    t[0], cpu[0] = 30.0, 3.0
+    assert check.poll() is None  # not yet a minute
+    t[0], cpu[0] = 60.0, 18.0  # 18 CPU s in 60 s on 2 cores: 15 %
+    said = check.poll()
+    assert said is not None and "used 15.0 % of this machine over its first 60 s (budget 10 %" in said
+    assert "over budget" in said and check.poll() is None  # said once
+    ok = BudgetCheck(20.0, "x", after_s=60.0, clock=lambda: t[0] + 0.0, cpu_clock=lambda: 0.0, ncpu=2)
+    t[0] += 60.0
+    assert "over budget" not in (ok.poll() or "")

@@ -76,3 +76,45 @@ def machine_rate(threads: int = 1) -> float:
 
 
 RateFn = Callable[[], float]
+
+
+class BudgetCheck:
+    """The estimate confirmed on the run itself: once ``after_s`` of real time has passed,
+    the process's CPU share of the whole machine over that time, against the budget (said
+    once; a share over budget says what to change)."""
+
+    def __init__(
+        self,
+        budget_pct: float,
+        preset: str,
+        after_s: float = 60.0,
+        clock: Callable[[], float] | None = None,
+        cpu_clock: Callable[[], float] | None = None,
+        ncpu: int | None = None,
+    ):
+        import time
+
+        self.budget_pct, self.preset, self.after_s = budget_pct, preset, after_s
+        self._clock = clock or time.monotonic
+        self._cpu = cpu_clock or time.process_time
+        self._ncpu = ncpu or os.cpu_count() or 1
+        self._t0, self._c0 = self._clock(), self._cpu()
+        self.done = False
+
+    def poll(self) -> str | None:
+        if self.done:
+            return None
+        wall = self._clock() - self._t0
+        if wall < self.after_s:
+            return None
+        self.done = True
+        pct = 100.0 * (self._cpu() - self._c0) / wall / self._ncpu
+        msg = (
+            f"budget check: the monitor used {pct:.1f} % of this machine over its first {wall:.0f} s "
+            f"(budget {self.budget_pct:g} %, preset {self.preset})"
+        )
+        if pct > self.budget_pct:
+            msg += (
+                "; over budget: a lower model.cpu_budget_pct picks a cheaper preset, a longer stream.hop_s costs less"
+            )
+        return msg

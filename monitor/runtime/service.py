@@ -266,8 +266,17 @@ class MonitorService:
         return outcomes
 
     def _status_loop(self, done: threading.Event) -> None:
-        """Every few seconds, the run's numbers to the sinks that report them (MQTT diagnostics)."""
+        """Every few seconds, the run's numbers to the sinks that report them (MQTT diagnostics);
+        with a CPU budget, its check once the first minute of a real-time run has passed."""
+        check = None
+        if self.cfg.model.cpu_budget_pct is not None and any(s.source.realtime for s in self.slots):
+            from monitor.models.budget import BudgetCheck
+
+            check = BudgetCheck(self.cfg.model.cpu_budget_pct, self.backend.name)
         while not done.wait(5.0):
+            said = check.poll() if check is not None else None
+            if said:
+                self.say(said)
             try:
                 snap = self.snapshot()
             except Exception as e:  # noqa: BLE001 - a status report must never stop the run
