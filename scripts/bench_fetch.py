@@ -16,7 +16,11 @@ Prints JSON figure lines (DESIGN.md's format):
   and embeds 10 labels x the background prompts (label cache cold), fp32 and int8 text model;
 - ``download_mb_<variant>``: what the fetch downloaded for this architecture.
 
-    .venv/bin/python scripts/bench_fetch.py [--rounds 15]
+    .venv/bin/python scripts/bench_fetch.py [--rounds 15] [--preset larger-general]
+
+``--preset larger-general``: the same for laion/larger_clap_general's architecture (random,
+full size, served at that preset's pins); the project's own export is not built for it, so
+only the fetched models are timed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from bench_model import DEFAULT_DIR, ensure_bench_model  # noqa: E402
 from hub_stub import HubStub  # noqa: E402
 
 from monitor.bench import figure  # noqa: E402
-from monitor.config import HubConfig  # noqa: E402
+from monitor.config import CLAP_PRESETS, HubConfig  # noqa: E402
 from monitor.models.clap import fetch  # noqa: E402
 
 LABELS = [
@@ -75,9 +79,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--base", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--preset", default="htsat-unfused", choices=sorted(CLAP_PRESETS))
     args = ap.parse_args()
     say = lambda m: print(f"[bench-fetch] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    hf, own = ensure_bench_model(args.base)
+    pins = CLAP_PRESETS[args.preset]
+    own: Path | None = None
+    if args.preset == "htsat-unfused":
+        hf, own = ensure_bench_model(args.base)
+    else:
+        from clap_factories import make_random_checkpoint
+
+        args.base = args.base.parent / f"{args.base.name}-{args.preset}"
+        hf = args.base / "hf"
+        if not (hf / "config.json").is_file():
+            say(f"building a random full-size {args.preset} checkpoint in {hf} ...")
+            make_random_checkpoint(hf, size="larger-full")
     js = args.base / "xenova-layout"
     if not (js / "onnx" / "text_model_quantized.onnx").is_file():
         from clap_factories import make_transformersjs_layout
@@ -86,12 +102,13 @@ def main() -> int:
         make_transformersjs_layout(hf, js)
     fetched = {}
     with HubStub() as stub:
-        stub.add_repo(fetch.DEFAULT_REPO, fetch.DEFAULT_REVISION, js)
-        stub.add_repo(fetch.CHECKPOINT_REPO, fetch.CHECKPOINT_REVISION, hf)
+        stub.add_repo(pins["repo"], pins["revision"], js)
+        stub.add_repo(pins["checkpoint_repo"], pins["checkpoint_revision"], hf)
         os.environ["HF_ENDPOINT"] = stub.url
         for variant in ("fp32", "int8"):  # (a no-op once fetched: delete <base>/fetched to fetch again)
             out = args.base / "fetched" / f"clap-{variant}"
-            m = fetch.fetch_clap(out, HubConfig(variant=variant), say=say, int8=variant == "fp32")
+            source = HubConfig(preset=args.preset, variant=variant)
+            m = fetch.fetch_clap(out, source, say=say, int8=variant == "fp32")
             fetched[variant] = out
             mb = sum(f["size"] for f in m["fetched"]["files"].values()) / 1e6
             print(json.dumps(figure(f"download_mb_{variant}", "MB", [mb], digits=1)), flush=True)
@@ -109,9 +126,11 @@ def main() -> int:
     from monitor.models.clap.encoder import ClapBackend
     from monitor.models.clap.frontend import ClapFrontend, FrontendParams
 
-    models = {
-        "own_fp32": ClapBackend.from_dir(own, threads=2),
-        "own_int8": ClapBackend.from_dir(own, threads=2, int8=True),
+    models = {}
+    if own is not None:
+        models["own_fp32"] = ClapBackend.from_dir(own, threads=2)
+        models["own_int8"] = ClapBackend.from_dir(own, threads=2, int8=True)
+    models |= {
         "fetched_fp32": ClapBackend.from_dir(fetched["fp32"], threads=2),
         "fetched_int8": ClapBackend.from_dir(fetched["int8"], threads=2, int8=True),
         "fetched_fp32_local_int8": ClapBackend.from_dir(fetched["fp32"], threads=2, int8=True),
@@ -142,10 +161,13 @@ def main() -> int:
                 times[k].append(1e3 * (time.perf_counter() - t0))
         for k, v in times.items():
             print(json.dumps(figure(f"encoder_ms_{k}", "ms", v)), flush=True)
-        ref = np.median(times["own_fp32"])
+        ref = np.median(times["own_fp32" if own is not None else "fetched_fp32"])
+        base_name = "own_fp32" if own is not None else "fetched_fp32"
         for k, v in times.items():
             print(
-                json.dumps({"metric": f"encoder_ratio_{k}_vs_own_fp32", "value": round(float(np.median(v) / ref), 3)})
+                json.dumps(
+                    {"metric": f"encoder_ratio_{k}_vs_{base_name}", "value": round(float(np.median(v) / ref), 3)}
+                )
             )
         del models
     env = dict(os.environ, PYTHONPATH=str(ROOT))
