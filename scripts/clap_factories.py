@@ -64,17 +64,19 @@ def make_random_checkpoint(
         mask_token="<mask>",
     )
     vocab = len(tokenizer)
+    # the small text tower of the tiny sizes (the audio towers differ)
+    small_text = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        projection_dim=32,
+    )
     if size == "tiny":
         config = ClapConfig(
-            text_config=dict(
-                vocab_size=vocab,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=130,
-                projection_dim=32,
-            ),
+            text_config=small_text,
             audio_config=dict(
                 patch_embeds_hidden_size=16,
                 hidden_size=128,  # 16 * 2 ** (len(depths) - 1)
@@ -88,15 +90,7 @@ def make_random_checkpoint(
         # laion/larger_clap_general's shape, small: a deeper third stage (2-2-12-2 there) and
         # a wider patch embedding (128 there, hidden = patch * 8)
         config = ClapConfig(
-            text_config=dict(
-                vocab_size=vocab,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=130,
-                projection_dim=32,
-            ),
+            text_config=small_text,
             audio_config=dict(
                 patch_embeds_hidden_size=24,
                 hidden_size=192,
