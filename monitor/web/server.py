@@ -73,7 +73,7 @@ class PageInfo:
 class LiveState:
     """The latest of everything the live page shows (a page that connects starts from it)."""
 
-    scores: dict[str, dict] = field(default_factory=dict)  # source -> its last scores line
+    scores: dict[str, str] = field(default_factory=dict)  # source -> its last scores line
     open_events: dict[str, dict] = field(default_factory=dict)  # event_id -> start record
     status: dict = field(default_factory=dict)
     rules: dict = field(default_factory=dict)
@@ -176,9 +176,7 @@ class WebSink(Sink):
     def on_scores(self, scores: Scores) -> None:
         line = scores.to_json_line(with_source=True)
         with self._lock:
-            d = json.loads(line)
-            d["gated"] = scores.gated
-            self.live.scores[scores.source] = d
+            self.live.scores[scores.source] = line  # parsed only when a page asks for the state
         self._broadcast("message", line)
 
     def publish(self, event: Event) -> None:
@@ -243,7 +241,7 @@ class WebSink(Sink):
             return {
                 "info": self.info.__dict__ | {"sources": list(self.info.sources)},
                 "rules": self.live.rules,
-                "scores": self.live.scores,
+                "scores": {k: json.loads(v) for k, v in self.live.scores.items()},
                 "open_events": list(self.live.open_events.values()),
                 "status": self.live.status,
             }
