@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from monitor.types import Event
 
 SCHEMA = 1
@@ -343,9 +345,11 @@ class EventStore:
         if hours < 1.0:
             return {"threshold": None, "hours": round(hours, 2), "why": "less than an hour of scores recorded"}
         days = max(hours / 24.0, 1.0 / 24.0)
+        mins = np.array([m for m, _ in free], dtype=np.int64)
+        vals = np.array([v for _, v in free], dtype=np.float64)
         for step in range(int(lowest * 100), 100):
             t = step / 100.0
-            fired = _would_fire([m for m, v in free if v >= t])
+            fired = _would_fire(mins[vals >= t])
             if fired / days <= per_day:
                 return {"threshold": t, "hours": round(hours, 2), "would_fire_per_day": round(fired / days, 2)}
         return {"threshold": None, "hours": round(hours, 2), "why": "no threshold below 1 is quiet enough"}
@@ -387,19 +391,16 @@ class EventStore:
 RUN_MINUTES = 5  # a stretch of minutes above a threshold: one event per this many minutes
 
 
-def _would_fire(minutes: Sequence[int]) -> int:
+def _would_fire(minutes: Sequence[int] | np.ndarray) -> int:
     """Events that minutes at or above a threshold would have started: each stretch of
     consecutive minutes one per ``RUN_MINUTES`` (a score that stays up fires again and
     again as it wavers; a threshold under the room's own level is never suggested)."""
-    fired, run, last = 0, 0, None
-    for m in minutes:
-        if last is not None and m == last + 1:
-            run += 1
-        else:
-            fired += -(-run // RUN_MINUTES) if run else 0
-            run = 1
-        last = m
-    return fired + (-(-run // RUN_MINUTES) if run else 0)
+    m = np.asarray(minutes, dtype=np.int64)
+    if m.size == 0:
+        return 0
+    starts = np.flatnonzero(np.diff(m) != 1) + 1  # where a new stretch begins
+    lengths = np.diff(np.concatenate(([0], starts, [m.size])))
+    return int(np.sum(-(-lengths // RUN_MINUTES)))
 
 
 def _correction(row: Sequence) -> dict:
