@@ -54,6 +54,14 @@ CLAP_PRESETS: dict[str, dict[str, str]] = {
         "checkpoint_repo": "laion/larger_clap_general",
         "checkpoint_revision": "ada0c23a36c4e8582805bb38fec3905903f18b41",
     },
+    # laion/larger_clap_music_and_speech: the same architecture and ONNX layout (and sizes) as
+    # larger-general, trained for music and speech; pinned as two public projects pin it
+    "larger-music-speech": {
+        "repo": "Xenova/larger_clap_music_and_speech",
+        "revision": "e9fd5ac1dbf3280936a7fc3ec8a020453ff184db",
+        "checkpoint_repo": "laion/larger_clap_music_and_speech",
+        "checkpoint_revision": "195c3a3e68faebb3e2088b9a79e79b43ddbda76b",
+    },
 }
 DEFAULT_PRESET = "htsat-unfused"
 
@@ -352,6 +360,9 @@ class LabelConfig(_Section):
     prompts: tuple[str, ...] = ()
     # example clips (enroll): their mean embedding becomes a prototype of this label
     examples: tuple[str, ...] = ()
+    # clips of this label's own sound as it fired here ("this was LABEL" on its own event):
+    # nothing in its score changes; a veto clip must be nearer to a window than they are
+    confirmed: tuple[str, ...] = ()
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     hysteresis: float | None = Field(None, ge=0.0, le=1.0)
     min_windows: int | None = Field(None, ge=1, le=100)
@@ -773,6 +784,8 @@ def missing_files(cfg: Config) -> list[str]:
     for i, lab in enumerate(cfg.labels):
         for j, ex in enumerate(lab.examples):
             need(f"labels[{i}].examples[{j}]", ex)
+        for j, ex in enumerate(lab.confirmed):
+            need(f"labels[{i}].confirmed[{j}]", ex)
     out.extend(missing_veto_clips(cfg))
     need("mqtt.password_file", cfg.mqtt.password_file)
     for key in ("ca_file", "cert_file", "key_file"):

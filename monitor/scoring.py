@@ -12,7 +12,9 @@ the window as the label is, less ``scoring.veto_margin`` (cosine; 0: a tie is en
 scored like a label. A veto clip matches when the window is the same sound heard again: at
 least ``1 - scoring.veto_clip_margin`` like one of the clip's windows (cut at the run's hop,
 so one of them is the window that fired) on which the label was on (at least half its peak
-on the clip: not the room tone around the sound). Audio is far closer to audio than to text,
+on the clip: not the room tone around the sound), and nearer to it than to every such window
+of the label's own example clips (enrolled, or "this was" on the web page), when it has any.
+Audio is far closer to audio than to text,
 so a clip is compared with windows, not with the label. With ``scoring.veto_competes`` the
 text vetoes also join the label's competitors (its share of [label, background prompts...,
 vetoes...], or with ``softmax`` of [labels..., vetoes...]), so its score falls as a veto
@@ -75,7 +77,7 @@ class Scorer:
             if label_matrix is not None
             else label_offsets(backend, list(labels), self.label_emb, background, cfg.templates, cache_dir)
         )
-        self._veto_setup(backend, vetoes or {}, cfg, cache_dir)
+        self._veto_setup(backend, labels, vetoes or {}, cfg, cache_dir)
         # the text encoder only builds these vectors; a monitor that keeps it resident pays
         # ~1 GB of RSS for nothing (a reload with new labels loads it again)
         backend.release_text()
@@ -83,6 +85,7 @@ class Scorer:
     def _veto_setup(
         self,
         backend: Backend,
+        labels: Sequence[LabelConfig],
         vetoes: Mapping[str, Sequence[Veto]],
         cfg: ScoringConfig,
         cache_dir: str | os.PathLike | None,
@@ -120,6 +123,25 @@ class Scorer:
         for a, b in zip(starts, ends):
             peak = raw[a:b].max(axis=0)  # [L]
             self.clip_window_on[:, a:b] = (raw[a:b] >= 0.5 * peak[None, :]).T
+        # per label, what it is known to sound like: the windows of its own example clips
+        # (enrolled, or "this was" from the web page) on which it is on. A clip veto wins only
+        # where it is nearer than all of them (one nearest neighbour between the two sides)
+        pos_rows: list[np.ndarray] = []
+        pos_owner: list[int] = []
+        if rows:
+            for i, lab in enumerate(labels):
+                own = (*lab.examples, *lab.confirmed)
+                if not own or not any(v.clip is not None for v in vetoes.get(lab.name, ())):
+                    continue
+                for path in own:
+                    w = clip_window_embeddings(backend, path, cache_dir, hop_s=VETO_CLIP_HOP_S)
+                    on = self.score(w)[:, i]
+                    keep = w[on >= 0.5 * on.max()]
+                    pos_rows.append(keep)
+                    pos_owner.extend([i] * len(keep))
+        self.own_windows = np.concatenate(pos_rows).astype(np.float64) if pos_rows else np.zeros((0, dim))
+        self.own_window_of = np.zeros((len(self.labels), len(self.own_windows)), dtype=bool)  # [L, P]
+        self.own_window_of[np.array(pos_owner, dtype=np.intp), np.arange(len(pos_owner))] = True
         self.vetoes = tuple(items)
         self.veto_margin = np.array(
             [cfg.veto_margin if v.clip is None else cfg.veto_clip_margin for v in items], dtype=np.float64
@@ -205,7 +227,8 @@ class Scorer:
 
         How far each veto reaches past what it needs, in cosine units (>= 0: it beats the
         label): a text veto, its similarity less the label's plus ``veto_margin``; a clip, its
-        nearest window's similarity less ``1 - veto_clip_margin``."""
+        nearest window's similarity less ``1 - veto_clip_margin`` or, when higher, less the
+        similarity of the label's own nearest example window."""
         shape = logits.shape
         if not self.vetoes:
             return np.zeros(shape, int), np.zeros(shape, bool), comp
@@ -215,7 +238,11 @@ class Scorer:
         if len(self.clip_owner):
             cos = np.where(self.clip_window_on[None, :, :], (a @ self.clip_windows.T)[:, None, :], -np.inf)
             near = np.maximum.reduceat(cos, self.clip_starts, axis=2)  # [N, L, clips]
-            reach[:, :, self.clip_owner] = near - (1.0 - self.veto_margin[self.clip_owner])[None, None, :]
+            need = np.broadcast_to((1.0 - self.veto_margin[self.clip_owner])[None, None, :], near.shape)
+            if len(self.own_windows):
+                own = np.where(self.own_window_of[None, :, :], (a @ self.own_windows.T)[:, None, :], -np.inf)
+                need = np.maximum(need, own.max(axis=2)[:, :, None])  # nearer than the label's own sound
+            reach[:, :, self.clip_owner] = near - need
         reach = np.where(self.veto_mask[None, :, :], reach, -np.inf)
         beats = reach.max(axis=2) >= 0.0
         with_vetoes = comp

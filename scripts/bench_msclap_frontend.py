@@ -46,7 +46,7 @@ def measure(version: str, work: Path, reps: int, threads: int) -> dict:
     from msclap_helpers import text_dir
 
     from monitor.models.clap import msclap_export as me
-    from monitor.models.clap.export import _onnx_export, normalised_encoder
+    from monitor.models.clap.export import normalised_encoder, onnx_export
     from monitor.models.clap.frontend import ClapFrontend
     from monitor.models.ort import session
 
@@ -63,8 +63,8 @@ def measure(version: str, work: Path, reps: int, threads: int) -> dict:
     wave = (0.1 * rng.standard_normal((1, fe.max_samples))).astype(np.float32)
     feats = fe.batch_features(wave)
     pf, pw = work / f"features-{version}.onnx", work / f"waveform-{version}.onnx"
-    _onnx_export(audio, (torch.from_numpy(feats),), pf, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
-    _onnx_export(
+    onnx_export(audio, (torch.from_numpy(feats),), pf, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
+    onnx_export(
         normalised_encoder(model.audio_encoder, lambda m, w: m(w)[0]),
         (torch.from_numpy(wave),),
         pw,

@@ -63,6 +63,7 @@ def split_clips(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return teach, report
 
 
+THIS_WAS_AS = "confirmed"  # --this-was-as
 THRESHOLD = 0.3  # --threshold: the offline backend's scores run low on these streams
 
 
@@ -163,11 +164,43 @@ def teach(
     return prompts, examples
 
 
+def confirm(
+    stream_audio: np.ndarray,
+    starts: list[dict],
+    ends: dict[str, float],
+    inserted: list[dict],
+    labels: list[str],
+    out: Path,
+    per_label: int,
+) -> dict[str, list[str]]:
+    """A user's "this was LABEL" on the first ``per_label`` true detections of each label on
+    the teaching stream (the event's audio, cut like the clips sink cuts it): example clips
+    of what the label sounds like here."""
+    clips: dict[str, list[str]] = defaultdict(list)
+    out.mkdir(parents=True, exist_ok=True)
+    for e in sorted(starts, key=lambda e: e["start_s"]):
+        lab = e["label"]
+        if lab not in labels or len(clips[lab]) >= per_label:
+            continue
+        end = ends.get(e["event_id"], e["start_s"] + 5.0)
+        if not any(
+            c["label"] == lab and e["start_s"] < c["start_s"] + c["seconds"] and c["start_s"] < end for c in inserted
+        ):
+            continue
+        a = max(0, int((e["start_s"] - PRE_S) * RATE))
+        b = min(len(stream_audio), int((min(end, e["start_s"] + 60.0) + POST_S) * RATE))
+        clip = out / f"this-was-{lab.replace(' ', '-')}-{e['start_s']:.0f}.wav"
+        sf.write(clip, stream_audio[a:b], RATE, subtype="PCM_16")
+        clips[lab].append(str(clip))
+    return clips
+
+
 def config(
     labels: list[str],
     prompts=None,
     examples=None,
     *,
+    this_was=None,
     margin: float = 0.0,
     clip_margin: float = 0.0,
     competes: bool = True,
@@ -181,6 +214,12 @@ def config(
             e["veto"] = sorted(prompts[lab])
         if examples and examples.get(lab):
             e["veto_examples"] = examples[lab]
+        if this_was and this_was.get(lab):
+            if THIS_WAS_AS == "examples":  # text and clips mix in the label's score
+                e["prompts"] = [lab]
+                e["examples"] = this_was[lab]
+            else:  # the label's score unchanged; they only keep veto clips off its own sound
+                e["confirmed"] = this_was[lab]
         entries.append(e)
     return {
         "labels": entries,
@@ -190,7 +229,7 @@ def config(
 
 
 def main() -> int:
-    global THRESHOLD
+    global THRESHOLD, THIS_WAS_AS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset")
     ap.add_argument("--classes", choices=("even", "odd"), required=True)
@@ -210,9 +249,18 @@ def main() -> int:
         "--target-share", type=float, default=0.5, help="share of the report stream's clips that are targets"
     )
     ap.add_argument("--threshold", type=float, default=0.3, help="events.threshold of every run")
+    ap.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        help="'this was' clips per label (its first true detections on the teaching stream): 0 = none",
+    )
+    ap.add_argument("--this-was-as", choices=("confirmed", "examples"), default="confirmed")
+    ap.add_argument("--runs", default=None, help="only the runs whose names contain one of these (comma-separated)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args()
     THRESHOLD = a.threshold
+    THIS_WAS_AS = a.this_was_as
     ds = Path(a.dataset)
     rows = dataset_rows(ds, a.classes)
     classes = sorted({r["label"] for r in rows})
@@ -234,6 +282,7 @@ def main() -> int:
     say(f"{a.classes} classes: labels {labels}; confusers {confusers}")
     t = judge([e for e in starts if e["label"] in labels], ends, t_inserted, labels)
     prompts, examples = teach(t_audio, t["false_alarms"], ends, t_inserted, work / "taught")
+    this_was = confirm(t_audio, starts, ends, t_inserted, labels, work / "confirmed", a.confirm) if a.confirm else {}
     t_causes = sorted(f"{e['label']} <- {cause_of(e, ends, t_inserted)}" for e in t["false_alarms"])
     say(f"teaching stream: {len(t['false_alarms'])} false alarms ({'; '.join(t_causes)}) -> veto prompts {dict(prompts)}, "
         f"{sum(len(v) for v in examples.values())} veto examples")  # fmt: skip
@@ -257,6 +306,19 @@ def main() -> int:
                 for kn in a.k_of_n.split(","):
                     k, n = (int(x) for x in kn.split("/"))
                     runs[f"+ {k}-of-{n} ({tag2})"] = config(labels, prompts, examples, k=k, n=n, **kw)
+                if this_was:  # the label's own confirmed clips: a veto clip must be nearer than they are
+                    runs[f"+ this was, no veto examples ({tag2})"] = config(labels, prompts, this_was=this_was, **kw)
+                    runs[f"+ veto examples + this was ({tag2})"] = config(
+                        labels, prompts, examples, this_was=this_was, **kw
+                    )
+                    for kn in a.k_of_n.split(","):
+                        k, n = (int(x) for x in kn.split("/"))
+                        runs[f"+ {k}-of-{n}, veto examples + this was ({tag2})"] = config(
+                            labels, prompts, examples, this_was=this_was, k=k, n=n, **kw
+                        )
+    if a.runs:  # "today" always: the ratios are against it
+        keep = [x.strip() for x in a.runs.split(",")]
+        runs = {k: v for k, v in runs.items() if k == "today" or any(x in k for x in keep)}
     results = {}
     for name, cfg in runs.items():
         state = work / f"run-{len(results)}"
@@ -295,6 +357,7 @@ def main() -> int:
             "veto_prompts": {k: sorted(v) for k, v in prompts.items()},
             "veto_examples": {k: len(v) for k, v in examples.items()},
             "teaching_false_alarms": len(t["false_alarms"]),
+            "this_was": {k: len(v) for k, v in this_was.items()},
         },  # fmt: skip
         "cpu": cpu_info()[0],
         "results": results,

@@ -7,7 +7,9 @@ For each preset: a random checkpoint of its architecture (scripts/clap_factories
 audio encoder exported as the hub's transformers.js layout has it, the work of one window
 counted from the graph (GFLOP, `bench.graph_gflop`), the fp32 encoder's median ms per window
 with 1 and 2 threads, and this machine's matmul rate: the ratio of measured to floor time
-is what the budget estimate multiplies the floor by.
+is what the budget estimate multiplies the floor by. With ``--msclap``, Microsoft CLAP 2023's
+audio encoder too (full size, random weights, exported as `export --model msclap:2023` does:
+not a hub preset, but under the same budget rule when its export is present).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))  # msclap_helpers: the text tower msclap needs, built locally
 
 from clap_factories import make_random_checkpoint, make_transformersjs_layout  # noqa: E402
 
@@ -30,6 +33,33 @@ from monitor import bench  # noqa: E402
 from monitor.models.ort import session  # noqa: E402
 
 SIZES = {"htsat-unfused": "full", "larger-general": "larger-full"}
+# larger-music-speech is larger-general's architecture (the same HTSAT-base audio tower and
+# the same ONNX sizes): it costs the same and is not measured twice
+
+
+def msclap_graph(version: str, work: Path) -> tuple[Path, np.ndarray]:
+    """Microsoft CLAP's audio encoder (full size, random weights) exported as `export --model
+    msclap:VERSION` exports it (mel features in, the front-end in numpy), and one window's
+    features."""
+    import torch
+    from msclap_helpers import text_dir
+
+    from monitor.models.clap import msclap_export as me
+    from monitor.models.clap.export import onnx_export
+    from monitor.models.clap.frontend import ClapFrontend
+
+    text = text_dir(version, work / f"text-{version}")
+    ckpt = me.make_random_msclap(work / f"msclap-{version}.pth", version, text)
+    model, _ = me.reference_model(ckpt, text)
+    fe = ClapFrontend(me.frontend_params(version, me._msclap_config(version)))
+    audio, _text = me.wrappers(model, me.VERSIONS[version].audio)
+    wave = (0.1 * np.random.default_rng(0).standard_normal((1, fe.max_samples))).astype(np.float32)
+    feats = fe.batch_features(wave)
+    path = work / f"msclap-{version}-audio.onnx"
+    onnx_export(audio, (torch.from_numpy(feats),), path, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
+    return path, feats
+
+
 SHAPE = (1, 1, 1001, 64)  # one window's mel features (10 s frame grid at 48 kHz, 64 mel bins)
 
 
@@ -37,18 +67,25 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--msclap", action="store_true", help="also Microsoft CLAP 2023 (needs torch and msclap)")
+    ap.add_argument("--only", default=None, help="comma-separated: measure only these (e.g. msclap-2023)")
     a = ap.parse_args()
     out: dict = {"cpu": bench.cpu_info()[0], "matmul_gflops": {}}
     for t in (1, 2):
         out["matmul_gflops"][str(t)] = round(float(np.median(bench.matmul_gflops(t))), 1)
     out["presets"] = {}
     with tempfile.TemporaryDirectory() as d:
-        for preset, size in SIZES.items():
-            ckpt = make_random_checkpoint(Path(d) / preset / "ckpt", size=size)
-            js = make_transformersjs_layout(ckpt, Path(d) / preset / "js", quantized=False)
-            onnx_path = js / "onnx" / "audio_model.onnx"
-            gflop = bench.graph_gflop(onnx_path, SHAPE)
-            x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+        todo = [*SIZES, *(["msclap-2023"] if a.msclap else [])]
+        only = set(a.only.split(",")) if a.only else None
+        for preset in [p for p in todo if only is None or p in only]:
+            if preset == "msclap-2023":
+                onnx_path, x = msclap_graph("2023", Path(d))
+            else:
+                ckpt = make_random_checkpoint(Path(d) / preset / "ckpt", size=SIZES[preset])
+                js = make_transformersjs_layout(ckpt, Path(d) / preset / "js", quantized=False)
+                onnx_path = js / "onnx" / "audio_model.onnx"
+                x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+            gflop = bench.graph_gflop(onnx_path, tuple(x.shape))
             row = {"gflop_per_window": round(gflop or 0.0, 2), "audio_mb": round(onnx_path.stat().st_size / 1e6, 1)}
             for t in (1, 2):
                 sess = session(onnx_path, t)

@@ -4,6 +4,9 @@ before any download from each preset's work per window and this machine's matmul
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from monitor.config import CLAP_PRESETS, Config
@@ -66,3 +69,44 @@ def test_the_budget_is_checked_on_the_run_after_its_first_minute():
     ok = BudgetCheck(20.0, "x", after_s=60.0, clock=lambda: t[0] + 0.0, cpu_clock=lambda: 0.0, ncpu=2)
     t[0] += 60.0
     assert "over budget" not in (ok.poll() or "")
+
+
+def _msclap_export(models: Path, version: str = "2023") -> Path:
+    """A folder as `export --model msclap:2023` leaves it (its manifest is what counts here)."""
+    d = models / f"msclap-{version}"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"kind": "clap", "family": "msclap", "name": f"msclap-{version}"}))
+    return d
+
+
+def test_microsoft_clap_2023_competes_only_when_its_export_is_present(tmp_path):
+    # a budget between Microsoft CLAP 2023's estimate and larger-general's (the latter costs more)
+    rate = 100.0
+    est = {p: estimate_pct(p, rate, 1.0, 2) for p in PRESET_COST}
+    budget = (est["larger-general"] + est["msclap-2023"]) / 2
+    assert est["larger-general"] > budget > max(est["msclap-2023"], est["htsat-unfused"])
+    assert choose(budget, rate, 1.0, ncpu=2).preset == "htsat-unfused"  # no export: not a candidate
+    c = choose(budget, rate, 1.0, ncpu=2, present={"msclap-2023"})
+    assert c.preset == "msclap-2023" and "msclap-2023, the most accurate that fits" in c.reason
+    # through the config: the budget finds the export among the models and runs it
+    models = tmp_path / "models"
+    cfg = Config.model_validate({"model": {"cpu_budget_pct": budget, "models_dir": str(models)}}).model
+    chosen, _ = by_budget(cfg, hop_s=1.0, gate=True, rate=lambda: rate)
+    assert chosen.spec == "auto" and chosen.hub.preset == "htsat-unfused"
+    folder = _msclap_export(models)
+    _msclap_export(models, "2022")  # not a budget candidate (no accuracy figure on this protocol)
+    chosen, why = by_budget(cfg, hop_s=1.0, gate=True, rate=lambda: rate)
+    assert chosen.spec == str(folder) and "msclap-2023, the most accurate that fits" in why
+    # larger-general fits a bigger budget and is more accurate still
+    big = cfg.model_copy(update={"cpu_budget_pct": 50.0})
+    assert by_budget(big, hop_s=1.0, gate=True, rate=lambda: rate)[0].hub.preset == "larger-general"
+
+
+def test_larger_music_speech_is_pinned_but_never_chosen_by_a_budget():
+    hub = Config.model_validate({"model": {"hub": {"preset": "larger-music-speech"}}}).model.hub
+    assert (hub.repo, hub.checkpoint_repo) == (
+        "Xenova/larger_clap_music_and_speech",
+        "laion/larger_clap_music_and_speech",
+    )
+    assert len(hub.revision) == 40 and len(hub.checkpoint_revision) == 40
+    assert "larger-music-speech" not in PRESET_COST

@@ -477,44 +477,51 @@ def larger_js(larger_ckpt, tmp_path_factory) -> Path:
     return make_transformersjs_layout(larger_ckpt, tmp_path_factory.mktemp("xenova-larger") / "repo")
 
 
-def _preset_stub(js_layout: Path, tiny_ckpt: Path, larger_js: Path, larger_ckpt: Path) -> HubStub:
+def _preset_stub(
+    js_layout: Path, tiny_ckpt: Path, larger_js: Path, larger_ckpt: Path, presets=("larger-general",)
+) -> HubStub:
+    """The hub stand-in with the default preset's repositories and, at each of ``presets``'
+    pins, the larger architecture's random checkpoint (larger-music-speech is the same
+    architecture and layout as larger-general)."""
     from monitor.config import CLAP_PRESETS
 
     s = _stub(js_layout, tiny_ckpt)
-    p = CLAP_PRESETS["larger-general"]
-    s.add_repo(p["repo"], p["revision"], larger_js)
-    s.add_repo(p["checkpoint_repo"], p["checkpoint_revision"], larger_ckpt)
+    for name in presets:
+        p = CLAP_PRESETS[name]
+        s.add_repo(p["repo"], p["revision"], larger_js)
+        s.add_repo(p["checkpoint_repo"], p["checkpoint_revision"], larger_ckpt)
     return s
 
 
 @pytest.mark.slow
-def test_the_larger_preset_fetched_without_torch_equals_the_pipeline(
-    runtime_python, js_layout, tiny_clap_dir, larger_js, larger_ckpt, demo_clips_48k, tmp_path
+@pytest.mark.parametrize("preset", ["larger-general", "larger-music-speech"])
+def test_the_larger_presets_fetched_without_torch_equal_the_pipeline(
+    preset, runtime_python, js_layout, tiny_clap_dir, larger_js, larger_ckpt, demo_clips_48k, tmp_path
 ):
     import transformers
 
     from monitor.config import CLAP_PRESETS
 
     models = tmp_path / "models"
-    with _preset_stub(js_layout, tiny_clap_dir, larger_js, larger_ckpt) as stub:
+    pins = CLAP_PRESETS[preset]
+    with _preset_stub(js_layout, tiny_clap_dir, larger_js, larger_ckpt, presets=(preset,)) as stub:
         env = _env(stub, tmp_path)
-        fetch_args = ("models", "fetch", "clap", "--preset", "larger-general", "--models-dir", str(models))
+        fetch_args = ("models", "fetch", "clap", "--preset", preset, "--models-dir", str(models))
         r = _cli(runtime_python, *fetch_args, env=env)
         assert r.returncode == 0, r.stderr
-        out = models / "clap-larger-general"
+        out = models / f"clap-{preset}"
         assert r.stdout.strip() == str(out)
-        assert "resolving Xenova/larger_clap_general@d78c3994912c" in r.stderr, r.stderr
+        assert f"resolving {pins['repo']}@{pins['revision'][:12]}" in r.stderr, r.stderr
         files = sorted(DEMO.glob("*.mp3"))[:4]
         args = ("classify", *map(str, files), "--model", str(out), "--labels", ",".join(ANIMALS), "--json")
         r = _cli(runtime_python, *args, env=env)
         assert r.returncode == 0, r.stderr
         listed = _cli(runtime_python, "models", "list", "--models-dir", str(models), env=env)
     m = json.loads((out / "manifest.json").read_text())
-    pins = CLAP_PRESETS["larger-general"]
-    assert (m["preset"], m["source"], m["source_revision"]) == ("larger-general", pins["repo"], pins["revision"])
+    assert (m["preset"], m["source"], m["source_revision"]) == (preset, pins["repo"], pins["revision"])
     assert m["logit_scale_from"]["repo"] == pins["checkpoint_repo"]
     assert m["logit_scale"] == pytest.approx(_ckpt_logit_scale(larger_ckpt), rel=1e-6)
-    assert f"clap:    preset larger-general: {out} (ok" in listed.stdout, listed.stdout
+    assert f"clap:    preset {preset}: {out} (ok" in listed.stdout, listed.stdout
     pipe = transformers.pipeline("zero-shot-audio-classification", model=str(larger_ckpt))
     for o, f in zip(json.loads(r.stdout), files):
         got = {s["label"]: s["score"] for s in o["scores"]}
@@ -546,13 +553,13 @@ def test_a_bad_preset_is_one_line_and_exit_2(tmp_path):
     r = _cli(sys.executable, "models", "fetch", "clap", "--preset", "huge", "--models-dir", str(tmp_path), env=env)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        "error: --preset 'huge': not a CLAP preset (presets: htsat-unfused, larger-general)"
+        "error: --preset 'huge': not a CLAP preset (presets: htsat-unfused, larger-general, larger-music-speech)"
     ]
     cfg = tmp_path / "config.yaml"
     cfg.write_text("model: {hub: {preset: huge}}\n")
     r = _cli(sys.executable, "check-config", str(cfg), env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "unknown preset 'huge' (presets: htsat-unfused, larger-general)" in r.stderr
+    assert "unknown preset 'huge' (presets: htsat-unfused, larger-general, larger-music-speech)" in r.stderr
 
 
 def test_run_auto_with_a_budget_says_what_it_chose_and_why(js_layout, tiny_clap_dir, larger_js, larger_ckpt, tmp_path):

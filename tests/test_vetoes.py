@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,3 +333,64 @@ def test_the_live_view_shows_why_a_label_is_held():
     c = Console(record=True, width=140)
     c.print(render(term.state))
     assert "held:" not in c.export_text()
+
+
+def _shaped_noise(gains, seed: int, n: int = 80000) -> np.ndarray:
+    """Noise whose 16 bands (BandEnergyBackend's) carry ``gains``: a sound with its own colour."""
+    x = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    for g, band in zip(gains, np.array_split(np.arange(len(x)), 16)):
+        x[band] *= g
+    return (np.fft.irfft(x, n) * 0.05).astype(np.float32)
+
+
+def test_a_veto_clip_wins_only_where_it_is_nearer_than_the_labels_own_examples(tmp_path):
+    """One nearest neighbour between the two sides: a window of the label's own sound that is
+    somewhat like a taught false alarm is vetoed while the label has no example clips, and
+    counts once it has one ("this was"); the false alarm heard again is vetoed either way."""
+    import soundfile as sf
+    from stream_helpers import BandEnergyBackend
+
+    def colour(**bands):
+        g = np.ones(16)
+        for k, v in bands.items():
+            g[int(k[1:])] = v
+        return g
+
+    false_alarm, own, own_like_it = colour(b3=6, b4=6), colour(b3=6, b5=6), colour(b3=6, b4=2.5, b5=4)
+    veto_wav, own_wav = tmp_path / "freewheel.wav", tmp_path / "this-was-ratchet.wav"
+    sf.write(veto_wav, _shaped_noise(false_alarm, 1), 16000)
+    sf.write(own_wav, _shaped_noise(own, 2), 16000)
+    be = BandEnergyBackend()
+    window = be.embed_audio(_shaped_noise(own_like_it, 3)[None])[0]  # 0.74 like the veto, 0.91 like the example
+    again = be.embed_audio(_shaped_noise(false_alarm, 4)[None])[0]  # the false alarm heard again
+    scoring = ScoringConfig(background=("silence", "room tone"), veto_clip_margin=0.3)  # a clip vetoes from 0.7 on
+    beats, scores = {}, {}
+    own_clip = (str(own_wav),)
+    for name, kw in (("no examples", {}), ("examples", {"examples": own_clip}), ("confirmed", {"confirmed": own_clip})):
+        labels = [LabelConfig(name="ratchet", veto_examples=(str(veto_wav),), **kw)]
+        sc = Scorer(be, labels, scoring, cache_dir=tmp_path / name, vetoes=vetoes_for(Config(labels=labels)))
+        beats[name] = [sc.score_window(x)[1]["ratchet"].beats for x in (window, again)]
+        scores[name] = [sc.score_window(x)[0][0] for x in (window, again)]
+    assert beats == {"no examples": [True, True], "examples": [False, True], "confirmed": [False, True]}
+    # a confirmed clip changes nothing in the label's score (an example clip joins its vector)
+    assert scores["confirmed"] == scores["no examples"] != scores["examples"]
+
+
+def test_a_confirmation_goes_through_the_control_plane_into_the_labels_confirmed_clips(tmp_path):
+    """ "Yes, that was LABEL" (the web page): a Command the plane keeps in the confirmed store;
+    the label's ``confirmed`` clips (not its examples) carry it; taken back, it is gone."""
+    from monitor.models.vetoes import ConfirmedStore, ExampleStore, with_taught_examples
+    from monitor.runtime.control import Command
+
+    cfg = Config(labels=["ratchet"], state_dir=str(tmp_path / "state"))
+    sure, examples = ConfirmedStore(cfg.state_path), ExampleStore(cfg.state_path)
+    plane = ControlPlane(cfg, Controls(cfg.state_path, "dev"), example_store=examples, confirmed_store=sure)
+    clip = tmp_path / "clip-ratchet-0123abcd.wav"
+    clip.write_bytes(b"RIFF-fake")
+    assert plane.apply(Command("confirm", "ratchet", str(clip), via="web", origin="event 0123abcd")) is None
+    [lab] = with_taught_examples(cfg, examples, sure).labels
+    assert lab.examples == () and [Path(p).parent.name for p in lab.confirmed] == ["clips"]
+    assert sure.entries("ratchet")[0]["from"] == "event 0123abcd"
+    assert plane.apply(Command("forget_confirm", "ratchet", clip.name, via="web")) is None
+    assert with_taught_examples(cfg, examples, sure).labels[0].confirmed == ()
+    assert "no taught confirmation" in plane.apply(Command("forget_confirm", "ratchet", "nope.wav", via="web"))

@@ -282,6 +282,12 @@ def test_the_page_live_history_an_event_and_not_this_sound(tmp_path, uiowa_dir, 
         # "this was ...": the ratchet's clip as an example of another label, then undone
         real = next(e for e in first if e["start_s"] >= 18)
         page.goto(base + f"/#/event/{real['event_id']}")
+        # "yes, that was ratchet": a confirmation of the label's own sound (kept for the next run)
+        page.wait_for_selector("#confirm:not([disabled])")
+        page.click("#confirm")
+        page.wait_for_selector("#corrections li >> text=yes, ratchet")
+        confirmed = json.loads((state / "confirmed" / "confirmed.json").read_text())["labels"]
+        assert [e["from"] for e in confirmed["ratchet"]] == [f"event {real['event_id']}"]
         page.wait_for_selector("#this-was:not([disabled])")
         page.select_option("#was-label", "dog barking")
         page.click("#this-was")
@@ -298,7 +304,7 @@ def test_the_page_live_history_an_event_and_not_this_sound(tmp_path, uiowa_dir, 
         p.wait(30)
         err.close()
         sub.close()
-    # 3. a second run: the coin drop no longer fires "ratchet"; the ratchet still does
+    # 3. a second run: the coin drop no longer fires "ratchet"; the ratchet (confirmed) still does
     ev2 = tmp_path / "second.jsonl"
     r = cli("run", "--source", src, "--fast", "--web", "off", "--events", ev2, *common, state=state, env_extra=env)
     assert r.returncode == 0, r.stderr

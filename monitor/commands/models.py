@@ -126,7 +126,7 @@ def run(args) -> int:
     claps = clap_folders(Path(args.models_dir))
     off = default_dir(args.models_dir)
     for folder, preset in claps:
-        held = f"preset {preset}" if preset else "an export"
+        held = f"preset {preset}" if preset in CLAP_PRESETS else f"an export ({preset})" if preset else "an export"
         print(f"clap:    {held}: {checked(folder)}")
     if not claps:
         print("clap:    none (sound-monitor models fetch clap [--preset NAME])")

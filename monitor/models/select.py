@@ -104,6 +104,8 @@ def select_backend(
         note = ""
         if cfg.cpu_budget_pct is not None:
             cfg, note = by_budget(cfg, hop_s, gate, rate)
+            if cfg.spec != "auto":  # a present export the budget chose
+                return Selected(load_dir(Path(cfg.spec), cfg, labels), f"auto: using the CLAP in {cfg.spec}; {note}")
         sel = select_auto(cfg, labels=labels)
         return Selected(sel.backend, f"{sel.reason}; {note}" if note else sel.reason)
     return Selected(load_dir(Path(spec), cfg, labels), f"exported model from {spec}")
@@ -112,12 +114,17 @@ def select_backend(
 def by_budget(
     cfg: ModelConfig, hop_s: float, gate: bool, rate: Callable[[], float] | None = None
 ) -> tuple[ModelConfig, str]:
-    """``cfg`` with the preset ``model.cpu_budget_pct`` picks (monitor/models/budget.py), and why."""
+    """``cfg`` with the preset ``model.cpu_budget_pct`` picks (monitor/models/budget.py), and why;
+    an export-only model (Microsoft CLAP 2023) competes when its folder is present, and when
+    chosen it is ``cfg.spec``."""
     from monitor.config import CLAP_PRESETS
-    from monitor.models.budget import choose, machine_rate
+    from monitor.models.budget import EXPORT_ONLY, choose, machine_rate
 
     assert cfg.cpu_budget_pct is not None
-    choice = choose(cfg.cpu_budget_pct, (rate or machine_rate)(), hop_s, gate=gate)
+    exports = {held: folder for folder, held in clap_folders(cfg.models_path) if held in EXPORT_ONLY}
+    choice = choose(cfg.cpu_budget_pct, (rate or machine_rate)(), hop_s, gate=gate, present=set(exports))
+    if choice.preset in exports:
+        return cfg.model_copy(update={"spec": str(exports[choice.preset])}), choice.reason
     hub = cfg.hub.model_copy(update={"preset": choice.preset, **CLAP_PRESETS[choice.preset]})
     return cfg.model_copy(update={"hub": hub}), choice.reason
 
@@ -137,7 +144,10 @@ def clap_folders(models_dir: Path) -> list[tuple[Path, str | None]]:
         try:
             data = json.loads(m.read_text())
             if data.get("kind", "clap") == "clap":
-                out.append((m.parent, data.get("preset") or preset_of_repo(str(data.get("source", "")))))
+                held = data.get("preset") or preset_of_repo(str(data.get("source", "")))
+                if held is None and data.get("family") == "msclap":  # an export: msclap-2023 / -2022
+                    held = str(data.get("name") or "") or None
+                out.append((m.parent, held))
         except (OSError, ValueError, AttributeError):
             continue
     return out

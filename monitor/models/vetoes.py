@@ -195,23 +195,38 @@ class VetoStore(TaughtClips):
 
 
 class ExampleStore(TaughtClips):
-    """Clips taught as examples of a label ("this was LABEL"; ``<state dir>/examples/``)."""
+    """Clips taught as examples of a label ("this was LABEL" on another label's event;
+    ``<state dir>/examples/``)."""
 
     FOLDER = "examples"
 
 
-def with_taught_examples(cfg: Config, store: ExampleStore | None) -> Config:
-    """``cfg`` with each label's taught example clips added to its ``examples``; a label
-    without prompts keeps its name as its prompt (text and clips mix, the text is not lost)."""
+class ConfirmedStore(TaughtClips):
+    """A label's own events confirmed ("yes, that was LABEL"; ``<state dir>/confirmed/``): its
+    score does not change; a veto clip must be nearer to a window than they are."""
+
+    FOLDER = "confirmed"
+
+
+def with_taught_examples(cfg: Config, store: ExampleStore | None, confirmed: ConfirmedStore | None = None) -> Config:
+    """``cfg`` with each label's taught example clips added to its ``examples`` (a label
+    without prompts keeps its name as its prompt: text and clips mix, the text is not lost)
+    and its confirmed clips to its ``confirmed``."""
     taught = {k.casefold(): v for k, v in (store.labels() if store is not None else {}).items()}
-    if not taught:
+    sure = {k.casefold(): v for k, v in (confirmed.labels() if confirmed is not None else {}).items()}
+    if not taught and not sure:
         return cfg
     labels = []
     for lab in cfg.labels:
         entries = taught.get(lab.name.casefold())
-        if entries:
-            clips = tuple(str(store.dir / e["clip"]) for e in entries) if store is not None else ()
+        if entries and store is not None:
+            clips = tuple(str(store.dir / e["clip"]) for e in entries)
             lab = lab.model_copy(update={"examples": (*lab.examples, *clips), "prompts": lab.prompts or (lab.name,)})
+        entries = sure.get(lab.name.casefold())
+        if entries and confirmed is not None:
+            lab = lab.model_copy(
+                update={"confirmed": (*lab.confirmed, *(str(confirmed.dir / e["clip"]) for e in entries))}
+            )
         labels.append(lab)
     return cfg.model_copy(update={"labels": tuple(labels)})
 

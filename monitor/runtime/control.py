@@ -30,7 +30,7 @@ from monitor.config import Config, hysteresis_problem
 from monitor.events import LabelRule, lowest_threshold, rules_for
 from monitor.files import write_text_atomic
 from monitor.logs import Throttle, held_note
-from monitor.models.vetoes import ExampleStore, Veto, VetoStore, vetoes_for
+from monitor.models.vetoes import ConfirmedStore, ExampleStore, TaughtClips, Veto, VetoStore, vetoes_for
 from monitor.runtime.state import state_file
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,20 @@ class Controls:
 # -- the owner of the rules in force -----------------------------------------------------------
 # veto / forget_veto: teach the label a veto clip (payload: the clip's path) or take one back
 # (payload: its name); example / forget_example: the same for an example clip of the label
-# ("this was LABEL"). The reloader rebuilds the scorer from the changed list.
-CommandKind = Literal["threshold", "enabled", "device_enabled", "veto", "forget_veto", "example", "forget_example"]
+# ("this was LABEL"); confirm / forget_confirm: a clip of the label's own event confirmed ("yes,
+# that was LABEL": it keeps veto clips off that sound). The reloader rebuilds the scorer.
+CommandKind = Literal[
+    "threshold",
+    "enabled",
+    "device_enabled",
+    "veto",
+    "forget_veto",
+    "example",
+    "forget_example",
+    "confirm",
+    "forget_confirm",
+]
+TEACH_KINDS = ("veto", "forget_veto", "example", "forget_example", "confirm", "forget_confirm")
 
 
 @dataclass(frozen=True)
@@ -250,11 +262,13 @@ class ControlPlane:
         say: Callable[[str], None] = log.warning,
         veto_store: VetoStore | None = None,
         example_store: ExampleStore | None = None,
+        confirmed_store: ConfirmedStore | None = None,
     ):
         self._cfg = cfg
         self.controls = controls
         self.veto_store = veto_store
         self.example_store = example_store
+        self.confirmed_store = confirmed_store
         self.say = say
         self._lock = threading.RLock()
         self._listeners: list[RulesListener] = []
@@ -298,7 +312,7 @@ class ControlPlane:
                 change = self.controls.set_label_enabled(cmd.label, parse_switch(cmd.payload))
             elif cmd.kind == "device_enabled":
                 change = self.controls.set_enabled(parse_switch(cmd.payload))
-            elif cmd.kind in ("veto", "forget_veto", "example", "forget_example"):
+            elif cmd.kind in TEACH_KINDS:
                 if cmd.label is None or cmd.label not in rules.rules:
                     return "no such label on this device"
                 change = self._teach(cmd)
@@ -319,14 +333,19 @@ class ControlPlane:
 
     def _teach(self, cmd: Command) -> str | None:
         """Teach or forget a veto or example clip of ``cmd.label`` (the store is the record)."""
-        veto = cmd.kind in ("veto", "forget_veto")
-        store = self.veto_store if veto else self.example_store
-        what = "veto" if veto else "example"
+        what = cmd.kind.removeprefix("forget_")
+        stores: dict[str, TaughtClips | None] = {
+            "veto": self.veto_store,
+            "example": self.example_store,
+            "confirm": self.confirmed_store,
+        }
+        store = stores[what]
+        what = {"confirm": "confirmation"}.get(what, what)
         if store is None:
             raise ControlError(f"this run keeps no taught {what}s")
         text = cmd.payload.decode("utf-8", "replace") if isinstance(cmd.payload, bytes) else cmd.payload
         assert cmd.label is not None
-        if cmd.kind in ("veto", "example"):
+        if not cmd.kind.startswith("forget_"):
             try:
                 entry, new = store.add(cmd.label, text, origin=cmd.origin)
             except OSError as e:

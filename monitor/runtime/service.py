@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from monitor.config import Config
 from monitor.events import EventTracker
 from monitor.models.backend import Backend
-from monitor.models.vetoes import ExampleStore, VetoStore, check_veto_clips, with_taught_examples
+from monitor.models.vetoes import ConfirmedStore, ExampleStore, VetoStore, check_veto_clips, with_taught_examples
 from monitor.runtime.control import ControlPlane, Controls, RulesInForce
 from monitor.runtime.metrics import EventCounter, MetricsServer, Snapshot, SourceHealth
 from monitor.runtime.reload import ConfigReloader
@@ -100,12 +100,14 @@ class MonitorService:
         # vetoes + reloads)
         self.veto_store = VetoStore(cfg.state_path)
         self.example_store = ExampleStore(cfg.state_path)  # "this was LABEL" (the web page)
+        self.confirmed_store = ConfirmedStore(cfg.state_path)  # "yes, that was LABEL" (the web page)
         self.plane = ControlPlane(
             cfg,
             Controls(cfg.state_path, cfg.device),
             say=say,
             veto_store=self.veto_store,
             example_store=self.example_store,
+            confirmed_store=self.confirmed_store,
         )
         self.scorer = self._scorer(cfg)
         self.journal = OpenEventsJournal(cfg.state_path, cfg.device)
@@ -132,7 +134,7 @@ class MonitorService:
             cfg,
             self.stop,
             watch_path=watch_path,
-            extra_paths=[self.veto_store.path, self.example_store.path],
+            extra_paths=[self.veto_store.path, self.example_store.path, self.confirmed_store.path],
             say=say,
         )
 
@@ -140,7 +142,7 @@ class MonitorService:
         """The scorer of ``cfg``'s labels with their vetoes (a veto clip that is not there is
         refused, naming its place in the config)."""
         check_veto_clips(cfg)
-        labels = with_taught_examples(cfg, self.example_store).labels
+        labels = with_taught_examples(cfg, self.example_store, self.confirmed_store).labels
         return Scorer(self.backend, labels, cfg.scoring, cache_dir=self.cache_dir, vetoes=self.plane.vetoes(cfg))
 
     def _pipeline(self, slot: SourceSlot) -> Pipeline:

@@ -553,19 +553,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _teach(self, eid: str, was: str | None) -> str | dict:
         """ "Not this sound" (``was`` None): the event's clip becomes a veto of its label
-        (enroll --veto's path); "this was LABEL": an example of that label."""
+        (enroll --veto's path); "this was LABEL": an example of that label; "yes, that was"
+        (``was`` the event's own label): a confirmation (its score unchanged; veto clips must
+        be nearer than it to count)."""
         store = self._store()
         ev = self._event(eid)
         if not ev.clip or not Path(ev.clip).is_file():
             return "no clip kept for this event (clips.enabled: true keeps them)"
-        if was is not None and was == ev.label:
-            return f"the event already is {was!r}"
-        kind, label = ("veto", ev.label) if was is None else ("example", was)
+        if was is None:
+            kind, label, correction = "veto", ev.label, "not-this"
+        elif was == ev.label:
+            kind, label, correction = "confirm", was, "confirmed"
+        else:
+            kind, label, correction = "example", was, "this-was"
         why = self.sink.command(kind, label, str(ev.clip), origin=f"event {ev.event_id}")
         if why:
             return why
         name = Path(ev.clip).name
-        cid = store.add_correction("not-this" if was is None else "this-was", label, name, ev.event_id)
+        cid = store.add_correction(correction, label, name, ev.event_id)
         return {"ok": True, "correction": cid, "clip": name, "label": label}
 
     def _undo(self, cid: int) -> str | dict:
@@ -573,7 +578,9 @@ class _Handler(BaseHTTPRequestHandler):
         done = store.undo_correction(cid)
         if done is None:
             return "no such correction, or already undone"
-        forget = {"not-this": "forget_veto", "this-was": "forget_example"}.get(done["kind"])
+        forget = {"not-this": "forget_veto", "this-was": "forget_example", "confirmed": "forget_confirm"}.get(
+            done["kind"]
+        )
         if forget:
             why = self.sink.command(forget, done["label"], done["name"])
             if why:

@@ -332,13 +332,22 @@ async function renderEvent(id) {
         renderEvent(id);
       } catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
     } });
-  const said = { "not-this": `not ${e.label}`, "this-was": "this was" };
+  const yes = h("button", { id: "confirm", disabled: !d.clip, text: `Yes, that was ${e.label}`,
+    title: `keep ${e.label} firing on this sound: taught vetoes must be nearer than it to hold ${e.label} back`,
+    onclick: async () => {
+      try {
+        const r = await api(`/api/events/${enc(id)}/this-was`, { body: { label: e.label } });
+        msg.className = "msg"; msg.textContent = `confirmed: ${r.clip} is ${r.label}`;
+        renderEvent(id);
+      } catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
+    } });
+  const said = { "not-this": `not ${e.label}`, "this-was": "this was", confirmed: `yes, ${e.label}` };
   const corr = d.corrections.map((c) => h("li", {}, `${fmtTime(c.at)}: ${c.kind === "this-was" ? `this was ${c.label}` : said[c.kind] || c.kind} (${c.name}) `,
     c.undone ? h("span", { class: "muted", text: "undone" }) : h("button", { class: "undo", text: "Undo", onclick: async () => {
       try { await api(`/api/corrections/${c.id}/undo`, { body: {} }); renderEvent(id); }
       catch (err) { msg.className = "msg err"; msg.textContent = err.message; }
     } })));
-  parts.push(h("div", { class: "card" }, notThis, " ", thisWas, " ", wasSel, msg,
+  parts.push(h("div", { class: "card" }, yes, " ", notThis, " ", thisWas, " ", wasSel, msg,
     corr.length ? h("ul", { id: "corrections" }, ...corr) : null));
   main().replaceChildren(...parts);
   if (d.clip) drawSpectrogram(await api(`/api/events/${enc(id)}/spectrogram`));
