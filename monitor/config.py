@@ -295,6 +295,9 @@ VetoPrompts = Annotated[tuple[str, ...] | None, AfterValidator(lambda v: None if
 # tests/test_vetoes_real.py) and what other recordings of a confusable sound do (up to 0.87)
 VETO_MARGIN = 0.08
 VETO_CLIP_MARGIN = 0.10
+# ... and by this much nearer than the label's own example / confirmed clips (chosen on the
+# even classes' tuning streams, seeds 11/12 and 21/22: 0 / 0.03 / 0.06, notes/issue29.md)
+VETO_OWN_MARGIN = 0.03
 VETO_COMPETES = False
 
 
@@ -311,6 +314,9 @@ class ScoringConfig(_Section):
     # a veto clip vetoes a window at least 1 - this like one of the clip's windows where the
     # label was on (cosine: the same sound heard again, not a merely related one)
     veto_clip_margin: float = Field(VETO_CLIP_MARGIN, ge=0.0, le=1.0)
+    # and at least this much more like it than like the label's own example and confirmed
+    # clips ("yes, that was LABEL"), when it has any (cosine)
+    veto_own_margin: float = Field(VETO_OWN_MARGIN, ge=0.0, le=1.0)
     # the vetoes also join the label's competitors (its score falls as a veto comes near)
     veto_competes: bool = VETO_COMPETES
 

@@ -12,8 +12,9 @@ the window as the label is, less ``scoring.veto_margin`` (cosine; 0: a tie is en
 scored like a label. A veto clip matches when the window is the same sound heard again: at
 least ``1 - scoring.veto_clip_margin`` like one of the clip's windows (cut at the run's hop,
 so one of them is the window that fired) on which the label was on (at least half its peak
-on the clip: not the room tone around the sound), and nearer to it than to every such window
-of the label's own example clips (enrolled, or "this was" on the web page), when it has any.
+on the clip: not the room tone around the sound), and ``scoring.veto_own_margin`` nearer to it
+than every such window of the label's own clips (``examples``, and ``confirmed``: "yes, that
+was LABEL" on the web page), when it has any -- one nearest neighbour between the two sides.
 Audio is far closer to audio than to text,
 so a clip is compared with windows, not with the label. With ``scoring.veto_competes`` the
 text vetoes also join the label's competitors (its share of [label, background prompts...,
@@ -147,6 +148,7 @@ class Scorer:
             [cfg.veto_margin if v.clip is None else cfg.veto_clip_margin for v in items], dtype=np.float64
         )  # [M] cosine
         self.veto_competes = bool(cfg.veto_competes)
+        self.veto_own_margin = float(cfg.veto_own_margin)
         col = {v.key: j for j, v in enumerate(items)}
         self.veto_mask = np.zeros((len(self.labels), len(items)), dtype=bool)
         for i, name in enumerate(self.labels):
@@ -228,7 +230,7 @@ class Scorer:
         How far each veto reaches past what it needs, in cosine units (>= 0: it beats the
         label): a text veto, its similarity less the label's plus ``veto_margin``; a clip, its
         nearest window's similarity less ``1 - veto_clip_margin`` or, when higher, less the
-        similarity of the label's own nearest example window."""
+        similarity of the label's own nearest example window plus ``veto_own_margin``."""
         shape = logits.shape
         if not self.vetoes:
             return np.zeros(shape, int), np.zeros(shape, bool), comp
@@ -241,7 +243,8 @@ class Scorer:
             need = np.broadcast_to((1.0 - self.veto_margin[self.clip_owner])[None, None, :], near.shape)
             if len(self.own_windows):
                 own = np.where(self.own_window_of[None, :, :], (a @ self.own_windows.T)[:, None, :], -np.inf)
-                need = np.maximum(need, own.max(axis=2)[:, :, None])  # nearer than the label's own sound
+                # nearer than the label's own sound, by veto_own_margin
+                need = np.maximum(need, own.max(axis=2)[:, :, None] + self.veto_own_margin)
             reach[:, :, self.clip_owner] = near - need
         reach = np.where(self.veto_mask[None, :, :], reach, -np.inf)
         beats = reach.max(axis=2) >= 0.0
