@@ -394,3 +394,21 @@ def test_a_confirmation_goes_through_the_control_plane_into_the_labels_confirmed
     assert plane.apply(Command("forget_confirm", "ratchet", clip.name, via="web")) is None
     assert with_taught_examples(cfg, examples, sure).labels[0].confirmed == ()
     assert "no taught confirmation" in plane.apply(Command("forget_confirm", "ratchet", "nope.wav", via="web"))
+
+
+def test_check_config_lists_the_clips_taught_on_the_web_page(tmp_path):
+    from cli_helpers import cli
+
+    from monitor.models.vetoes import ConfirmedStore, ExampleStore
+
+    state = tmp_path / "state"
+    clip = tmp_path / "clip-ratchet-0123abcd.wav"
+    clip.write_bytes(b"RIFF-fake")
+    ConfirmedStore(state).add("ratchet", clip, "event 0123abcd")
+    ExampleStore(state).add("dog barking", clip, "event 0123abcd")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("labels: [ratchet, dog barking]\n")
+    r = cli("check-config", cfg, state=state)
+    assert r.returncode == 0, r.stderr
+    assert "#   ratchet: clip-ratchet-0123abcd.wav" in r.stdout.split('"yes, that was LABEL"')[1]
+    assert "#   dog barking: clip-ratchet-0123abcd.wav" in r.stdout.split('"this was LABEL"')[1]

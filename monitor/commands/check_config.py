@@ -43,4 +43,15 @@ def run(args) -> int:
         for name, items in vetoes.items():
             shown = [v.describe() for v in items]
             sys.stdout.write(f"#   {name}: {', '.join(shown)}\n")
+    from monitor.models.vetoes import ConfirmedStore, ExampleStore
+
+    for store_cls, what in (
+        (ExampleStore, 'examples taught on the web page ("this was LABEL": they join the label\'s vector)'),
+        (ConfirmedStore, 'events confirmed on the web page ("yes, that was LABEL": veto clips must be nearer)'),
+    ):
+        taught = {k: v for k, v in store_cls(cfg.state_path).labels().items() if v}
+        if taught:
+            sys.stdout.write(f"# {what}:\n")
+            for name, entries in taught.items():
+                sys.stdout.write(f"#   {name}: {', '.join(e['name'] for e in entries)}\n")
     return 0
