@@ -412,3 +412,27 @@ def test_check_config_lists_the_clips_taught_on_the_web_page(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "#   ratchet: clip-ratchet-0123abcd.wav" in r.stdout.split('"yes, that was LABEL"')[1]
     assert "#   dog barking: clip-ratchet-0123abcd.wav" in r.stdout.split('"this was LABEL"')[1]
+
+
+def test_enroll_confirm_stores_a_confirmation_and_takes_it_back(tmp_path):
+    """`enroll LABEL --confirm CLIP` = the web page's "Yes, that was LABEL" from the command line."""
+    import soundfile as sf
+    from cli_helpers import cli
+
+    state = tmp_path / "state"
+    clip = tmp_path / "our-ratchet.wav"
+    sf.write(clip, np.zeros(16000, np.float32), 16000)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("labels: [ratchet]\n")
+    r = cli("enroll", "ratchet", "--confirm", clip, "--config", cfg, state=state)
+    assert r.returncode == 0, r.stderr
+    assert "confirmation of 'ratchet' taught: our-ratchet.wav" in r.stdout
+    assert (state / "confirmed" / "confirmed.json").is_file() and not (state / "vetoes").exists()
+    r = cli("check-config", cfg, state=state)
+    assert "#   ratchet: our-ratchet.wav" in r.stdout.split('"yes, that was LABEL"')[1], r.stdout
+    r = cli("enroll", "ratchet", "--confirm", clip, "--veto", clip, state=state)
+    assert r.returncode == 2 and "one of them in one call" in r.stderr
+    r = cli("enroll", "ratchet", "--forget-confirm", "our-ratchet.wav", "--config", cfg, state=state)
+    assert r.returncode == 0 and "confirmation 'our-ratchet.wav' of 'ratchet' taken back" in r.stdout, r.stderr
+    r = cli("enroll", "ratchet", "--forget-confirm", "our-ratchet.wav", state=state)
+    assert r.returncode == 2 and "has no taught confirmation" in r.stderr

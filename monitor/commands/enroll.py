@@ -16,6 +16,11 @@ what it is *not* (a recorded false alarm): the clips are copied into
 ``<state_dir>/vetoes/`` and become veto examples of the label (monitor/models/vetoes.py);
 an event's kept clip is found by its ``event_id``. A running monitor picks them up within
 seconds (its reloader watches the veto list). ``--forget-veto NAME`` takes one back.
+
+`sound-monitor enroll LABEL --confirm CLIP... [--confirm-event EVENT_ID...]`: what the web
+page's "Yes, that was LABEL" does: the clips (of the label's own sound, as it fired here) go
+to ``<state_dir>/confirmed/``; the label's score does not change, and a veto clip must be
+nearer to a window than they are to hold the label back. ``--forget-confirm NAME``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the kept clip of this event (clips.enabled) becomes a veto of the label",
     )
     parser.add_argument("--forget-veto", action="append", default=[], metavar="NAME", help="take a taught veto back")
+    parser.add_argument(
+        "--confirm",
+        nargs="+",
+        default=[],
+        metavar="CLIP",
+        help="clips of this label's own sound as it fired here (keeps veto clips off it; its score is unchanged)",
+    )
+    parser.add_argument(
+        "--confirm-event",
+        action="append",
+        default=[],
+        metavar="EVENT_ID",
+        help="the kept clip of this event of the label is confirmed (the web page's 'Yes, that was LABEL')",
+    )
+    parser.add_argument(
+        "--forget-confirm", action="append", default=[], metavar="NAME", help="take a confirmation back"
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -88,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
         label = clean_label(args.label)
     except ValueError as e:
         raise UserError(f"LABEL: {e}") from None
-    if args.veto or args.veto_event or args.forget_veto:
-        if args.files:
-            raise UserError("give example clips or --veto clips, not both in one call")
-        return _vetoes(args, label)
+    vetoing = bool(args.veto or args.veto_event or args.forget_veto)
+    confirming = bool(args.confirm or args.confirm_event or args.forget_confirm)
+    if vetoing or confirming:
+        if args.files or (vetoing and confirming):
+            raise UserError("give example clips, --veto clips or --confirm clips: one of them in one call")
+        if confirming:
+            return _taught(label, args, "confirm", args.confirm, args.confirm_event, args.forget_confirm)
+        return _taught(label, args, "veto", args.veto, args.veto_event, args.forget_veto)
     if not args.files:
         raise UserError("name at least one example clip (FILE), or --veto CLIP / --veto-event EVENT_ID")
     files = _audio_files(args.files)
@@ -171,35 +197,39 @@ def _add_to_config(path: Path, label: str, files: list[str], prompts: list[str])
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def _vetoes(args: argparse.Namespace, label: str) -> int:
-    """Teach (or take back) veto clips of ``label``: copied into the state dir's veto store."""
+def _taught(
+    label: str, args: argparse.Namespace, kind: str, paths: list[str], events: list[str], forget: list[str]
+) -> int:
+    """Teach (or take back) veto clips (``kind`` "veto") or confirmations ("confirm") of
+    ``label``: copied into the state dir's store of that kind."""
     from monitor.audio_io import read_audio
     from monitor.config import load_config
-    from monitor.models.vetoes import VetoStore, event_clip
+    from monitor.models.vetoes import ConfirmedStore, VetoStore, event_clip
 
+    what = {"veto": "veto", "confirm": "confirmation"}[kind]
     cfg = load_config(args.config) if args.config else load_config(None)
     if cfg.labels and label.casefold() not in {lab.name.casefold() for lab in cfg.labels}:
-        _say(f"{label!r} is not a label of {args.config}: the veto applies once a label of that name is monitored")
-    clips: list[tuple[Path, str | None]] = [(p, None) for p in _audio_files(args.veto)]
+        _say(f"{label!r} is not a label of {args.config}: the {what} applies once a label of that name is monitored")
+    clips: list[tuple[Path, str | None]] = [(p, None) for p in _audio_files(paths)]
     folders = [Path(cfg.clips.dir).expanduser()]
     if args.config and not folders[0].is_absolute():
         folders.append(Path(args.config).resolve().parent / cfg.clips.dir)
-    for eid in args.veto_event:
+    for eid in events:
         clips.append((event_clip(folders, eid), f"event {eid}"))
     for p, _ in clips:  # refuse what the monitor could not read before anything is stored
         try:
             read_audio(p, 16000)
         except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
             raise UserError(f"{p}: not a readable audio file ({e})") from None
-    store = VetoStore(cfg.state_path)
+    store = VetoStore(cfg.state_path) if kind == "veto" else ConfirmedStore(cfg.state_path)
     for p, origin in clips:
         entry, new = store.add(label, p, origin)
-        what = "taught" if new else "already known"
-        print(f"veto of {label!r} {what}: {entry['name']} (from {entry['from']}) -> {store.dir / entry['clip']}")
-    for name in args.forget_veto:
+        how = "taught" if new else "already known"
+        print(f"{what} of {label!r} {how}: {entry['name']} (from {entry['from']}) -> {store.dir / entry['clip']}")
+    for name in forget:
         if not store.remove(label, name):
             known = ", ".join(e["name"] for e in store.entries(label)) or "none"
-            raise UserError(f"{label!r} has no taught veto {name!r} (taught: {known})")
-        print(f"veto {name!r} of {label!r} taken back")
+            raise UserError(f"{label!r} has no taught {what} {name!r} (taught: {known})")
+        print(f"{what} {name!r} of {label!r} taken back")
     print(f"  list: {store.path} (a running monitor with this state dir picks it up within seconds)")
     return 0
