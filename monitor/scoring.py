@@ -122,11 +122,10 @@ class Scorer:
         ends = [*starts[1:], len(self.clip_windows)]
         self.clip_window_on = np.zeros((len(self.labels), len(self.clip_windows)), dtype=bool)  # [L, K]
         for a, b in zip(starts, ends):
-            peak = raw[a:b].max(axis=0)  # [L]
-            self.clip_window_on[:, a:b] = (raw[a:b] >= 0.5 * peak[None, :]).T
-        # per label, what it is known to sound like: the windows of its own example clips
-        # (enrolled, or "this was" from the web page) on which it is on. A clip veto wins only
-        # where it is nearer than all of them (one nearest neighbour between the two sides)
+            self.clip_window_on[:, a:b] = _on(raw[a:b]).T
+        # per label, what it is known to sound like: the windows of its own clips (examples,
+        # and confirmed: "yes, that was LABEL") on which it is on. A clip veto wins only where
+        # it is nearer than all of them (one nearest neighbour between the two sides)
         pos_rows: list[np.ndarray] = []
         pos_owner: list[int] = []
         if rows:
@@ -136,8 +135,7 @@ class Scorer:
                     continue
                 for path in own:
                     w = clip_window_embeddings(backend, path, cache_dir, hop_s=VETO_CLIP_HOP_S)
-                    on = self.score(w)[:, i]
-                    keep = w[on >= 0.5 * on.max()]
+                    keep = w[_on(self.score(w)[:, i])]
                     pos_rows.append(keep)
                     pos_owner.extend([i] * len(keep))
         self.own_windows = np.concatenate(pos_rows).astype(np.float64) if pos_rows else np.zeros((0, dim))
@@ -254,6 +252,12 @@ class Scorer:
             masked = np.where(text[None, :, :], v[:, None, :], -np.inf)
             with_vetoes = np.logaddexp(comp, _logsumexp(masked, axis=2))
         return reach.argmax(axis=2), beats, with_vetoes
+
+
+def _on(raw: np.ndarray) -> np.ndarray:
+    """The windows of one clip (rows of ``raw``, scores [W] or [W, L]) on which a label is on:
+    at least half its peak on that clip (the sound, not the room tone around it)."""
+    return raw >= 0.5 * raw.max(axis=0, keepdims=True)
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:

@@ -206,7 +206,7 @@ def _taught(
     from monitor.config import load_config
     from monitor.models.vetoes import ConfirmedStore, VetoStore, event_clip
 
-    what = {"veto": "veto", "confirm": "confirmation"}[kind]
+    store_cls, what = {"veto": (VetoStore, "veto"), "confirm": (ConfirmedStore, "confirmation")}[kind]
     cfg = load_config(args.config) if args.config else load_config(None)
     if cfg.labels and label.casefold() not in {lab.name.casefold() for lab in cfg.labels}:
         _say(f"{label!r} is not a label of {args.config}: the {what} applies once a label of that name is monitored")
@@ -221,7 +221,7 @@ def _taught(
             read_audio(p, 16000)
         except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
             raise UserError(f"{p}: not a readable audio file ({e})") from None
-    store = VetoStore(cfg.state_path) if kind == "veto" else ConfirmedStore(cfg.state_path)
+    store = store_cls(cfg.state_path)
     for p, origin in clips:
         entry, new = store.add(label, p, origin)
         how = "taught" if new else "already known"

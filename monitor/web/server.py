@@ -55,6 +55,9 @@ CSP = (
 CLIENT_QUEUE = 256  # messages a slow page may fall behind before it misses some
 KEEPALIVE_S = 15.0
 MAX_BODY = 16384
+# a correction on an event (kept in the event store) -> the control plane's Command kind that
+# teaches it ("forget_" + it takes it back on Undo)
+TEACHES = {"not-this": "veto", "this-was": "example", "confirmed": "confirm"}
 
 
 @dataclass
@@ -560,13 +563,9 @@ class _Handler(BaseHTTPRequestHandler):
         ev = self._event(eid)
         if not ev.clip or not Path(ev.clip).is_file():
             return "no clip kept for this event (clips.enabled: true keeps them)"
-        if was is None:
-            kind, label, correction = "veto", ev.label, "not-this"
-        elif was == ev.label:
-            kind, label, correction = "confirm", was, "confirmed"
-        else:
-            kind, label, correction = "example", was, "this-was"
-        why = self.sink.command(kind, label, str(ev.clip), origin=f"event {ev.event_id}")
+        correction = "not-this" if was is None else "confirmed" if was == ev.label else "this-was"
+        label = ev.label if was is None else was
+        why = self.sink.command(TEACHES[correction], label, str(ev.clip), origin=f"event {ev.event_id}")
         if why:
             return why
         name = Path(ev.clip).name
@@ -578,11 +577,8 @@ class _Handler(BaseHTTPRequestHandler):
         done = store.undo_correction(cid)
         if done is None:
             return "no such correction, or already undone"
-        forget = {"not-this": "forget_veto", "this-was": "forget_example", "confirmed": "forget_confirm"}.get(
-            done["kind"]
-        )
-        if forget:
-            why = self.sink.command(forget, done["label"], done["name"])
+        if done["kind"] in TEACHES:
+            why = self.sink.command(f"forget_{TEACHES[done['kind']]}", done["label"], done["name"])
             if why:
                 return why
         return {"ok": True}
