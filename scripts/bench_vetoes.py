@@ -142,6 +142,16 @@ def cause_of(e: dict, ends: dict[str, float], inserted: list[dict]) -> str:
     return ", ".join(sorted(set(hit))) or "room"
 
 
+def cut_event(stream_audio: np.ndarray, e: dict, end: float, out: Path, prefix: str) -> Path:
+    """The event's audio cut as the clips sink cuts it (PRE_S before, POST_S after, at most a
+    minute), written to ``out``."""
+    a = max(0, int((e["start_s"] - PRE_S) * RATE))
+    b = min(len(stream_audio), int((min(end, e["start_s"] + 60.0) + POST_S) * RATE))
+    clip = out / f"{prefix}-{e['label'].replace(' ', '-')}-{e['start_s']:.0f}.wav"
+    sf.write(clip, stream_audio[a:b], RATE, subtype="PCM_16")
+    return clip
+
+
 def teach(
     stream_audio: np.ndarray, false: list[dict], ends: dict[str, float], inserted: list[dict], out: Path
 ) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
@@ -156,11 +166,7 @@ def teach(
         for c in inserted:
             if c["label"] != e["label"] and e["start_s"] < c["start_s"] + c["seconds"] and c["start_s"] < end:
                 prompts[e["label"]].add(c["label"])
-        a = max(0, int((e["start_s"] - PRE_S) * RATE))
-        b = min(len(stream_audio), int((min(end, e["start_s"] + 60.0) + POST_S) * RATE))
-        clip = out / f"false-{e['label'].replace(' ', '-')}-{e['start_s']:.0f}.wav"
-        sf.write(clip, stream_audio[a:b], RATE, subtype="PCM_16")
-        examples[e["label"]].append(str(clip))
+        examples[e["label"]].append(str(cut_event(stream_audio, e, end, out, "false")))
     return prompts, examples
 
 
@@ -173,9 +179,9 @@ def confirm(
     out: Path,
     per_label: int,
 ) -> dict[str, list[str]]:
-    """A user's "this was LABEL" on the first ``per_label`` true detections of each label on
-    the teaching stream (the event's audio, cut like the clips sink cuts it): example clips
-    of what the label sounds like here."""
+    """A user's "Yes, that was LABEL" on the first ``per_label`` true detections of each label
+    on the teaching stream (the event's audio, cut like the clips sink cuts it): clips of what
+    the label sounds like here."""
     clips: dict[str, list[str]] = defaultdict(list)
     out.mkdir(parents=True, exist_ok=True)
     for e in sorted(starts, key=lambda e: e["start_s"]):
@@ -187,11 +193,7 @@ def confirm(
             c["label"] == lab and e["start_s"] < c["start_s"] + c["seconds"] and c["start_s"] < end for c in inserted
         ):
             continue
-        a = max(0, int((e["start_s"] - PRE_S) * RATE))
-        b = min(len(stream_audio), int((min(end, e["start_s"] + 60.0) + POST_S) * RATE))
-        clip = out / f"this-was-{lab.replace(' ', '-')}-{e['start_s']:.0f}.wav"
-        sf.write(clip, stream_audio[a:b], RATE, subtype="PCM_16")
-        clips[lab].append(str(clip))
+        clips[lab].append(str(cut_event(stream_audio, e, end, out, "this-was")))
     return clips
 
 
