@@ -41,29 +41,41 @@ def median_ms(fn, reps: int) -> float:
     return float(np.median(times))
 
 
-def measure(version: str, work: Path, reps: int, threads: int) -> dict:
+def features_graph(version: str, work: Path):
+    """A randomly initialised full-size msclap ``version`` and its audio encoder exported as
+    `export --model msclap:VERSION` exports it (mel features in, the front-end in numpy);
+    -> (model, front-end params, one window's waveform [1, S], its features, the graph's path)."""
     import torch
     from msclap_helpers import text_dir
 
     from monitor.models.clap import msclap_export as me
+    from monitor.models.clap.export import onnx_export
+    from monitor.models.clap.frontend import ClapFrontend
+
+    text = text_dir(version, work / f"text-{version}")
+    ckpt = me.make_random_msclap(work / f"msclap-{version}.pth", version, text)
+    model, _ = me.reference_model(ckpt, text)
+    fe_params = me.frontend_params(version, me._msclap_config(version))
+    fe = ClapFrontend(fe_params)
+    audio, _text = me.wrappers(model, me.VERSIONS[version].audio)
+    wave = (0.1 * np.random.default_rng(0).standard_normal((1, fe.max_samples))).astype(np.float32)
+    feats = fe.batch_features(wave)
+    path = work / f"features-{version}.onnx"
+    onnx_export(audio, (torch.from_numpy(feats),), path, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
+    return model, fe_params, wave, feats, path
+
+
+def measure(version: str, work: Path, reps: int, threads: int) -> dict:
+    import torch
+
     from monitor.models.clap.export import normalised_encoder, onnx_export
     from monitor.models.clap.frontend import ClapFrontend
     from monitor.models.ort import session
 
     torch.set_num_threads(threads)
-    text = text_dir(version, work / f"text-{version}")
-    ckpt = me.make_random_msclap(work / f"msclap-{version}.pth", version, text)
-    model, _ = me.reference_model(ckpt, text)
-    args = me._msclap_config(version)
-    fe_params = me.frontend_params(version, args)
+    model, fe_params, wave, feats, pf = features_graph(version, work)
     fe = ClapFrontend(fe_params)
-    audio, _text = me.wrappers(model, me.VERSIONS[version].audio)
-
-    rng = np.random.default_rng(0)
-    wave = (0.1 * rng.standard_normal((1, fe.max_samples))).astype(np.float32)
-    feats = fe.batch_features(wave)
-    pf, pw = work / f"features-{version}.onnx", work / f"waveform-{version}.onnx"
-    onnx_export(audio, (torch.from_numpy(feats),), pf, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
+    pw = work / f"waveform-{version}.onnx"
     onnx_export(
         normalised_encoder(model.audio_encoder, lambda m, w: m(w)[0]),
         (torch.from_numpy(wave),),

@@ -39,24 +39,10 @@ SIZES = {"htsat-unfused": "full", "larger-general": "larger-full"}
 
 def msclap_graph(version: str, work: Path) -> tuple[Path, np.ndarray]:
     """Microsoft CLAP's audio encoder (full size, random weights) exported as `export --model
-    msclap:VERSION` exports it (mel features in, the front-end in numpy), and one window's
-    features."""
-    import torch
-    from msclap_helpers import text_dir
+    msclap:VERSION` exports it (scripts/bench_msclap_frontend.py), and one window's features."""
+    from bench_msclap_frontend import features_graph
 
-    from monitor.models.clap import msclap_export as me
-    from monitor.models.clap.export import onnx_export
-    from monitor.models.clap.frontend import ClapFrontend
-
-    text = text_dir(version, work / f"text-{version}")
-    ckpt = me.make_random_msclap(work / f"msclap-{version}.pth", version, text)
-    model, _ = me.reference_model(ckpt, text)
-    fe = ClapFrontend(me.frontend_params(version, me._msclap_config(version)))
-    audio, _text = me.wrappers(model, me.VERSIONS[version].audio)
-    wave = (0.1 * np.random.default_rng(0).standard_normal((1, fe.max_samples))).astype(np.float32)
-    feats = fe.batch_features(wave)
-    path = work / f"msclap-{version}-audio.onnx"
-    onnx_export(audio, (torch.from_numpy(feats),), path, ["x"], ["e"], {"x": {0: "b"}, "e": {0: "b"}})
+    _model, _fe, _wave, feats, path = features_graph(version, work)
     return path, feats
 
 
